@@ -1,0 +1,356 @@
+package safetensors
+
+import (
+	"bufio"
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/wtool/wtool/tensors"
+)
+
+// Entry declares a tensor that a Writer will write.
+type Entry struct {
+	Name  string
+	DType tensors.DType
+	Shape []int64
+	// Bounded marks Shape as an upper bound of each dimension: the tensor
+	// passed to Write may be smaller (a rank chosen only after an SVD, say).
+	// A file with bounded entries gets its header written last, padded with
+	// spaces to the length reserved for the bounds.
+	Bounded bool
+}
+
+// SortEntries orders entries as the reference writer lays tensors out: by
+// dtype, descending in the enum order (so 8-byte types come first and stay
+// aligned), then by name ascending.
+func SortEntries(entries []Entry) {
+	slices.SortStableFunc(entries, func(a, b Entry) int {
+		if c := cmp.Compare(b.DType, a.DType); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Name, b.Name)
+	})
+}
+
+// checkEntries validates names, types and shapes and returns the byte size of
+// each entry.
+func checkEntries(entries []Entry) ([]int64, error) {
+	sizes := make([]int64, len(entries))
+	seen := make(map[string]bool, len(entries))
+	for i, e := range entries {
+		switch {
+		case e.Name == "__metadata__":
+			return nil, &Error{Tensor: e.Name, Kind: ErrReservedName}
+		case !utf8.ValidString(e.Name):
+			return nil, fmt.Errorf("tensor name %q is not valid UTF-8", e.Name)
+		case seen[e.Name]:
+			return nil, &Error{Tensor: e.Name, Kind: ErrDuplicateKey}
+		case !e.DType.Valid():
+			return nil, fmt.Errorf("tensor %q: invalid dtype %d", e.Name, e.DType)
+		}
+		seen[e.Name] = true
+		n, err := tensors.ByteSize(e.DType, e.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", e.Name, err)
+		}
+		sizes[i] = n
+	}
+	return sizes, nil
+}
+
+// appendHeader appends the JSON header the reference writer produces for
+// entries (already in file order) with the given sizes: compact JSON,
+// __metadata__ first (keys sorted, for reproducible files), then each tensor
+// as {"dtype":..,"shape":[..],"data_offsets":[b,e]}.
+func appendHeader(b []byte, entries []Entry, shapes [][]int64, sizes []int64, metadata map[string]string) []byte {
+	b = append(b, '{')
+	first := true
+	if metadata != nil {
+		b = append(b, `"__metadata__":{`...)
+		keys := make([]string, 0, len(metadata))
+		for k := range metadata {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, k)
+			b = append(b, ':')
+			b = appendJSONString(b, metadata[k])
+		}
+		b = append(b, '}')
+		first = false
+	}
+	var off int64
+	for i, e := range entries {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendJSONString(b, e.Name)
+		b = append(b, `:{"dtype":"`...)
+		b = append(b, e.DType.String()...)
+		b = append(b, `","shape":[`...)
+		for j, d := range shapes[i] {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, d, 10)
+		}
+		b = append(b, `],"data_offsets":[`...)
+		b = strconv.AppendInt(b, off, 10)
+		b = append(b, ',')
+		off += sizes[i]
+		b = strconv.AppendInt(b, off, 10)
+		b = append(b, "]}"...)
+	}
+	return append(b, '}')
+}
+
+// pad8 pads a header with spaces to a multiple of 8 bytes.
+func pad8(h []byte, atLeast int) []byte {
+	n := max(len(h), atLeast)
+	n = (n + 7) &^ 7
+	for len(h) < n {
+		h = append(h, ' ')
+	}
+	return h
+}
+
+func metadataOK(metadata map[string]string) error {
+	for k, v := range metadata {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("__metadata__ entry %q is not valid UTF-8", k)
+		}
+	}
+	return nil
+}
+
+// Encode writes a complete safetensors file holding ts to w, laid out exactly
+// as the reference implementation lays it out (tensor order, offsets, JSON,
+// padding). It keeps everything in memory; use Create for large files.
+func Encode(w io.Writer, ts []*tensors.Tensor, metadata map[string]string) error {
+	entries := make([]Entry, len(ts))
+	byName := make(map[string]*tensors.Tensor, len(ts))
+	for i, t := range ts {
+		if err := t.Validate(); err != nil {
+			return err
+		}
+		entries[i] = Entry{Name: t.Name, DType: t.DType, Shape: t.Shape}
+		byName[t.Name] = t
+	}
+	SortEntries(entries)
+	sizes, err := checkEntries(entries)
+	if err != nil {
+		return err
+	}
+	if err := metadataOK(metadata); err != nil {
+		return err
+	}
+	shapes := make([][]int64, len(entries))
+	for i, e := range entries {
+		shapes[i] = e.Shape
+	}
+	h := pad8(appendHeader(nil, entries, shapes, sizes, metadata), 0)
+	if len(h) > MaxHeaderSize {
+		return &Error{Kind: ErrHeaderTooLarge, Detail: fmt.Sprintf("%d bytes", len(h))}
+	}
+	var prefix [8]byte
+	binary.LittleEndian.PutUint64(prefix[:], uint64(len(h)))
+	if _, err := w.Write(prefix[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(h); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if _, err := w.Write(byName[e.Name].Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Writer streams a safetensors file to disk one tensor at a time. It writes
+// to a temporary file in the destination's directory; Close flushes it, syncs
+// it to stable storage and renames it into place, so a reader never sees a
+// partial file and a failure leaves the destination untouched.
+type Writer struct {
+	path     string
+	tmp      *os.File
+	buf      *bufio.Writer
+	entries  []Entry
+	sizes    []int64 // declared (bound) sizes
+	shapes   [][]int64
+	actual   []int64
+	metadata map[string]string
+	next     int
+	bounded  bool
+	reserve  int // header length reserved when bounded
+	done     bool
+}
+
+// Create starts a file at path that will hold exactly the declared entries,
+// with the given __metadata__ (nil for none). Tensors must then be written
+// in the order Order returns.
+func Create(path string, entries []Entry, metadata map[string]string) (*Writer, error) {
+	entries = slices.Clone(entries)
+	SortEntries(entries)
+	sizes, err := checkEntries(entries)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := metadataOK(metadata); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	w := &Writer{path: path, entries: entries, sizes: sizes, metadata: metadata,
+		shapes: make([][]int64, len(entries)), actual: make([]int64, len(entries))}
+	for i, e := range entries {
+		w.shapes[i] = e.Shape
+		w.bounded = w.bounded || e.Bounded
+	}
+	// With exact shapes the header is final now; with bounds, the header for
+	// the bounds is the longest the real one can be (every number in it can
+	// only get smaller), so its length is reserved.
+	header := pad8(appendHeader(nil, entries, w.shapes, sizes, metadata), 0)
+	if len(header) > MaxHeaderSize {
+		return nil, &Error{File: path, Kind: ErrHeaderTooLarge, Detail: fmt.Sprintf("the header would take %d bytes", len(header))}
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	w.tmp = tmp
+	w.buf = bufio.NewWriterSize(tmp, 1<<20)
+	var prefix [8]byte
+	binary.LittleEndian.PutUint64(prefix[:], uint64(len(header)))
+	if w.bounded {
+		w.reserve = len(header)
+		for i := range header {
+			header[i] = ' '
+		}
+	}
+	w.buf.Write(prefix[:])
+	if _, err := w.buf.Write(header); err != nil {
+		w.Abort()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return w, nil
+}
+
+// Order returns the entries in the order their tensors must be written.
+func (w *Writer) Order() []Entry { return w.entries }
+
+// Write writes the next tensor. Its name and dtype must be those of the next
+// entry in Order, its shape the declared one (or, for a bounded entry, of the
+// same rank and no larger in any dimension).
+func (w *Writer) Write(t *tensors.Tensor) error {
+	if w.done {
+		return fmt.Errorf("%s: write after close", w.path)
+	}
+	if w.next >= len(w.entries) {
+		return fmt.Errorf("%s: tensor %q: all declared tensors are written", w.path, t.Name)
+	}
+	e := w.entries[w.next]
+	if t.Name != e.Name || t.DType != e.DType {
+		return fmt.Errorf("%s: expected tensor %q (%s) next, got %q (%s)", w.path, e.Name, e.DType, t.Name, t.DType)
+	}
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
+	if e.Bounded {
+		if len(t.Shape) != len(e.Shape) {
+			return fmt.Errorf("%s: tensor %q: shape %v does not fit the bound %v", w.path, t.Name, t.Shape, e.Shape)
+		}
+		for i := range t.Shape {
+			if t.Shape[i] > e.Shape[i] {
+				return fmt.Errorf("%s: tensor %q: shape %v does not fit the bound %v", w.path, t.Name, t.Shape, e.Shape)
+			}
+		}
+		w.shapes[w.next] = slices.Clone(t.Shape)
+	} else if !slices.Equal(t.Shape, e.Shape) {
+		return fmt.Errorf("%s: tensor %q: shape %v, declared %v", w.path, t.Name, t.Shape, e.Shape)
+	}
+	if _, err := w.buf.Write(t.Data); err != nil {
+		return fmt.Errorf("%s: tensor %q: %w", w.path, t.Name, err)
+	}
+	w.actual[w.next] = int64(len(t.Data))
+	w.next++
+	return nil
+}
+
+// Close completes the file: it checks every declared tensor was written,
+// writes a deferred header, syncs and renames the temporary file to the
+// destination. On error the temporary file is removed.
+func (w *Writer) Close() error {
+	if w.done {
+		return nil
+	}
+	if w.next != len(w.entries) {
+		w.Abort()
+		return fmt.Errorf("%s: closed after %d of %d tensors; expected %q next", w.path, w.next, len(w.entries), w.entries[w.next].Name)
+	}
+	err := w.buf.Flush()
+	if err == nil && w.bounded {
+		header := pad8(appendHeader(nil, w.entries, w.shapes, w.actual, w.metadata), w.reserve)
+		if len(header) != w.reserve {
+			err = fmt.Errorf("internal error: header of %d bytes exceeds the %d reserved", len(header), w.reserve)
+		} else {
+			_, err = w.tmp.WriteAt(header, 8)
+		}
+	}
+	if err == nil {
+		err = w.tmp.Chmod(0o644)
+	}
+	if err == nil {
+		err = w.tmp.Sync()
+	}
+	if cerr := w.tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(w.tmp.Name(), w.path)
+	}
+	if err != nil {
+		os.Remove(w.tmp.Name())
+		w.done = true
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
+	w.done = true
+	return syncDir(filepath.Dir(w.path))
+}
+
+// Abort discards the temporary file; the destination is left untouched.
+// It is safe to call after Close.
+func (w *Writer) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.tmp.Close()
+	return os.Remove(w.tmp.Name())
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	_ = d.Sync() // some file systems cannot sync a directory; the rename stands
+	return nil
+}
