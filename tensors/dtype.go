@@ -17,12 +17,14 @@ import (
 
 // DType is a tensor element type. The constants are declared in the order of
 // the safetensors reference implementation's Dtype enum; that order also
-// decides the order in which tensors are laid out in a written file.
+// decides the order in which tensors are laid out in a written file. The zero
+// value is not a type: it stands for "unset".
 type DType uint8
 
 // The element types of the safetensors format, in the reference enum order.
 const (
-	BOOL        DType = iota // boolean, one byte
+	_           DType = iota // the zero value: no type
+	BOOL                     // boolean, one byte
 	F4                       // 4-bit float (MXFP4 E2M1), two elements per byte
 	F6_E2M3                  // 6-bit float (MXFP6)
 	F6_E3M2                  // 6-bit float (MXFP6)
@@ -65,9 +67,9 @@ var dtypeBits = [numDTypes]uint8{
 
 // DTypes returns every element type in the reference enum order.
 func DTypes() []DType {
-	out := make([]DType, numDTypes)
-	for i := range out {
-		out[i] = DType(i)
+	out := make([]DType, 0, numDTypes-1)
+	for d := BOOL; d < numDTypes; d++ {
+		out = append(out, d)
 	}
 	return out
 }
@@ -75,9 +77,9 @@ func DTypes() []DType {
 // ParseDType returns the element type with the given safetensors name (for
 // example "BF16"). Names are case-sensitive, as in the format.
 func ParseDType(name string) (DType, bool) {
-	for i, n := range dtypeNames {
-		if n == name {
-			return DType(i), true
+	for d := BOOL; d < numDTypes; d++ {
+		if dtypeNames[d] == name {
+			return d, true
 		}
 	}
 	return 0, false
@@ -97,9 +99,9 @@ func ParseUserDType(s string) (DType, error) {
 	case "f64", "fp64", "float64", "double":
 		return F64, nil
 	}
-	for i, n := range dtypeNames {
-		if lower(n) == lower(s) {
-			return DType(i), nil
+	for d := BOOL; d < numDTypes; d++ {
+		if lower(dtypeNames[d]) == lower(s) {
+			return d, nil
 		}
 	}
 	return 0, fmt.Errorf("unknown dtype %q (want f32, f16, bf16 or f64)", s)
@@ -117,18 +119,18 @@ func lower(s string) string {
 
 // String returns the safetensors name of the type, such as "F32".
 func (d DType) String() string {
-	if d < numDTypes {
+	if d.Valid() {
 		return dtypeNames[d]
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
 
 // Valid reports whether d is one of the declared element types.
-func (d DType) Valid() bool { return d < numDTypes }
+func (d DType) Valid() bool { return d > 0 && d < numDTypes }
 
 // Bits returns the size of one element in bits (4 for F4, 6 for F6_*).
 func (d DType) Bits() int {
-	if d < numDTypes {
+	if d.Valid() {
 		return int(dtypeBits[d])
 	}
 	return 0

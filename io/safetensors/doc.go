@@ -30,6 +30,6 @@
 // invalid UTF-8 replaced silently, floats accepted into integers), and writes
 // tensors in another order and with other JSON escaping than the reference.
 // Each of those would have to be worked around at every call; owning the
-// format (about 700 lines) costs less. The module is still used in this
+// format costs less. The module is still used in this
 // package's tests as an independent reader of the files wtool writes.
 package safetensors

@@ -1,0 +1,87 @@
+package checkpoint
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// Entries returns the model's tensors as writer entries (same names, dtypes
+// and shapes), in name order.
+func (m *Model) Entries() []safetensors.Entry {
+	out := make([]safetensors.Entry, 0, len(m.names))
+	for _, n := range m.names {
+		info, _ := m.Info(n)
+		out = append(out, safetensors.Entry{Name: n, DType: info.DType, Shape: info.Shape})
+	}
+	return out
+}
+
+// Passthrough returns a Producer that hands out the model's own tensors as
+// zero-copy views, releasing their pages once written.
+func (m *Model) Passthrough() Producer {
+	return func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		t, err := m.Tensor(e.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		return t, func() { m.Release(e.Name) }, nil
+	}
+}
+
+// DefaultWriteOptions fills in what a new model derived from m inherits
+// unless opts says otherwise: m's __metadata__, its companion files (when
+// writing a directory), and m's paths as inputs the output must not
+// overwrite.
+func (m *Model) DefaultWriteOptions(opts WriteOptions) (WriteOptions, error) {
+	if opts.Metadata == nil {
+		opts.Metadata = m.Metadata()
+	}
+	if opts.CopyFiles == nil {
+		files, err := m.CompanionFiles()
+		if err != nil {
+			return opts, err
+		}
+		opts.CopyFiles = files
+	}
+	opts.Inputs = append(opts.Inputs, m.Path)
+	opts.Inputs = append(opts.Inputs, m.Files()...)
+	return opts, nil
+}
+
+// Convert writes a copy of m to out with every floating-point tensor (F64,
+// F32, F16, BF16) converted to dtype, rounding to nearest even; other tensors
+// (integers, booleans, FP8 and the other narrow float types) are copied
+// byte-identical, as are floating tensors already of that type. A zero dtype
+// converts nothing, which re-shards or re-lays-out a model.
+func Convert(ctx context.Context, m *Model, out string, dtype tensors.DType, opts WriteOptions) (*Written, error) {
+	if dtype != 0 && !dtype.IsFloat() {
+		return nil, fmt.Errorf("cannot convert to %s: the target must be F32, F16, BF16 or F64", dtype)
+	}
+	opts, err := m.DefaultWriteOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	entries := m.Entries()
+	for i := range entries {
+		if dtype != 0 && entries[i].DType.IsFloat() {
+			entries[i].DType = dtype
+		}
+	}
+	pass := m.Passthrough()
+	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		t, done, err := pass(ctx, e)
+		if err != nil || t.DType == e.DType {
+			return t, done, err
+		}
+		c, err := t.ConvertTo(e.DType)
+		done() // the converted copy no longer needs the input pages
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", m.Path, err)
+		}
+		return c, nil, nil
+	}
+	return Write(ctx, out, entries, produce, opts)
+}

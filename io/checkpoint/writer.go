@@ -1,0 +1,454 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// Producer computes the tensor for an output entry. It is called once per
+// entry, possibly from several goroutines at a time (see WriteOptions.Workers)
+// and in an order close to the file order. The returned tensor must have the
+// entry's name and dtype, and its shape (within the bounds, for a bounded
+// entry). done, if not nil, is called once the tensor's bytes are written, so
+// the producer can release what backs them (mapped input pages, buffers).
+type Producer func(ctx context.Context, e safetensors.Entry) (t *tensors.Tensor, done func(), err error)
+
+// WriteOptions control Write.
+type WriteOptions struct {
+	// MaxShardSize is the largest shard in bytes (tensor data); 0 means
+	// DefaultMaxShardSize. Ignored for a single-file output.
+	MaxShardSize int64
+	// Metadata is the __metadata__ written into every shard.
+	Metadata map[string]string
+	// CopyFiles are paths of files copied into the output directory
+	// (typically Model.CompanionFiles of the input).
+	CopyFiles []string
+	// Files are extra files written into the output directory, by name; they
+	// replace copied files of the same name (an updated config.json, say).
+	Files map[string][]byte
+	// Force allows replacing an existing output.
+	Force bool
+	// Inputs are the paths the output was computed from. The output may not
+	// be one of them, nor a directory containing one of them.
+	Inputs []string
+	// Workers is how many tensors are produced concurrently ahead of the
+	// writer (memory holds at most this many produced tensors); 0 means 2.
+	Workers int
+	// Progress, if set, is called after each tensor with the bytes written
+	// so far and in total.
+	Progress func(done, total int64)
+}
+
+// Written describes a completed output.
+type Written struct {
+	Path      string   // the output path
+	Files     []string // weight files written, in order
+	Tensors   int
+	TotalSize int64 // bytes of tensor data
+}
+
+// IsSingleFile reports whether out names a single .safetensors file rather
+// than a model directory.
+func IsSingleFile(out string) bool { return strings.HasSuffix(out, ".safetensors") }
+
+// Write streams a new checkpoint to out. If out ends in .safetensors, it is
+// one file; otherwise out is a model directory: model.safetensors when the
+// tensors fit in one shard, else model-0000i-of-0000N.safetensors files,
+// filled greedily in name order up to MaxShardSize (a larger tensor gets a
+// shard of its own), and model.safetensors.index.json; CopyFiles and Files
+// are placed beside them.
+//
+// Everything is written into a temporary file or directory next to out and
+// renamed into place at the end, after an fsync, so an error or a cancelled
+// ctx leaves no partial output and an existing out (replaced only with
+// Force) is never half-overwritten.
+func Write(ctx context.Context, out string, entries []safetensors.Entry, produce Producer, opts WriteOptions) (*Written, error) {
+	if err := CheckOutput(out, opts.Inputs, opts.Force); err != nil {
+		return nil, err
+	}
+	var total int64
+	sizes := make(map[string]int64, len(entries))
+	for _, e := range entries {
+		n, err := tensors.ByteSize(e.DType, e.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", e.Name, err)
+		}
+		sizes[e.Name] = n
+		total += n
+	}
+	w := &writeJob{ctx: ctx, produce: produce, opts: opts, total: total}
+	if IsSingleFile(out) {
+		if len(opts.Files) > 0 {
+			return nil, fmt.Errorf("%s: extra files (%s) need a directory output, not a single file", out, strings.Join(slices.Sorted(maps.Keys(opts.Files)), ", "))
+		}
+		if err := w.shards([]string{out}, [][]safetensors.Entry{entries}); err != nil {
+			return nil, err
+		}
+		return &Written{Path: out, Files: []string{out}, Tensors: len(entries), TotalSize: w.done}, nil
+	}
+	return w.directory(out, entries, sizes)
+}
+
+type writeJob struct {
+	ctx     context.Context
+	produce Producer
+	opts    WriteOptions
+	total   int64
+	done    int64
+}
+
+// planShards splits entries, in name order, into shards of at most limit
+// bytes of data (a larger tensor alone in its shard).
+func planShards(entries []safetensors.Entry, sizes map[string]int64, limit int64) [][]safetensors.Entry {
+	sorted := slices.Clone(entries)
+	slices.SortFunc(sorted, func(a, b safetensors.Entry) int { return strings.Compare(a.Name, b.Name) })
+	var shards [][]safetensors.Entry
+	var cur []safetensors.Entry
+	var curSize int64
+	for _, e := range sorted {
+		n := sizes[e.Name]
+		if len(cur) > 0 && curSize+n > limit {
+			shards = append(shards, cur)
+			cur, curSize = nil, 0
+		}
+		cur = append(cur, e)
+		curSize += n
+	}
+	if len(cur) > 0 || len(shards) == 0 {
+		shards = append(shards, cur)
+	}
+	return shards
+}
+
+func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[string]int64) (*Written, error) {
+	limit := w.opts.MaxShardSize
+	if limit <= 0 {
+		limit = DefaultMaxShardSize
+	}
+	plan := planShards(entries, sizes, limit)
+	parent, base := filepath.Split(filepath.Clean(out))
+	if parent == "" {
+		parent = "."
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+base+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			os.RemoveAll(tmp)
+		}
+	}()
+	os.Chmod(tmp, 0o755)
+
+	names := []string{"model.safetensors"}
+	if len(plan) > 1 {
+		names = names[:0]
+		for i := range plan {
+			names = append(names, fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(plan)))
+		}
+	}
+	paths := make([]string, len(names))
+	for i, n := range names {
+		paths[i] = filepath.Join(tmp, n)
+	}
+	// companion files first: a missing one fails before the long part
+	for _, src := range w.opts.CopyFiles {
+		name := filepath.Base(src)
+		if _, replaced := w.opts.Files[name]; replaced {
+			continue
+		}
+		if err := copyFile(src, filepath.Join(tmp, name)); err != nil {
+			return nil, err
+		}
+	}
+	for name, data := range w.opts.Files {
+		if name != filepath.Base(name) || slices.Contains(names, name) || name == IndexFileName {
+			return nil, fmt.Errorf("extra file %q: not a plain file name, or it would replace a weight file", name)
+		}
+		if err := writeFileSync(filepath.Join(tmp, name), data); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.shards(paths, plan); err != nil {
+		return nil, err
+	}
+	if len(plan) > 1 {
+		ix := &Index{TotalSize: w.done, WeightMap: map[string]string{}}
+		for i, shard := range plan {
+			for _, e := range shard {
+				ix.WeightMap[e.Name] = names[i]
+			}
+		}
+		if err := writeFileSync(filepath.Join(tmp, IndexFileName), encodeIndex(ix)); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := replaceDir(tmp, out, w.opts.Force); err != nil {
+		return nil, err
+	}
+	committed = true
+	res := &Written{Path: out, Tensors: len(entries), TotalSize: w.done}
+	for _, n := range names {
+		res.Files = append(res.Files, filepath.Join(out, n))
+	}
+	return res, nil
+}
+
+type produced struct {
+	t    *tensors.Tensor
+	done func()
+	err  error
+}
+
+// shards writes each shard file from its entries, producing tensors
+// concurrently (up to Workers ahead) and writing them in file order.
+func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	writers := make([]*safetensors.Writer, len(plan))
+	defer func() {
+		for _, sw := range writers {
+			if sw != nil {
+				sw.Abort()
+			}
+		}
+	}()
+	type job struct {
+		shard int
+		e     safetensors.Entry
+	}
+	var order []job
+	for i, p := range paths {
+		sw, err := safetensors.Create(p, plan[i], w.opts.Metadata)
+		if err != nil {
+			return err
+		}
+		writers[i] = sw
+		for _, e := range sw.Order() {
+			order = append(order, job{i, e})
+		}
+	}
+	workers := w.opts.Workers
+	if workers <= 0 {
+		workers = 2
+	}
+	results := make([]chan produced, len(order))
+	for i := range results {
+		results[i] = make(chan produced, 1)
+	}
+	slots := make(chan struct{}, workers)
+	// Producers may read mapped inputs: every one must have returned before
+	// this function does, or the caller could unmap what they read.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i, j := range order {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t, done, err := w.produce(ctx, j.e)
+				results[i] <- produced{t, done, err}
+			}()
+		}
+	}()
+	for i, j := range order {
+		var r produced
+		select {
+		case r = <-results[i]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err == nil && r.t == nil {
+			r.err = fmt.Errorf("tensor %q: producer returned no tensor", j.e.Name)
+		}
+		if r.err == nil {
+			r.err = writers[j.shard].Write(r.t)
+		}
+		if r.done != nil {
+			r.done()
+		}
+		if r.err != nil {
+			return r.err
+		}
+		w.done += int64(len(r.t.Data))
+		if w.opts.Progress != nil {
+			w.opts.Progress(w.done, w.total)
+		}
+		<-slots
+		if i+1 == len(order) || order[i+1].shard != j.shard {
+			if err := writers[j.shard].Close(); err != nil {
+				return err
+			}
+		}
+	}
+	for i, sw := range writers {
+		if len(plan[i]) == 0 { // a file with no tensors at all
+			if err := sw.Close(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// CheckOutput refuses an output path that is one of the inputs, or a
+// directory that contains one (writing it would destroy the input), and an
+// existing output unless force is set.
+func CheckOutput(out string, inputs []string, force bool) error {
+	if out == "" {
+		return errors.New("no output path given")
+	}
+	outAbs, err := resolve(out)
+	if err != nil {
+		return err
+	}
+	outInfo, statErr := os.Stat(out)
+	for _, in := range inputs {
+		inAbs, err := resolve(in)
+		if err != nil {
+			return err
+		}
+		if inAbs == outAbs {
+			return fmt.Errorf("output %s is the input %s: refusing to overwrite an input", out, in)
+		}
+		if rel, err := filepath.Rel(outAbs, inAbs); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			return fmt.Errorf("output %s contains the input %s: refusing to overwrite an input", out, in)
+		}
+		if statErr == nil {
+			if inInfo, err := os.Stat(in); err == nil && os.SameFile(outInfo, inInfo) {
+				return fmt.Errorf("output %s is the input %s: refusing to overwrite an input", out, in)
+			}
+		}
+	}
+	if statErr == nil && !force {
+		return fmt.Errorf("output %s already exists (use --force to replace it)", out)
+	}
+	return nil
+}
+
+// resolve returns the absolute path of p with symbolic links evaluated in its
+// longest existing prefix.
+func resolve(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	rest := ""
+	cur := abs
+	for {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return abs, nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
+// replaceDir renames the finished directory tmp to out; with force an
+// existing out is moved aside first and removed after.
+func replaceDir(tmp, out string, force bool) error {
+	syncPath(tmp)
+	if _, err := os.Lstat(out); err == nil {
+		if !force {
+			return fmt.Errorf("output %s already exists (use --force to replace it)", out)
+		}
+		old := tmp + ".old"
+		if err := os.Rename(out, old); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, out); err != nil {
+			os.Rename(old, out)
+			return err
+		}
+		syncPath(filepath.Dir(out))
+		return os.RemoveAll(old)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return err
+	}
+	syncPath(filepath.Dir(out))
+	return nil
+}
+
+func syncPath(p string) {
+	if f, err := os.Open(p); err == nil {
+		f.Sync()
+		f.Close()
+	}
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm()|0o200)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	return nil
+}
