@@ -41,3 +41,35 @@ func (g *globals) byteProgress(description string) (update func(done, total int6
 	}
 	return update, finish
 }
+
+// countProgress is byteProgress for counts of items (samples, tensors).
+func (g *globals) countProgress(description string) (update func(done, total int), finish func()) {
+	if g.quiet || !g.stderrIsTerminal() {
+		return func(int, int) {}, func() {}
+	}
+	var mu sync.Mutex
+	var bar *progressbar.ProgressBar
+	update = func(done, total int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if bar == nil {
+			bar = progressbar.NewOptions(total,
+				progressbar.OptionSetWriter(g.stderr),
+				progressbar.OptionSetDescription(description),
+				progressbar.OptionSetWidth(30),
+				progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionShowCount(),
+				progressbar.OptionClearOnFinish(),
+			)
+		}
+		bar.Set(done)
+	}
+	finish = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if bar != nil {
+			bar.Finish()
+		}
+	}
+	return update, finish
+}

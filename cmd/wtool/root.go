@@ -64,6 +64,8 @@ problems, 130 interrupted (no output is left behind).`,
 		newInspectCmd(g),
 		newValidateCmd(g),
 		newConvertCmd(g),
+		newStatsCmd(g),
+		newFisherCmd(g),
 	)
 	return root
 }

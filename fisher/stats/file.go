@@ -1,0 +1,269 @@
+package stats
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// tensor name suffixes, per kind (docs/stats.md)
+var (
+	singleFields = []string{"count", "sum", "abs_sum", "gram"}
+	jointFields  = []string{"count", "sum_a", "sum_b", "abs_sum_a", "abs_sum_b", "gram_a", "gram_b", "cross"}
+)
+
+func fields(k Kind) []string {
+	if k == Joint {
+		return jointFields
+	}
+	return singleFields
+}
+
+// field returns the data of a module's field and its shape.
+func (m *Module) field(name string) ([]float64, []int64) {
+	vec, mat := []int64{int64(m.Dim)}, []int64{int64(m.Dim), int64(m.Dim)}
+	switch name {
+	case "sum", "sum_a":
+		return m.Sum, vec
+	case "abs_sum", "abs_sum_a":
+		return m.Abs, vec
+	case "gram", "gram_a":
+		return m.Gram, mat
+	case "sum_b":
+		return m.SumB, vec
+	case "abs_sum_b":
+		return m.AbsB, vec
+	case "gram_b":
+		return m.GramB, mat
+	case "cross":
+		return m.Cross, mat
+	}
+	return nil, nil
+}
+
+func (m *Module) setField(name string, v []float64) {
+	switch name {
+	case "sum", "sum_a":
+		m.Sum = v
+	case "abs_sum", "abs_sum_a":
+		m.Abs = v
+	case "gram", "gram_a":
+		m.Gram = v
+	case "sum_b":
+		m.SumB = v
+	case "abs_sum_b":
+		m.AbsB = v
+	case "gram_b":
+		m.GramB = v
+	case "cross":
+		m.Cross = v
+	}
+}
+
+// Write writes s to path (a .safetensors file) in the wtool-stats format,
+// atomically, with the refusals of checkpoint.Write (opts.Inputs, opts.Force).
+func Write(ctx context.Context, path string, s *Stats, opts checkpoint.WriteOptions) error {
+	if !checkpoint.IsSingleFile(path) {
+		return fmt.Errorf("%s: a statistics file must end in .safetensors", path)
+	}
+	var entries []safetensors.Entry
+	byName := map[string]func() *tensors.Tensor{}
+	for _, m := range s.Modules {
+		for _, f := range fields(s.Kind) {
+			name := m.Name + "." + f
+			if f == "count" {
+				entries = append(entries, safetensors.Entry{Name: name, DType: tensors.I64, Shape: []int64{}})
+				count := m.Count
+				byName[name] = func() *tensors.Tensor {
+					t := &tensors.Tensor{Name: name, DType: tensors.I64, Shape: []int64{}, Data: make([]byte, 8)}
+					binary.LittleEndian.PutUint64(t.Data, uint64(count))
+					return t
+				}
+				continue
+			}
+			data, shape := m.field(f)
+			if want, _ := tensors.NumElements(shape); int64(len(data)) != want {
+				return fmt.Errorf("module %q: field %s has %d values, want %d", m.Name, f, len(data), want)
+			}
+			entries = append(entries, safetensors.Entry{Name: name, DType: tensors.F64, Shape: shape})
+			byName[name] = func() *tensors.Tensor {
+				t, _ := tensors.FromFloat64(name, tensors.F64, shape, data)
+				return t
+			}
+		}
+	}
+	opts.Metadata = s.metadata()
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		return byName[e.Name](), nil, nil
+	}
+	_, err := checkpoint.Write(ctx, path, entries, produce, opts)
+	return err
+}
+
+// File is an opened statistics file; modules are read on demand.
+type File struct {
+	Path    string
+	Kind    Kind
+	Samples int64
+	Source  string
+	modules []string
+	m       *checkpoint.Model
+}
+
+// Open opens a statistics file and checks its format, version and kind, and
+// that every module listed has all its tensors with consistent shapes.
+func Open(path string) (*File, error) {
+	m, err := checkpoint.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := newFile(path, m)
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func newFile(path string, m *checkpoint.Model) (*File, error) {
+	md := m.Metadata()
+	if md["format"] != Format {
+		return nil, fmt.Errorf("%s: not a wtool statistics file (__metadata__ format is %q, want %q)", path, md["format"], Format)
+	}
+	if md["version"] != Version {
+		return nil, fmt.Errorf("%s: statistics file version %q is not supported (this wtool reads version %s)", path, md["version"], Version)
+	}
+	f := &File{Path: path, Kind: Kind(md["kind"]), Source: md["source"], m: m}
+	if f.Kind != Single && f.Kind != Joint {
+		return nil, fmt.Errorf("%s: unknown statistics kind %q", path, md["kind"])
+	}
+	f.Samples, _ = strconv.ParseInt(md["samples"], 10, 64)
+	if md["modules"] != "" {
+		f.modules = strings.Split(md["modules"], ",")
+	}
+	for _, name := range f.modules {
+		if err := f.checkModule(name); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func (f *File) checkModule(name string) error {
+	count, ok := f.m.Info(name + ".count")
+	if !ok || count.DType != tensors.I64 || len(count.Shape) != 0 {
+		return fmt.Errorf("%s: module %q: missing or malformed %s.count (I64 scalar)", f.Path, name, name)
+	}
+	dim := int64(-1)
+	for _, fld := range fields(f.Kind)[1:] {
+		info, ok := f.m.Info(name + "." + fld)
+		if !ok {
+			return fmt.Errorf("%s: module %q: tensor %s.%s is missing", f.Path, name, name, fld)
+		}
+		if info.DType != tensors.F64 || len(info.Shape) < 1 || len(info.Shape) > 2 {
+			return fmt.Errorf("%s: tensor %s.%s: want F64 of rank 1 or 2, got %s%v", f.Path, name, fld, info.DType, info.Shape)
+		}
+		if dim < 0 {
+			dim = info.Shape[0]
+		}
+		wantRank := 1
+		if strings.HasPrefix(fld, "gram") || fld == "cross" {
+			wantRank = 2
+		}
+		if len(info.Shape) != wantRank || slices.ContainsFunc(info.Shape, func(d int64) bool { return d != dim }) {
+			return fmt.Errorf("%s: tensor %s.%s: shape %v, want %d dimension(s) of %d", f.Path, name, fld, info.Shape, wantRank, dim)
+		}
+	}
+	return nil
+}
+
+// Modules returns the module names in forward order.
+func (f *File) Modules() []string { return f.modules }
+
+// Has reports whether the file has statistics for the module.
+func (f *File) Has(name string) bool { return slices.Contains(f.modules, name) }
+
+// Module reads the named module's statistics.
+func (f *File) Module(name string) (*Module, error) {
+	if !f.Has(name) {
+		return nil, fmt.Errorf("%s: no statistics for module %q", f.Path, name)
+	}
+	ct, err := f.m.Tensor(name + ".count")
+	if err != nil {
+		return nil, err
+	}
+	m := &Module{Name: name, Count: int64(binary.LittleEndian.Uint64(ct.Data))}
+	for _, fld := range fields(f.Kind)[1:] {
+		t, err := f.m.Tensor(name + "." + fld)
+		if err != nil {
+			return nil, err
+		}
+		v, err := t.Float64()
+		if err != nil {
+			return nil, err
+		}
+		f.m.Release(t.Name)
+		for i, x := range v {
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return nil, fmt.Errorf("%s: tensor %s has a non-finite value at %d", f.Path, t.Name, i)
+			}
+		}
+		m.Dim = int(t.Shape[0])
+		m.setField(fld, v)
+	}
+	return m, nil
+}
+
+// Load reads every module into memory.
+func (f *File) Load() (*Stats, error) {
+	s := &Stats{Kind: f.Kind, Samples: f.Samples, Source: f.Source}
+	for _, n := range f.modules {
+		m, err := f.Module(n)
+		if err != nil {
+			return nil, err
+		}
+		s.Modules = append(s.Modules, m)
+	}
+	return s, nil
+}
+
+// Close releases the file.
+func (f *File) Close() error { return f.m.Close() }
+
+// Merge adds the statistics of b to a (more data of the same model): both
+// must be of the same kind, with the same modules and dimensions.
+func Merge(a, b *Stats) error {
+	if a.Kind != b.Kind {
+		return fmt.Errorf("cannot merge %s statistics with %s statistics", a.Kind, b.Kind)
+	}
+	if len(a.Modules) != len(b.Modules) {
+		return fmt.Errorf("cannot merge statistics of %d modules with statistics of %d", len(a.Modules), len(b.Modules))
+	}
+	for i, ma := range a.Modules {
+		mb := b.Modules[i]
+		if ma.Name != mb.Name || ma.Dim != mb.Dim {
+			return fmt.Errorf("module %d: %q (%d) vs %q (%d)", i, ma.Name, ma.Dim, mb.Name, mb.Dim)
+		}
+	}
+	for i, ma := range a.Modules {
+		mb := b.Modules[i]
+		ma.Count += mb.Count
+		for _, fld := range fields(a.Kind)[1:] {
+			va, _ := ma.field(fld)
+			vb, _ := mb.field(fld)
+			for j := range va {
+				va[j] += vb[j]
+			}
+		}
+	}
+	a.Samples += b.Samples
+	return nil
+}
