@@ -32,6 +32,7 @@ func main() {
 	kvHeads := flag.Int("kv-heads", 4, "llama: key/value heads")
 	vocab := flag.Int("vocab", 1024, "llama: vocabulary size")
 	shard := flag.String("max-shard-size", "5GB", "shard limit for a directory output")
+	name := flag.String("name", "", "plain layout with -n 1: the tensor's name (e.g. x for a calibration set)")
 	flag.Parse()
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "mkckpt: -o is required")
@@ -63,7 +64,11 @@ func main() {
 		}
 	} else {
 		for k := range *n {
-			add(fmt.Sprintf("layers.%03d.weight", k), int64(*rows), int64(*cols))
+			nm := fmt.Sprintf("layers.%03d.weight", k)
+			if *name != "" && *n == 1 {
+				nm = *name
+			}
+			add(nm, int64(*rows), int64(*cols))
 		}
 	}
 	limit, err := checkpoint.ParseSize(*shard)
