@@ -126,11 +126,16 @@ func (n *Network) LossAndGradients(ws *Workspace, x []float32, labels []int, g *
 		}
 		lse := m + math.Log(s)
 		loss += lse - float64(z[labels[r]])
+		// (softmax - onehot) / rows, formed in float64: 1 - p for the true
+		// class loses most of its digits if the subtraction is done in float32
 		d := dz[r*classes : (r+1)*classes]
 		for j, v := range z {
-			d[j] = float32(math.Exp(float64(v)-lse) / float64(rows))
+			g := math.Exp(float64(v) - lse)
+			if j == labels[r] {
+				g--
+			}
+			d[j] = float32(g / float64(rows))
 		}
-		d[labels[r]] -= float32(1 / float64(rows))
 	}
 	loss /= float64(rows)
 	if g == nil {
