@@ -66,6 +66,8 @@ problems, 130 interrupted (no output is left behind).`,
 		newConvertCmd(g),
 		newStatsCmd(g),
 		newFisherCmd(g),
+		newAlignCmd(g),
+		newMergeCmd(g),
 	)
 	return root
 }

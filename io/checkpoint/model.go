@@ -315,3 +315,26 @@ func (m *Model) CompanionFiles() ([]string, error) {
 	}
 	return out, nil
 }
+
+// SameArchitecture checks that two models have the same tensor names and
+// shapes (dtypes may differ); the error names the first difference.
+func SameArchitecture(a, b *Model) error {
+	an, bn := a.Names(), b.Names()
+	i, j := 0, 0
+	for i < len(an) || j < len(bn) {
+		switch {
+		case j == len(bn) || (i < len(an) && an[i] < bn[j]):
+			return fmt.Errorf("tensor %q is in %s but not in %s", an[i], a.Path, b.Path)
+		case i == len(an) || bn[j] < an[i]:
+			return fmt.Errorf("tensor %q is in %s but not in %s", bn[j], b.Path, a.Path)
+		}
+		ai, _ := a.Info(an[i])
+		bi, _ := b.Info(bn[j])
+		if !slices.Equal(ai.Shape, bi.Shape) {
+			return fmt.Errorf("tensor %q has shape %v in %s but %v in %s", an[i], ai.Shape, a.Path, bi.Shape, b.Path)
+		}
+		i++
+		j++
+	}
+	return nil
+}

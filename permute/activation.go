@@ -1,0 +1,242 @@
+package permute
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+
+	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/permute/lap"
+)
+
+// JointStats gives the joint statistics of two models' layer inputs per
+// module (a *stats.File of kind joint, or *stats.Stats via StatsOf).
+type JointStats interface {
+	Has(module string) bool
+	Module(module string) (*stats.Module, error)
+}
+
+type memStats struct{ s *stats.Stats }
+
+func (m memStats) Has(name string) bool { return m.s.Module(name) != nil }
+func (m memStats) Module(name string) (*stats.Module, error) {
+	if x := m.s.Module(name); x != nil {
+		return x, nil
+	}
+	return nil, fmt.Errorf("no statistics for module %q", name)
+}
+
+// StatsOf adapts in-memory statistics to JointStats.
+func StatsOf(s *stats.Stats) JointStats { return memStats{s} }
+
+// Correlation returns the correlation matrix (dim x dim, row-major) between
+// model A's and model B's input features of a joint module:
+// corr[i][j] = (E[a_i b_j] - E[a_i] E[b_j]) / (std(a_i) std(b_j)), 0 where a
+// feature is constant.
+func Correlation(m *stats.Module) ([]float64, error) {
+	if m.Cross == nil || m.GramB == nil {
+		return nil, fmt.Errorf("module %q: joint statistics needed (cross Gram)", m.Name)
+	}
+	d, n := m.Dim, float64(m.Count)
+	if n == 0 {
+		return nil, fmt.Errorf("module %q: no samples", m.Name)
+	}
+	ma, mb := make([]float64, d), make([]float64, d)
+	sa, sb := make([]float64, d), make([]float64, d)
+	for i := range d {
+		ma[i], mb[i] = m.Sum[i]/n, m.SumB[i]/n
+		sa[i] = math.Sqrt(max(m.Gram[i*d+i]/n-ma[i]*ma[i], 0))
+		sb[i] = math.Sqrt(max(m.GramB[i*d+i]/n-mb[i]*mb[i], 0))
+	}
+	c := make([]float64, d*d)
+	for i := range d {
+		for j := range d {
+			den := sa[i] * sb[j]
+			if den > 1e-12*(1+math.Abs(ma[i]*mb[j])) {
+				c[i*d+j] = (m.Cross[i*d+j]/n - ma[i]*mb[j]) / den
+			}
+		}
+	}
+	return c, nil
+}
+
+// GroupCorrelation describes how well activation matching aligned a group.
+type GroupCorrelation struct {
+	Group   string
+	Modules []string // the modules whose inputs gave the features
+	Before  float64  // mean correlation of unit i with unit i
+	After   float64  // mean correlation of unit i with its match
+}
+
+// ActivationMatching aligns model B to model A from joint statistics of
+// their layer inputs on the same data: for each group, the features are the
+// inputs of every module whose weight (a tensor "<module>.weight") has the
+// group on its input axis (axis 1), the cost of pairing A's unit i with B's
+// unit j is their correlation summed over those modules (over all features
+// of a unit for blocks and conv patches), and one exact assignment per group
+// maximises it. No coordinate descent is needed: features do not depend on
+// other groups' permutations.
+func ActivationMatching(ctx context.Context, s *Spec, js JointStats) (Perms, []GroupCorrelation, error) {
+	p := Identity(s)
+	var report []GroupCorrelation
+	for _, g := range s.GroupNames() {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		n := s.Groups[g]
+		cost := make([]float64, n*n)
+		rep := GroupCorrelation{Group: g}
+		terms := 0
+		for _, u := range s.Uses(g) {
+			mod, ok := strings.CutSuffix(u.Tensor, ".weight")
+			if !ok || u.Axis != 1 || !js.Has(mod) {
+				continue
+			}
+			m, err := js.Module(mod)
+			if err != nil {
+				return nil, nil, err
+			}
+			per := m.Dim / n // input features per unit (block, times the conv patch)
+			if per*n != m.Dim {
+				return nil, nil, fmt.Errorf("group %q: module %q has %d input features, not a multiple of %d units", g, mod, m.Dim, n)
+			}
+			corr, err := Correlation(m)
+			if err != nil {
+				return nil, nil, err
+			}
+			for i := range n {
+				for j := range n {
+					var c float64
+					for k := range per {
+						c += corr[(i*per+k)*m.Dim+j*per+k]
+					}
+					cost[i*n+j] += c / float64(per)
+				}
+			}
+			rep.Modules = append(rep.Modules, mod)
+			terms++
+		}
+		if terms == 0 {
+			return nil, nil, fmt.Errorf("group %q: no module in the statistics takes its units as input; activation matching cannot align it (use weight matching)", g)
+		}
+		asg, err := lap.Solve(cost, n, n, true)
+		if err != nil {
+			return nil, nil, fmt.Errorf("group %q: %w", g, err)
+		}
+		copy(p[g], asg.RowToCol)
+		for i := range n {
+			rep.Before += cost[i*n+i]
+			rep.After += cost[i*n+asg.RowToCol[i]]
+		}
+		rep.Before /= float64(n * terms)
+		rep.After /= float64(n * terms)
+		report = append(report, rep)
+	}
+	return p, report, nil
+}
+
+// MergeMany aligns several models to each other (Ainsworth et al.'s
+// MergeMany): starting from identities, it repeatedly matches each model, in
+// a seeded random order, to the mean of the others (all permuted) by weight
+// matching, until a round changes no permutation or the total squared
+// distance of the models to their mean stops improving. It returns one Perms
+// per model; averaging the permuted models gives the merge. All models are
+// held in memory.
+func MergeMany(ctx context.Context, s *Spec, models []MemorySource, opts MatchOptions) ([]Perms, error) {
+	k := len(models)
+	if k < 2 {
+		return nil, fmt.Errorf("MergeMany needs at least two models")
+	}
+	perms := make([]Perms, k)
+	for i := range perms {
+		perms[i] = Identity(s)
+	}
+	permuted := make([]MemorySource, k)
+	for i := range models {
+		permuted[i] = applySource(s, models[i], perms[i])
+	}
+	r := rand.New(rand.NewPCG(opts.Seed, 7))
+	best := math.Inf(1)
+	maxRounds := opts.MaxSweeps
+	if maxRounds <= 0 {
+		maxRounds = 100
+	}
+	for round := 0; round < maxRounds; round++ {
+		changed := false
+		for _, i := range r.Perm(k) {
+			var others []MemorySource
+			for j := range k {
+				if j != i {
+					others = append(others, permuted[j])
+				}
+			}
+			mean := meanSource(others)
+			o := opts
+			o.Init = perms[i]
+			o.Progress = nil
+			res, err := WeightMatching(ctx, s, mean, models[i], o)
+			if err != nil {
+				return nil, err
+			}
+			for _, g := range s.GroupNames() {
+				if !slices.Equal(res.Perms[g], perms[i][g]) {
+					changed = true
+				}
+			}
+			perms[i] = res.Perms
+			permuted[i] = applySource(s, models[i], perms[i])
+		}
+		total := 0.0
+		mean := meanSource(permuted)
+		for i := range k {
+			d, err := Distance(s, mean, permuted[i], Identity(s))
+			if err != nil {
+				return nil, err
+			}
+			total += d * d
+		}
+		if !changed || total >= best*(1-1e-12) {
+			break
+		}
+		best = total
+	}
+	return perms, nil
+}
+
+// applySource returns the permuted float tensors of a model in memory.
+func applySource(s *Spec, m MemorySource, p Perms) MemorySource {
+	out := MemorySource{}
+	for name, t := range m {
+		idx, moved, err := s.indices(name, len(t.Shape), p)
+		if err != nil || !moved {
+			out[name] = t
+			continue
+		}
+		d := make([]float32, len(t.Data))
+		gather32(d, t.Data, t.Shape, idx)
+		out[name] = Tensor32{Data: d, Shape: t.Shape}
+	}
+	return out
+}
+
+// meanSource averages models tensor by tensor.
+func meanSource(ms []MemorySource) MemorySource {
+	out := MemorySource{}
+	for name, t := range ms[0] {
+		d := make([]float32, len(t.Data))
+		for _, m := range ms {
+			for i, v := range m[name].Data {
+				d[i] += v
+			}
+		}
+		inv := 1 / float32(len(ms))
+		for i := range d {
+			d[i] *= inv
+		}
+		out[name] = Tensor32{Data: d, Shape: t.Shape}
+	}
+	return out
+}

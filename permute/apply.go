@@ -1,0 +1,236 @@
+package permute
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// Perms holds one permutation per group. For group g, Perms[g][i] is the unit
+// of the original model that becomes unit i of the permuted one.
+type Perms map[string][]int
+
+// Identity returns the identity permutation of every group of s.
+func Identity(s *Spec) Perms {
+	p := Perms{}
+	for g, n := range s.Groups {
+		p[g] = make([]int, n)
+		for i := range n {
+			p[g][i] = i
+		}
+	}
+	return p
+}
+
+// Clone returns a deep copy.
+func (p Perms) Clone() Perms {
+	out := Perms{}
+	for g, v := range p {
+		out[g] = slices.Clone(v)
+	}
+	return out
+}
+
+// Inverse returns the permutations that undo p.
+func (p Perms) Inverse() Perms {
+	out := Perms{}
+	for g, v := range p {
+		inv := make([]int, len(v))
+		for i, j := range v {
+			inv[j] = i
+		}
+		out[g] = inv
+	}
+	return out
+}
+
+// Check verifies that p has, for every group of s, a permutation of the
+// group's size.
+func (p Perms) Check(s *Spec) error {
+	for _, g := range s.GroupNames() {
+		v, ok := p[g]
+		if !ok {
+			return fmt.Errorf("no permutation for group %q", g)
+		}
+		if len(v) != s.Groups[g] {
+			return fmt.Errorf("group %q: permutation of %d units, the group has %d", g, len(v), s.Groups[g])
+		}
+		seen := make([]bool, len(v))
+		for _, j := range v {
+			if j < 0 || j >= len(v) || seen[j] {
+				return fmt.Errorf("group %q: not a permutation (index %d)", g, j)
+			}
+			seen[j] = true
+		}
+	}
+	for g := range p {
+		if _, ok := s.Groups[g]; !ok {
+			return fmt.Errorf("permutation for unknown group %q", g)
+		}
+	}
+	return nil
+}
+
+// IsIdentity reports whether every permutation is the identity.
+func (p Perms) IsIdentity() bool {
+	for _, v := range p {
+		for i, j := range v {
+			if i != j {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// axisIndex expands a unit permutation with a block size into an element
+// index along an axis: element i*b+k comes from perm[i]*b+k.
+func axisIndex(perm []int, block int) []int {
+	idx := make([]int, len(perm)*block)
+	for i, j := range perm {
+		for k := range block {
+			idx[i*block+k] = j*block + k
+		}
+	}
+	return idx
+}
+
+// indices returns, per axis of the named tensor, the source index of each
+// output element (nil for an axis left alone), and whether any axis moves.
+func (s *Spec) indices(name string, rank int, p Perms) ([][]int, bool, error) {
+	axes, ok := s.Tensors[name]
+	if !ok {
+		return nil, false, fmt.Errorf("tensor %q is not in the permutation spec", name)
+	}
+	if len(axes) == 0 {
+		return nil, false, nil
+	}
+	if len(axes) != rank {
+		return nil, false, fmt.Errorf("tensor %q has %d axes, the spec gives %d", name, rank, len(axes))
+	}
+	idx := make([][]int, rank)
+	moved := false
+	for i, a := range axes {
+		if a.Group == "" {
+			continue
+		}
+		perm, ok := p[a.Group]
+		if !ok {
+			return nil, false, fmt.Errorf("tensor %q axis %d: no permutation for group %q", name, i, a.Group)
+		}
+		idx[i] = axisIndex(perm, a.block())
+		moved = true
+	}
+	return idx, moved, nil
+}
+
+// Apply returns t with the permutations applied to its axes. Elements move as
+// whole bytes, so every dtype of at least 8 bits is carried through exactly;
+// a tensor with no permuted axis is returned as is.
+func (s *Spec) Apply(t *tensors.Tensor, p Perms) (*tensors.Tensor, error) {
+	idx, moved, err := s.indices(t.Name, len(t.Shape), p)
+	if err != nil || !moved {
+		return t, err
+	}
+	for i, ix := range idx {
+		if ix != nil && int64(len(ix)) != t.Shape[i] {
+			return nil, fmt.Errorf("tensor %q axis %d has %d elements, the permutation covers %d", t.Name, i, t.Shape[i], len(ix))
+		}
+	}
+	if t.DType.Bits()%8 != 0 {
+		return nil, fmt.Errorf("tensor %q: cannot permute %s elements (smaller than a byte)", t.Name, t.DType)
+	}
+	out := &tensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Data: make([]byte, len(t.Data))}
+	gather(out.Data, t.Data, t.Shape, t.DType.Bits()/8, idx)
+	return out, nil
+}
+
+// gather copies src into dst (both C-order with the given shape and element
+// size) so that dst[i0, i1, ...] = src[idx0[i0], idx1[i1], ...], a nil index
+// meaning identity on that axis.
+func gather(dst, src []byte, shape []int64, elem int, idx [][]int) {
+	rank := len(shape)
+	if rank == 0 {
+		copy(dst, src)
+		return
+	}
+	strides := make([]int, rank)
+	s := elem
+	for i := rank - 1; i >= 0; i-- {
+		strides[i] = s
+		s *= int(shape[i])
+	}
+	// the trailing axes that no permutation touches are copied as one run
+	tail := rank
+	for tail > 0 && idx[tail-1] == nil {
+		tail--
+	}
+	run := elem
+	for i := tail; i < rank; i++ {
+		run *= int(shape[i])
+	}
+	var rec func(axis, dOff, sOff int)
+	rec = func(axis, dOff, sOff int) {
+		if axis == tail {
+			copy(dst[dOff:dOff+run], src[sOff:sOff+run])
+			return
+		}
+		n := int(shape[axis])
+		for i := range n {
+			j := i
+			if idx[axis] != nil {
+				j = idx[axis][i]
+			}
+			rec(axis+1, dOff+i*strides[axis], sOff+j*strides[axis])
+		}
+	}
+	rec(0, 0, 0)
+}
+
+// ApplyCheckpoint writes model m with the permutations applied to out, in
+// the same layout options as opts (sharding, metadata, companion files),
+// streaming one tensor at a time. The spec must cover m.
+func ApplyCheckpoint(ctx context.Context, m *checkpoint.Model, s *Spec, p Perms, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
+	if err := s.Validate(Shapes(m)); err != nil {
+		return nil, fmt.Errorf("%s: %w", m.Path, err)
+	}
+	if err := p.Check(s); err != nil {
+		return nil, err
+	}
+	opts, err := m.DefaultWriteOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	pass := m.Passthrough()
+	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		t, done, err := pass(ctx, e)
+		if err != nil {
+			return nil, nil, err
+		}
+		pt, err := s.Apply(t, p)
+		if err != nil || pt == t {
+			return pt, done, err
+		}
+		done()
+		return pt, nil, nil
+	}
+	return checkpoint.Write(ctx, out, m.Entries(), produce, opts)
+}
+
+// Shapes returns the shapes of every tensor of a model.
+func Shapes(m *checkpoint.Model) map[string][]int64 {
+	out := map[string][]int64{}
+	for _, n := range m.Names() {
+		info, _ := m.Info(n)
+		out[n] = info.Shape
+	}
+	return out
+}
+
+// Names returns the group names of p, sorted.
+func (p Perms) Names() []string { return slices.Sorted(maps.Keys(p)) }
