@@ -220,6 +220,11 @@ func parseGlobal(p *Plan, n *yaml.Node) error {
 			p.Alpha, err = num()
 		case "match":
 			p.Match, err = scalar(val, key)
+		case "restarts":
+			var v float64
+			if v, err = num(); err == nil {
+				p.Restarts = int(v)
+			}
 		default:
 			return fmt.Errorf("line %d: unsupported parameter %q", n.Content[i].Line, key)
 		}

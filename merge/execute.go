@@ -195,7 +195,7 @@ func (j *job) align(ctx context.Context) error {
 		return err
 	}
 	j.spec = spec
-	mo := permute.MatchOptions{Seed: j.p.Seed}
+	mo := permute.MatchOptions{Seed: j.p.Seed, Restarts: j.p.restarts()}
 	if len(j.models) == 2 {
 		a, b := permute.NewCheckpointSource(j.models[0], 4<<30), permute.NewCheckpointSource(j.models[1], 4<<30)
 		res, err := permute.WeightMatching(ctx, spec, a, b, mo)

@@ -105,6 +105,15 @@ type Plan struct {
 	Ridge      float64 // pleas/regmean: ridge term
 	Match      string  // pleas: activation (default) or weight
 	Alpha      float64 // regmean: scale of the Gram matrices' off-diagonal entries
+	// Restarts of weight matching (wm, pleas --match weight); 0 means 3.
+	Restarts int
+}
+
+func (p *Plan) restarts() int {
+	if p.Restarts <= 0 {
+		return 3
+	}
+	return p.Restarts
 }
 
 // Methods lists the canonical method names with a one-line description.

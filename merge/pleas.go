@@ -397,7 +397,7 @@ func (j *job) pleas(ctx context.Context, out string, opts checkpoint.WriteOption
 			return nil, err
 		}
 		a, b := permute.NewCheckpointSource(j.models[0], 0), permute.NewCheckpointSource(j.models[1], 0)
-		mr, err := permute.WeightMatching(ctx, spec, a, b, permute.MatchOptions{Seed: p.Seed})
+		mr, err := permute.WeightMatching(ctx, spec, a, b, permute.MatchOptions{Seed: p.Seed, Restarts: p.restarts()})
 		if err != nil {
 			return nil, err
 		}

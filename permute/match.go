@@ -24,6 +24,11 @@ type MatchOptions struct {
 	Tol float64
 	// Init, if set, is the starting permutation (default identity).
 	Init Perms
+	// Restarts runs the descent this many times with seeds Seed, Seed+1,
+	// ... and keeps the result closest to A (default 1). Coordinate descent
+	// finds a local optimum that depends on the group order; a few restarts
+	// make the result less sensitive to the seed.
+	Restarts int
 	// Progress, if set, is called after each sweep with the sweep number and
 	// the objective sum <A, pi(B)>.
 	Progress func(sweep int, objective float64)
@@ -60,6 +65,21 @@ func (s *Spec) permuted() []string {
 // less than Tol, or after MaxSweeps sweeps. A and B must hold every tensor
 // the spec permutes, with the spec's shapes.
 func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions) (*MatchResult, error) {
+	if opts.Restarts > 1 {
+		var best *MatchResult
+		for r := range opts.Restarts {
+			o := opts
+			o.Restarts, o.Seed = 1, opts.Seed+uint64(r)
+			res, err := WeightMatching(ctx, s, a, b, o)
+			if err != nil {
+				return nil, err
+			}
+			if best == nil || res.DistanceAfter < best.DistanceAfter {
+				best = res
+			}
+		}
+		return best, nil
+	}
 	if opts.MaxSweeps <= 0 {
 		opts.MaxSweeps = 100
 	}

@@ -18,6 +18,7 @@ func newAlignCmd(g *globals) *cobra.Command {
 	var mf mlpFlags
 	var method, specName, statsPath, savePerm string
 	var seed uint64
+	var restarts int
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "align REFERENCE MODEL -o OUTPUT [--method weight|activation] [--spec auto|mlp|llama|FILE.json]",
@@ -75,7 +76,7 @@ printed.`,
 			if err != nil {
 				return err
 			}
-			aopts := permute.AlignOptions{Method: method, Match: permute.MatchOptions{Seed: seed}}
+			aopts := permute.AlignOptions{Method: method, Match: permute.MatchOptions{Seed: seed, Restarts: restarts}}
 			if method == "activation" {
 				js, closeStats, err := jointStats(cmd, &mf, statsPath, args)
 				if err != nil {
@@ -113,6 +114,7 @@ printed.`,
 	cmd.Flags().StringVar(&specName, "spec", "auto", "permutation spec: auto, mlp, llama, or a JSON file")
 	cmd.Flags().StringVar(&statsPath, "stats", "", "joint statistics of REFERENCE and MODEL, for --method activation")
 	cmd.Flags().Uint64Var(&seed, "seed", 0, "seed of the group order in weight matching")
+	cmd.Flags().IntVar(&restarts, "restarts", 3, "weight matching runs with seeds seed, seed+1, ...; the closest result is kept")
 	cmd.Flags().StringVar(&savePerm, "save-perm", "", "also write the permutations to this .safetensors file")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd

@@ -13,7 +13,7 @@ import (
 	"github.com/wtool/wtool/tensors"
 )
 
-const demo = "../../testdata/demo"
+const demoDir = "../../testdata/demo"
 
 // wtool runs the command line in-process and returns exit code, stdout, stderr.
 func wtool(t *testing.T, args ...string) (int, string, string) {
@@ -36,18 +36,18 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{"help", []string{"--help"}, exitOK, "Exit codes", ""},
 		{"version", []string{"--version"}, exitOK, "wtool version", ""},
-		{"unknown flag", []string{"inspect", "--nope", demo + "/mlp-a"}, exitUsage, "", "unknown flag"},
+		{"unknown flag", []string{"inspect", "--nope", demoDir + "/mlp-a"}, exitUsage, "", "unknown flag"},
 		{"missing argument", []string{"inspect"}, exitUsage, "", "takes 1 argument"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, "", "unknown command"},
 		{"inspect missing file", []string{"inspect", filepath.Join(dir, "nope")}, exitFailure, "", "no such file"},
 		{"inspect bad file", []string{"inspect", bad}, exitFailure, "", "header too small"},
-		{"validate ok", []string{"validate", demo + "/mlp-a"}, exitOK, "ok", ""},
-		{"validate bad", []string{"validate", demo + "/mlp-a", bad}, exitInvalid, "bad.safetensors: header too small", ""},
-		{"convert bad dtype", []string{"convert", demo + "/mlp-a", "-o", filepath.Join(dir, "x"), "--dtype", "int8"}, exitUsage, "", "--dtype"},
-		{"convert no output", []string{"convert", demo + "/mlp-a"}, exitUsage, "", "output"},
-		{"convert onto input", []string{"convert", demo + "/mlp-a", "-o", demo + "/mlp-a", "--force"}, exitFailure, "", "refusing to overwrite an input"},
-		{"shard size on a file", []string{"convert", demo + "/mlp-a", "-o", filepath.Join(dir, "x.safetensors"), "--max-shard-size", "1MB"}, exitUsage, "", "directory output"},
-		{"bad shard size", []string{"convert", demo + "/mlp-a", "-o", filepath.Join(dir, "y"), "--max-shard-size", "lots"}, exitUsage, "", "invalid size"},
+		{"validate ok", []string{"validate", demoDir + "/mlp-a"}, exitOK, "ok", ""},
+		{"validate bad", []string{"validate", demoDir + "/mlp-a", bad}, exitInvalid, "bad.safetensors: header too small", ""},
+		{"convert bad dtype", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x"), "--dtype", "int8"}, exitUsage, "", "--dtype"},
+		{"convert no output", []string{"convert", demoDir + "/mlp-a"}, exitUsage, "", "output"},
+		{"convert onto input", []string{"convert", demoDir + "/mlp-a", "-o", demoDir + "/mlp-a", "--force"}, exitFailure, "", "refusing to overwrite an input"},
+		{"shard size on a file", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x.safetensors"), "--max-shard-size", "1MB"}, exitUsage, "", "directory output"},
+		{"bad shard size", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "y"), "--max-shard-size", "lots"}, exitUsage, "", "invalid size"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,7 +60,7 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestInspectJSON(t *testing.T) {
-	code, stdout, stderr := wtool(t, "inspect", "--json", demo+"/mlp-a")
+	code, stdout, stderr := wtool(t, "inspect", "--json", demoDir+"/mlp-a")
 	if code != 0 {
 		t.Fatal(stderr)
 	}
@@ -79,7 +79,7 @@ func TestInspectJSON(t *testing.T) {
 
 func TestConvertThenInspectSharded(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out")
-	code, _, stderr := wtool(t, "convert", demo+"/mlp-a", "-o", out, "--dtype", "f16", "--max-shard-size", "20kB", "-q")
+	code, _, stderr := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "--dtype", "f16", "--max-shard-size", "20kB", "-q")
 	if code != 0 {
 		t.Fatal(stderr)
 	}
@@ -96,7 +96,7 @@ func TestConvertThenInspectSharded(t *testing.T) {
 		t.Error("config.json not copied")
 	}
 	// values are the f16 rounding of the originals
-	a, _ := checkpoint.Open(demo + "/mlp-a")
+	a, _ := checkpoint.Open(demoDir + "/mlp-a")
 	defer a.Close()
 	b, _ := checkpoint.Open(out)
 	defer b.Close()
@@ -110,10 +110,10 @@ func TestConvertThenInspectSharded(t *testing.T) {
 		}
 	}
 	// --force replaces, without --force refuses
-	if code, _, _ := wtool(t, "convert", demo+"/mlp-a", "-o", out, "-q"); code != exitFailure {
+	if code, _, _ := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q"); code != exitFailure {
 		t.Errorf("existing output without --force: exit %d", code)
 	}
-	if code, _, stderr := wtool(t, "convert", demo+"/mlp-a", "-o", out, "-q", "--force"); code != 0 {
+	if code, _, stderr := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q", "--force"); code != 0 {
 		t.Errorf("--force: %s", stderr)
 	}
 }
@@ -122,7 +122,7 @@ func TestValidateJSON(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.safetensors")
 	os.WriteFile(bad, append([]byte{0xe8, 3, 0, 0, 0, 0, 0, 0}, make([]byte, 80)...), 0o644)
-	code, stdout, _ := wtool(t, "validate", "--json", demo+"/mlp-b", bad)
+	code, stdout, _ := wtool(t, "validate", "--json", demoDir+"/mlp-b", bad)
 	var rs []validateResult
 	if err := json.Unmarshal([]byte(stdout), &rs); err != nil {
 		t.Fatal(err, stdout)

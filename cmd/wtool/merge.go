@@ -16,7 +16,7 @@ import (
 // flags); with --config none of them may be given.
 var mergeFlagNames = []string{"method", "base", "weights", "density", "lambda", "t", "normalize", "no-normalize",
 	"rescale", "dtype", "seed", "allow-nonfinite", "spec", "layers", "act", "calib", "calib-key", "stats",
-	"fisher", "width", "ridge", "match", "alpha"}
+	"fisher", "width", "ridge", "match", "alpha", "restarts"}
 
 func newMergeCmd(g *globals) *cobra.Command {
 	var of outputFlags
@@ -26,6 +26,7 @@ func newMergeCmd(g *globals) *cobra.Command {
 		seed                                                              uint64
 		normalize, noNormalize, allowNonFinite                            bool
 		width, ridge, alpha                                               float64
+		restarts                                                          int
 	)
 	var methodDocs []string
 	for _, m := range merge.Methods {
@@ -96,7 +97,7 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 					return usageErrorf("--method is required (or --config)")
 				}
 				p = &merge.Plan{Method: method, Base: base, DType: dtype, Seed: seed, AllowNonFinite: allowNonFinite,
-					Spec: spec, Act: act, Calib: calib, CalibKey: calibKey, Width: width, Ridge: ridge, Match: match, Alpha: alpha}
+					Spec: spec, Act: act, Calib: calib, CalibKey: calibKey, Width: width, Ridge: ridge, Match: match, Alpha: alpha, Restarts: restarts}
 				for _, a := range args {
 					p.Models = append(p.Models, merge.ModelInput{Path: a})
 				}
@@ -196,6 +197,7 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 	f.Float64Var(&ridge, "ridge", 0, "pleas/regmean: ridge added to the least-squares systems (relative to their mean diagonal)")
 	f.StringVar(&match, "match", "activation", "pleas: activation or weight matching")
 	f.Float64Var(&alpha, "alpha", 1, "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1]")
+	f.IntVar(&restarts, "restarts", 3, "wm: weight matching runs with seeds seed, seed+1, ...; the closest result is kept")
 	return cmd
 }
 

@@ -68,6 +68,7 @@ problems, 130 interrupted (no output is left behind).`,
 		newFisherCmd(g),
 		newAlignCmd(g),
 		newMergeCmd(g),
+		newDemoCmd(g),
 	)
 	return root
 }
