@@ -262,7 +262,7 @@ func (j *job) floats(i int, name string) ([]float32, error) {
 		return nil, fmt.Errorf("%s: %w", m.Path, err)
 	}
 	for k, x := range v {
-		if x != x || math.IsInf(float64(x), 0) {
+		if !finite(x) {
 			return nil, fmt.Errorf("%s: tensor %q has a non-finite value (%g) at index %d", m.Path, name, x, k)
 		}
 	}
@@ -278,13 +278,16 @@ func (j *job) produce(ctx context.Context, e safetensors.Entry) (*tensors.Tensor
 	if !info.DType.IsFloat() { // integers and narrow floats: the first model's
 		return first.Passthrough()(ctx, e)
 	}
+	if coef, ok := j.affine(e.Name); ok {
+		return j.produceAffine(e, coef)
+	}
 	out := make([]float32, info.Size*8/int64(info.DType.Bits()))
 	if err := j.compute(e.Name, info.Shape, out); err != nil {
 		return nil, nil, fmt.Errorf("tensor %q: %w", e.Name, err)
 	}
 	if !j.p.AllowNonFinite {
 		for k, x := range out {
-			if x != x || math.IsInf(float64(x), 0) {
+			if !finite(x) {
 				return nil, nil, fmt.Errorf("tensor %q: the merge produced %g at index %d (use --allow-nonfinite to write it anyway)", e.Name, x, k)
 			}
 		}
@@ -436,3 +439,6 @@ func (j *job) fisherMerge(name string, xs [][]float32, weights []float64, out []
 	}
 	return nil
 }
+
+// finite reports whether x is neither NaN nor infinite (exponent not all ones).
+func finite(x float32) bool { return math.Float32bits(x)&0x7f800000 != 0x7f800000 }

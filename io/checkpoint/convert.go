@@ -27,6 +27,7 @@ func (m *Model) Passthrough() Producer {
 		if err != nil {
 			return nil, nil, err
 		}
+		m.Prefetch(e.Name)
 		return t, func() { m.Release(e.Name) }, nil
 	}
 }

@@ -233,6 +233,13 @@ func (m *Model) Release(name string) {
 	}
 }
 
+// Prefetch maps the named tensor's pages ahead of use (a hint).
+func (m *Model) Prefetch(name string) {
+	if i, ok := m.where[name]; ok {
+		m.files[i].Prefetch(name)
+	}
+}
+
 // Metadata returns the __metadata__ of the first shard (Hugging Face writes
 // the same map, usually {"format": "pt"}, into every shard); nil if none.
 func (m *Model) Metadata() map[string]string {

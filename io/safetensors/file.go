@@ -143,6 +143,22 @@ func (f *File) Release(name string) {
 	releaseRange(f.mapped, start, start+info.Size())
 }
 
+// Prefetch asks the kernel to map the named tensor's pages now, in one call,
+// instead of one page fault at a time as they are first touched. It is a
+// hint: errors (old kernels) are ignored.
+func (f *File) Prefetch(name string) {
+	info, ok := f.Header.Lookup(name)
+	if !ok {
+		return
+	}
+	m, err := f.mapping()
+	if err != nil {
+		return
+	}
+	start := f.Header.DataOffset + info.Begin
+	populateRange(m, start, start+info.Size())
+}
+
 // Close unmaps and closes the file. Views returned earlier become invalid.
 func (f *File) Close() error {
 	f.mu.Lock()

@@ -34,3 +34,11 @@ func releaseRange(m []byte, start, end int64) {
 		_ = unix.Madvise(m[lo:hi], unix.MADV_DONTNEED)
 	}
 }
+
+// populateRange maps the pages of [start, end) in one madvise call.
+func populateRange(m []byte, start, end int64) {
+	lo := start &^ (pageSize - 1)
+	if end > lo {
+		_ = unix.Madvise(m[lo:end], unix.MADV_POPULATE_READ)
+	}
+}
