@@ -20,7 +20,8 @@ type MatchOptions struct {
 	// MaxSweeps bounds the coordinate descent (default 100).
 	MaxSweeps int
 	// Tol is the improvement of the objective below which a sweep counts as
-	// converged (default 1e-12).
+	// converged (0 means 1e-12; a negative Tol runs all MaxSweeps sweeps,
+	// for benchmarks).
 	Tol float64
 	// Init, if set, is the starting permutation (default identity).
 	Init Perms
@@ -83,7 +84,7 @@ func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions
 	if opts.MaxSweeps <= 0 {
 		opts.MaxSweeps = 100
 	}
-	if opts.Tol <= 0 {
+	if opts.Tol == 0 {
 		opts.Tol = 1e-12
 	}
 	p := Identity(s)
@@ -130,7 +131,7 @@ func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions
 			for i, j := range p[g] {
 				old += cost[i*n+j]
 			}
-			if asg.Cost > old+opts.Tol {
+			if asg.Cost > old+max(opts.Tol, 1e-12) {
 				progress += asg.Cost - old
 				copy(p[g], asg.RowToCol)
 			}
