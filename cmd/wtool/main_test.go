@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/tensors"
 )
@@ -129,5 +131,92 @@ func TestValidateJSON(t *testing.T) {
 	}
 	if code != exitInvalid || len(rs) != 2 || !rs[0].Valid || rs[1].Valid || rs[1].Problems[0].Kind != "InvalidHeaderLength" {
 		t.Errorf("exit %d, results %+v", code, rs)
+	}
+}
+
+func TestMergeFlagsAndConfigIdentical(t *testing.T) {
+	dir := t.TempDir()
+	a, b := demoDir+"/mlp-a", demoDir+"/mlp-b"
+	o1, o2 := filepath.Join(dir, "flags.safetensors"), filepath.Join(dir, "yaml.safetensors")
+	code, _, stderr := wtool(t, "merge", a, b, "-o", o1, "--method", "dare-ties", "--base", demoDir+"/mlp-c",
+		"--weights", "1,0.5", "--density", "0.7", "--seed", "9", "--dtype", "bf16", "-q")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	cfg := filepath.Join(dir, "m.yaml")
+	os.WriteFile(cfg, []byte(`models:
+  - model: `+a+`
+    parameters: {weight: 1, density: 0.7}
+  - model: `+b+`
+    parameters: {weight: 0.5, density: 0.7}
+merge_method: dare_ties
+base_model: `+demoDir+`/mlp-c
+parameters: {rescale: false}
+dtype: bfloat16
+seed: 9
+`), 0o644)
+	// rescale: false in YAML is "none"; the flags default is the paper's 1/density
+	code, _, stderr = wtool(t, "merge", "--config", cfg, "-o", o2, "-q")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	x, _ := os.ReadFile(o1)
+	y, _ := os.ReadFile(o2)
+	if bytes.Equal(x, y) {
+		t.Fatal("different rescaling should give different bytes")
+	}
+	code, _, stderr = wtool(t, "merge", a, b, "-o", o1, "--method", "dare-ties", "--base", demoDir+"/mlp-c",
+		"--weights", "1,0.5", "--density", "0.7", "--seed", "9", "--dtype", "bf16", "--rescale", "none", "-q", "--force")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	x, _ = os.ReadFile(o1)
+	if !bytes.Equal(x, y) {
+		t.Fatal("the same merge by flags and by YAML gave different bytes")
+	}
+	// flags that belong in the config are refused with --config
+	if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", o2, "--method", "ties", "--force"); code != exitUsage || !strings.Contains(stderr, "--method") {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+	// an unsupported mergekit method is named
+	os.WriteFile(cfg, []byte("models: [{model: "+a+"}]\nmerge_method: della\n"), 0o644)
+	if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", o2, "--force"); code == 0 || !strings.Contains(stderr, `"della"`) {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+}
+
+func TestAlignPreservesFunction(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "b-aligned")
+	code, stdout, stderr := wtool(t, "align", demoDir+"/mlp-a", demoDir+"/mlp-b", "-o", out, "--json", "-q")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	var r struct {
+		DistanceBefore float64 `json:"distance_before"`
+		DistanceAfter  float64 `json:"distance_after"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil || !(r.DistanceAfter < r.DistanceBefore) {
+		t.Fatalf("%v %s", err, stdout)
+	}
+	// same outputs as mlp-b on the test inputs
+	logits := func(path string) []float32 {
+		m, _ := checkpoint.Open(path)
+		defer m.Close()
+		n, err := mlp.Load(m, nil, mlp.ReLU)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, _ := mlp.OpenInputs(demoDir+"/digits_test.safetensors", "")
+		defer in.Close()
+		x, _ := in.Batch(nil, 0, 50)
+		var ws mlp.Workspace
+		return append([]float32(nil), n.Forward(&ws, x, 50)...)
+	}
+	p, q := logits(demoDir+"/mlp-b"), logits(out)
+	for i := range p {
+		if math.Abs(float64(p[i]-q[i])) > 1e-4*(1+math.Abs(float64(p[i]))) {
+			t.Fatalf("logit %d: %v vs %v", i, p[i], q[i])
+		}
 	}
 }
