@@ -480,3 +480,46 @@ func TestPlanShards(t *testing.T) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 }
+
+func TestOptionalAndBoundedEntries(t *testing.T) {
+	dir := t.TempDir()
+	entries := []safetensors.Entry{
+		{Name: "a.0.weight", DType: tensors.F32, Shape: []int64{100, 8}, Bounded: true, Optional: true},
+		{Name: "a.weight", DType: tensors.F32, Shape: []int64{16, 8}, Optional: true},
+		{Name: "b.weight", DType: tensors.F32, Shape: []int64{4, 4}},
+	}
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		switch e.Name {
+		case "a.0.weight":
+			x, _ := tensors.New(e.Name, tensors.F32, []int64{3, 8}) // the rank turned out to be 3
+			return x, nil, nil
+		case "a.weight":
+			return nil, nil, nil // not written
+		}
+		x, _ := tensors.New(e.Name, tensors.F32, e.Shape)
+		return x, nil, nil
+	}
+	for _, out := range []string{filepath.Join(dir, "one.safetensors"), filepath.Join(dir, "sharded")} {
+		res, err := Write(context.Background(), out, entries, produce, WriteOptions{MaxShardSize: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Tensors != 2 {
+			t.Errorf("%d tensors written", res.Tensors)
+		}
+		m, err := Open(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, ok := m.Info("a.0.weight")
+		if fmt.Sprint(m.Names()) != "[a.0.weight b.weight]" || !ok || fmt.Sprint(info.Shape) != "[3 8]" {
+			t.Errorf("%s: names %v, a.0.weight %v", out, m.Names(), info.Shape)
+		}
+		m.Close()
+	}
+	// a required entry the producer leaves out is an error
+	bad := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) { return nil, nil, nil }
+	if _, err := Write(context.Background(), filepath.Join(dir, "bad.safetensors"), entries[2:], bad, WriteOptions{}); err == nil {
+		t.Error("a missing required tensor must fail")
+	}
+}

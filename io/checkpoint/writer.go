@@ -95,7 +95,7 @@ func Write(ctx context.Context, out string, entries []safetensors.Entry, produce
 		if err := w.shards([]string{out}, [][]safetensors.Entry{entries}); err != nil {
 			return nil, err
 		}
-		return &Written{Path: out, Files: []string{out}, Tensors: len(entries), TotalSize: w.done}, nil
+		return &Written{Path: out, Files: []string{out}, Tensors: w.written, TotalSize: w.done}, nil
 	}
 	return w.directory(out, entries, sizes)
 }
@@ -106,6 +106,8 @@ type writeJob struct {
 	opts    WriteOptions
 	total   int64
 	done    int64
+	written int             // tensors written
+	skipped map[string]bool // optional entries the producer left out
 }
 
 // planShards splits entries, in name order, into shards of at most limit
@@ -192,7 +194,9 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 		ix := &Index{TotalSize: w.done, WeightMap: map[string]string{}}
 		for i, shard := range plan {
 			for _, e := range shard {
-				ix.WeightMap[e.Name] = names[i]
+				if !w.skipped[e.Name] {
+					ix.WeightMap[e.Name] = names[i]
+				}
 			}
 		}
 		if err := writeFileSync(filepath.Join(tmp, IndexFileName), encodeIndex(ix)); err != nil {
@@ -206,7 +210,7 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 		return nil, err
 	}
 	committed = true
-	res := &Written{Path: out, Tensors: len(entries), TotalSize: w.done}
+	res := &Written{Path: out, Tensors: w.written, TotalSize: w.done}
 	for _, n := range names {
 		res.Files = append(res.Files, filepath.Join(out, n))
 	}
@@ -285,10 +289,17 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if r.err == nil && r.t == nil {
+		skip := r.err == nil && r.t == nil
+		switch {
+		case skip && !j.e.Optional:
 			r.err = fmt.Errorf("tensor %q: producer returned no tensor", j.e.Name)
-		}
-		if r.err == nil {
+		case skip:
+			r.err = writers[j.shard].Skip(j.e.Name)
+			if w.skipped == nil {
+				w.skipped = map[string]bool{}
+			}
+			w.skipped[j.e.Name] = true
+		case r.err == nil:
 			r.err = writers[j.shard].Write(r.t)
 		}
 		if r.done != nil {
@@ -297,7 +308,10 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 		if r.err != nil {
 			return r.err
 		}
-		w.done += int64(len(r.t.Data))
+		if !skip {
+			w.done += int64(len(r.t.Data))
+			w.written++
+		}
 		if w.opts.Progress != nil {
 			w.opts.Progress(w.done, w.total)
 		}

@@ -25,6 +25,9 @@ type Entry struct {
 	// A file with bounded entries gets its header written last, padded with
 	// spaces to the length reserved for the bounds.
 	Bounded bool
+	// Optional marks a tensor the producer may decide not to write (Skip);
+	// like Bounded, it makes the header be written last.
+	Optional bool
 }
 
 // SortEntries orders entries as the reference writer lays tensors out: by
@@ -196,6 +199,7 @@ type Writer struct {
 	next     int
 	bounded  bool
 	reserve  int // header length reserved when bounded
+	skipped  []int
 	done     bool
 }
 
@@ -216,7 +220,7 @@ func Create(path string, entries []Entry, metadata map[string]string) (*Writer, 
 		shapes: make([][]int64, len(entries)), actual: make([]int64, len(entries))}
 	for i, e := range entries {
 		w.shapes[i] = e.Shape
-		w.bounded = w.bounded || e.Bounded
+		w.bounded = w.bounded || e.Bounded || e.Optional
 	}
 	// With exact shapes the header is final now; with bounds, the header for
 	// the bounds is the longest the real one can be (every number in it can
@@ -292,6 +296,21 @@ func (w *Writer) Write(t *tensors.Tensor) error {
 	return nil
 }
 
+// Skip passes over the next entry, which must be Optional: the file will
+// not have that tensor.
+func (w *Writer) Skip(name string) error {
+	if w.done || w.next >= len(w.entries) {
+		return fmt.Errorf("%s: skip %q: no tensor expected", w.path, name)
+	}
+	e := w.entries[w.next]
+	if e.Name != name || !e.Optional {
+		return fmt.Errorf("%s: cannot skip %q (expected %q, optional=%v)", w.path, name, e.Name, e.Optional)
+	}
+	w.skipped = append(w.skipped, w.next)
+	w.next++
+	return nil
+}
+
 // Close completes the file: it checks every declared tensor was written,
 // writes a deferred header, syncs and renames the temporary file to the
 // destination. On error the temporary file is removed.
@@ -305,7 +324,16 @@ func (w *Writer) Close() error {
 	}
 	err := w.buf.Flush()
 	if err == nil && w.bounded {
-		header := pad8(appendHeader(nil, w.entries, w.shapes, w.actual, w.metadata), w.reserve)
+		entries, shapes, actual := w.entries, w.shapes, w.actual
+		if len(w.skipped) > 0 {
+			entries, shapes, actual = nil, nil, nil
+			for i, e := range w.entries {
+				if !slices.Contains(w.skipped, i) {
+					entries, shapes, actual = append(entries, e), append(shapes, w.shapes[i]), append(actual, w.actual[i])
+				}
+			}
+		}
+		header := pad8(appendHeader(nil, entries, shapes, actual, w.metadata), w.reserve)
 		if len(header) != w.reserve {
 			err = fmt.Errorf("internal error: header of %d bytes exceeds the %d reserved", len(header), w.reserve)
 		} else {
