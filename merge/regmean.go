@@ -3,6 +3,7 @@ package merge
 import (
 	"context"
 	"fmt"
+	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
 	"strings"
 	"sync"
 

@@ -3,6 +3,7 @@ package permute
 import (
 	"context"
 	"fmt"
+	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
 	"math"
 	"math/rand/v2"
 	"slices"

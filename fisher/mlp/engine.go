@@ -2,6 +2,7 @@ package mlp
 
 import (
 	"fmt"
+	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
 	"math"
 
 	"gonum.org/v1/gonum/blas"

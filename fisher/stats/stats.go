@@ -12,6 +12,7 @@ package stats
 
 import (
 	"fmt"
+	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
 	"math"
 	"strconv"
 	"strings"
