@@ -96,7 +96,12 @@ func fuseBF16(ins []input, out tensors.DType, dst []byte, lo, hi int, allowNonFi
 	}
 	y, d = y[:len(x)], d[:len(x)]
 	cx, cy := float32(ins[0].c), float32(ins[1].c)
-	for k, hx := range x {
+	start := 0
+	if n, bad := lerpBF16(d, x, y, cx, cy); !bad {
+		start = n // the vector kernel did these; the scalar loop does the rest
+	}
+	for k := start; k < len(x); k++ {
+		hx := x[k]
 		hy := y[k]
 		if hx&0x7f80 == 0x7f80 || hy&0x7f80 == 0x7f80 {
 			m := ins[0].m

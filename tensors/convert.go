@@ -6,6 +6,7 @@ import (
 	"math"
 	"runtime"
 	"sync"
+	"unsafe"
 )
 
 // le is the byte order of every tensor in the safetensors format.
@@ -188,6 +189,13 @@ func Convert(dst []byte, to DType, src []byte, from DType) error {
 	case from == F32 && to == BF16:
 		parallel(n, func(lo, hi int) {
 			s, d := src[4*lo:4*hi], dst[2*lo:2*hi]
+			if s32, d16 := u32view(s), u16view(d); s32 != nil && d16 != nil {
+				d16 = d16[:len(s32)]
+				for i, u := range s32 {
+					d16[i] = bf16Bits(u)
+				}
+				return
+			}
 			for i := range hi - lo {
 				le.PutUint16(d[2*i:], BF16FromFloat32(math.Float32frombits(le.Uint32(s[4*i:]))))
 			}
@@ -238,4 +246,28 @@ func parallel(n int, f func(lo, hi int)) {
 		}()
 	}
 	wg.Wait()
+}
+
+// bf16Bits is BF16FromFloat32 on the bits of a float32.
+func bf16Bits(u uint32) uint16 {
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x0040
+	}
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// u32view and u16view view little-endian bytes as integers when they are
+// suitably aligned (the machines wtool runs on are little-endian), else nil.
+func u32view(b []byte) []uint32 {
+	if len(b) < 4 || uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&b[0])), len(b)/4)
+}
+
+func u16view(b []byte) []uint16 {
+	if len(b) < 2 || uintptr(unsafe.Pointer(&b[0]))%2 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), len(b)/2)
 }

@@ -200,8 +200,14 @@ type Writer struct {
 	bounded  bool
 	reserve  int // header length reserved when bounded
 	skipped  []int
+	pos      int64 // bytes written so far, prefix and header included
+	synced   int64 // bytes handed to writeback
 	done     bool
 }
+
+// writebackChunk is how much written data accumulates before the writer
+// asks the kernel to start writing it out.
+const writebackChunk = 8 << 20
 
 // Create starts a file at path that will hold exactly the declared entries,
 // with the given __metadata__ (nil for none). Tensors must then be written
@@ -248,6 +254,7 @@ func Create(path string, entries []Entry, metadata map[string]string) (*Writer, 
 		}
 	}
 	w.buf.Write(prefix[:])
+	w.pos = 8 + int64(len(header))
 	if _, err := w.buf.Write(header); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -290,6 +297,14 @@ func (w *Writer) Write(t *tensors.Tensor) error {
 	}
 	if _, err := w.buf.Write(t.Data); err != nil {
 		return fmt.Errorf("%s: tensor %q: %w", w.path, t.Name, err)
+	}
+	w.pos += int64(len(t.Data))
+	if w.pos-w.synced >= writebackChunk {
+		if err := w.buf.Flush(); err != nil {
+			return fmt.Errorf("%s: %w", w.path, err)
+		}
+		startWriteback(w.tmp, w.synced, w.pos-w.synced)
+		w.synced = w.pos
 	}
 	w.actual[w.next] = int64(len(t.Data))
 	w.next++

@@ -1,0 +1,7 @@
+//go:build !amd64 || purego
+
+package merge
+
+func lerpBF16(d, x, y []uint16, a, b float32) (int, bool) { return 0, false }
+
+func haveVectorKernel() bool { return false }
