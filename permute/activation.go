@@ -13,24 +13,11 @@ import (
 )
 
 // JointStats gives the joint statistics of two models' layer inputs per
-// module (a *stats.File of kind joint, or *stats.Stats via StatsOf).
-type JointStats interface {
-	Has(module string) bool
-	Module(module string) (*stats.Module, error)
-}
-
-type memStats struct{ s *stats.Stats }
-
-func (m memStats) Has(name string) bool { return m.s.Module(name) != nil }
-func (m memStats) Module(name string) (*stats.Module, error) {
-	if x := m.s.Module(name); x != nil {
-		return x, nil
-	}
-	return nil, fmt.Errorf("no statistics for module %q", name)
-}
+// module (a joint *stats.File, or Stats.Lookup of statistics in memory).
+type JointStats = stats.Lookup
 
 // StatsOf adapts in-memory statistics to JointStats.
-func StatsOf(s *stats.Stats) JointStats { return memStats{s} }
+func StatsOf(s *stats.Stats) JointStats { return s.Lookup() }
 
 // Correlation returns the correlation matrix (dim x dim, row-major) between
 // model A's and model B's input features of a joint module:

@@ -3,19 +3,14 @@
 package tools
 
 import (
-	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/wtool/wtool/internal/testenv"
 )
 
 func TestPythonCollectorUnitTests(t *testing.T) {
-	py := "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import torch, numpy").Run(); err != nil {
-		if os.Getenv("WTOOL_REQUIRE_PYTHON") != "" {
-			t.Fatalf("%s with torch and numpy is required: %v", py, err)
-		}
-		t.Skipf("%s with torch and numpy not available: %v", py, err)
-	}
+	py := testenv.Python(t)
 	cmd := exec.Command(py, "-B", "-m", "unittest", "discover", "-s", ".", "-p", "test_*.py")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -7,30 +7,30 @@ import (
 	"github.com/schollz/progressbar/v3"
 )
 
-// byteProgress returns a progress callback drawing a byte-count bar on stderr,
-// and a function to finish it. Without a terminal, or with --quiet, both do
-// nothing.
-func (g *globals) byteProgress(description string) (update func(done, total int64), finish func()) {
+// progress returns a progress callback drawing a bar on stderr, and a
+// function to finish it. Without a terminal, or with --quiet, both do
+// nothing. bytes selects byte units for the counts.
+func progress[N int | int64](g *globals, description string, bytes bool) (update func(done, total N), finish func()) {
 	if g.quiet || !g.stderrIsTerminal() {
-		return func(int64, int64) {}, func() {}
+		return func(N, N) {}, func() {}
 	}
 	var mu sync.Mutex
 	var bar *progressbar.ProgressBar
-	update = func(done, total int64) {
+	update = func(done, total N) {
 		mu.Lock()
 		defer mu.Unlock()
 		if bar == nil {
-			bar = progressbar.NewOptions64(total,
+			bar = progressbar.NewOptions64(int64(total),
 				progressbar.OptionSetWriter(g.stderr),
 				progressbar.OptionSetDescription(description),
-				progressbar.OptionShowBytes(true),
+				progressbar.OptionShowBytes(bytes),
 				progressbar.OptionSetWidth(30),
 				progressbar.OptionThrottle(100*time.Millisecond),
 				progressbar.OptionShowCount(),
 				progressbar.OptionClearOnFinish(),
 			)
 		}
-		bar.Set64(done)
+		bar.Set64(int64(done))
 	}
 	finish = func() {
 		mu.Lock()
@@ -42,34 +42,12 @@ func (g *globals) byteProgress(description string) (update func(done, total int6
 	return update, finish
 }
 
-// countProgress is byteProgress for counts of items (samples, tensors).
-func (g *globals) countProgress(description string) (update func(done, total int), finish func()) {
-	if g.quiet || !g.stderrIsTerminal() {
-		return func(int, int) {}, func() {}
-	}
-	var mu sync.Mutex
-	var bar *progressbar.ProgressBar
-	update = func(done, total int) {
-		mu.Lock()
-		defer mu.Unlock()
-		if bar == nil {
-			bar = progressbar.NewOptions(total,
-				progressbar.OptionSetWriter(g.stderr),
-				progressbar.OptionSetDescription(description),
-				progressbar.OptionSetWidth(30),
-				progressbar.OptionThrottle(100*time.Millisecond),
-				progressbar.OptionShowCount(),
-				progressbar.OptionClearOnFinish(),
-			)
-		}
-		bar.Set(done)
-	}
-	finish = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if bar != nil {
-			bar.Finish()
-		}
-	}
-	return update, finish
+// byteProgress is a progress bar counting bytes.
+func (g *globals) byteProgress(description string) (func(done, total int64), func()) {
+	return progress[int64](g, description, true)
+}
+
+// countProgress is a progress bar counting items (samples, tensors).
+func (g *globals) countProgress(description string) (func(done, total int), func()) {
+	return progress[int](g, description, false)
 }

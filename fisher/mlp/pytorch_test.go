@@ -3,29 +3,18 @@ package mlp
 import (
 	"context"
 	"math"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/wtool/wtool/fisher"
 	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/internal/testenv"
 	"github.com/wtool/wtool/io/checkpoint"
 )
 
 // python returns the interpreter with torch, or skips the test (fails it
 // when WTOOL_REQUIRE_PYTHON is set, as in CI).
-func python(t *testing.T) string {
-	t.Helper()
-	py := "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import torch, numpy").Run(); err != nil {
-		if os.Getenv("WTOOL_REQUIRE_PYTHON") != "" {
-			t.Fatalf("%s with torch and numpy is required: %v", py, err)
-		}
-		t.Skipf("%s with torch and numpy not available: %v", py, err)
-	}
-	return py
-}
 
 const (
 	demoDir   = "../../testdata/demo"
@@ -61,7 +50,7 @@ func loadNet(t *testing.T, path string, act Activation) *Network {
 // (the Cauchy-Schwarz bound), since a float32 product of a batch is exact
 // only to that scale.
 func TestStatsMatchPyTorchCollector(t *testing.T) {
-	py := python(t)
+	py := testenv.Python(t)
 	dir := t.TempDir()
 	calib := demoDir + "/digits_train.safetensors"
 	for _, tc := range []struct {
@@ -150,7 +139,7 @@ func compareGram(t *testing.T, what string, got, want, ga, gb []float64, d int) 
 // TestFisherMatchesPyTorchCollector: the Fisher the Go engine computes equals
 // the PyTorch collector's within 1e-5 of each tensor's largest value.
 func TestFisherMatchesPyTorchCollector(t *testing.T) {
-	py := python(t)
+	py := testenv.Python(t)
 	dir := t.TempDir()
 	data := demoDir + "/digits_train.safetensors"
 	for _, tc := range []struct {

@@ -208,6 +208,28 @@ type Stats struct {
 	Source  string
 }
 
+// Lookup gives a module's statistics by name: a *File, or Stats.Lookup for
+// statistics in memory. Consumers (matching, merging, compression) take a
+// Lookup so they read files one module at a time.
+type Lookup interface {
+	Has(module string) bool
+	Module(module string) (*Module, error)
+}
+
+// Lookup returns the statistics as a Lookup.
+func (s *Stats) Lookup() Lookup { return memLookup{s} }
+
+type memLookup struct{ s *Stats }
+
+func (m memLookup) Has(name string) bool { return m.s.Module(name) != nil }
+
+func (m memLookup) Module(name string) (*Module, error) {
+	if x := m.s.Module(name); x != nil {
+		return x, nil
+	}
+	return nil, fmt.Errorf("no statistics for module %q", name)
+}
+
 // Module returns the named module's statistics, or nil.
 func (s *Stats) Module(name string) *Module {
 	for _, m := range s.Modules {
