@@ -68,6 +68,9 @@ problems, 130 interrupted (no output is left behind).`,
 		newFisherCmd(g),
 		newAlignCmd(g),
 		newMergeCmd(g),
+		newCompressCmd(g),
+		newSpectrumCmd(g),
+		newAdapterCmd(g),
 		newDemoCmd(g),
 	)
 	return root

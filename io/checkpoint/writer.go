@@ -48,6 +48,14 @@ type WriteOptions struct {
 	// Progress, if set, is called after each tensor with the bytes written
 	// so far and in total.
 	Progress func(done, total int64)
+	// Finalize, if set, is called once every tensor is written, with the
+	// (temporary) output directory, to add files that depend on what was
+	// computed (a report, an adapter beside the model). They are in place
+	// before the output appears. Directory outputs only.
+	Finalize func(dir string) error
+	// WeightsName replaces "model" in the weight files' names
+	// ("adapter_model" gives adapter_model.safetensors).
+	WeightsName string
 }
 
 // Written describes a completed output.
@@ -158,11 +166,15 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 	}()
 	os.Chmod(tmp, 0o755)
 
-	names := []string{"model.safetensors"}
+	stem := "model"
+	if w.opts.WeightsName != "" {
+		stem = w.opts.WeightsName
+	}
+	names := []string{stem + ".safetensors"}
 	if len(plan) > 1 {
 		names = names[:0]
 		for i := range plan {
-			names = append(names, fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(plan)))
+			names = append(names, fmt.Sprintf("%s-%05d-of-%05d.safetensors", stem, i+1, len(plan)))
 		}
 	}
 	paths := make([]string, len(names))
@@ -199,7 +211,12 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 				}
 			}
 		}
-		if err := writeFileSync(filepath.Join(tmp, IndexFileName), encodeIndex(ix)); err != nil {
+		if err := writeFileSync(filepath.Join(tmp, stem+".safetensors.index.json"), encodeIndex(ix)); err != nil {
+			return nil, err
+		}
+	}
+	if w.opts.Finalize != nil {
+		if err := w.opts.Finalize(tmp); err != nil {
 			return nil, err
 		}
 	}

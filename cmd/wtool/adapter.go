@@ -1,0 +1,148 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/peft"
+	"github.com/wtool/wtool/lowrank"
+)
+
+func newAdapterCmd(g *globals) *cobra.Command {
+	var of outputFlags
+	var sf svdFlags
+	var rf rankFlags
+	var method string
+	var alpha float64
+	var targets []string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "adapter MODEL -o OUTDIR --method pissa|sorsa|svfit (--rank R | --energy E)",
+		Short: "Initialise SVD-based adapters (PiSSA, SORSA, SVFit), PEFT-loadable",
+		Long: `Adapter splits every target weight W into the top singular components, which
+become a trainable adapter, and a frozen residual, streaming one matrix at a
+time:
+
+  pissa   OUTDIR is the residual model (same layout and dtype as MODEL, config
+          and tokenizer files copied) and OUTDIR/adapter a Hugging Face PEFT
+          LoRA adapter (adapter_model.safetensors, adapter_config.json with
+          init_lora_weights true) with PEFT's PiSSA scaling, so that
+          residual + (alpha/r) B A = W. Load it with
+          PeftModel.from_pretrained(AutoModel.from_pretrained(OUTDIR), OUTDIR/adapter).
+  sorsa   one checkpoint: residuals in M.weight plus M.sorsa_A (V^T), M.sorsa_S,
+          M.sorsa_B (U), all trainable; sorsa_config.json describes them.
+  svfit   one checkpoint: residuals plus frozen M.svfit_U and M.svfit_Vt and
+          trainable M.svfit_S; svfit_config.json describes them.
+
+--rank R gives every module rank R; --energy E gives each module the smallest
+rank keeping E of its squared singular values (recorded in PEFT's
+rank_pattern/alpha_pattern). --alpha is lora_alpha (default: r, scaling 1).
+--target REGEX (repeatable) selects the weights (default: every 2-D weight
+except embeddings and the output head); target_modules lists the short names
+of the modules adapted. Adapter factors are stored as F32; residuals are
+computed from the float32 weights and rounded once to the model's dtype, and
+the report shows how much that rounding changes them.
+
+'wtool adapter convert INIT TRAINED -o LORA' turns a trained PiSSA adapter
+into a plain LoRA adapter for the original base model.`,
+		Example: `  wtool adapter testdata/demo/mlp-a -o /tmp/mlp-a-pissa --method pissa --rank 8
+  wtool adapter ./Llama-3.2-1B -o ./llama-pissa --method pissa --rank 64 --target 'proj\.weight$'`,
+		Args: argsBetween(1, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := of.options(cmd, g)
+			if err != nil {
+				return err
+			}
+			rule, err := rf.rule()
+			if err != nil {
+				return err
+			}
+			ts, err := compileTargets(targets)
+			if err != nil {
+				return err
+			}
+			m, err := checkpoint.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			update, finish := g.byteProgress("initialising")
+			reports, written, err := lowrank.InitAdapters(cmd.Context(), m, of.out, lowrank.AdapterOptions{Method: method, Rule: rule, Alpha: alpha,
+				Targets: ts, SVD: sf.options(), Progress: update}, opts)
+			finish()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"output": written.Path, "method": method, "modules": reports})
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "MODULE\tSHAPE\tRANK\tENERGY\tRESIDUAL\tCAST ERROR")
+			for _, r := range reports {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%.4f\t%.4f\t%.2g\n", r.Module, formatShape(r.Shape), r.Rank, r.Energy, r.ResidualNorm, r.CastError)
+			}
+			tw.Flush()
+			g.info("wrote %s", written.Path)
+			return nil
+		},
+	}
+	of.register(cmd)
+	sf.register(cmd)
+	rf.register(cmd, false)
+	cmd.Flags().StringVar(&method, "method", "pissa", "pissa, sorsa or svfit")
+	cmd.Flags().Float64Var(&alpha, "alpha", 0, "lora_alpha (default: the rank, i.e. scaling 1)")
+	cmd.Flags().StringArrayVar(&targets, "target", nil, "regular expression of the weights to adapt (repeatable)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.AddCommand(newAdapterConvertCmd(g))
+	return cmd
+}
+
+func newAdapterConvertCmd(g *globals) *cobra.Command {
+	var out string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "convert INIT_ADAPTER TRAINED_ADAPTER -o LORA_DIR",
+		Short: "Convert a trained PiSSA adapter into a LoRA adapter for the original base model",
+		Long: `Convert takes the PiSSA adapter as 'wtool adapter --method pissa' wrote it
+(INIT_ADAPTER, e.g. OUTDIR/adapter) and the same adapter after training, and
+writes a plain LoRA adapter that applies to the ORIGINAL base model, as PEFT's
+path_initial_model_for_weight_conversion does: the training's change
+dW = (alpha/r)(B A - B0 A0) is stored as lora_A = [A; A0], lora_B = [B, -B0],
+with r and lora_alpha doubled.`,
+		Args: argsBetween(2, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usageErrorf("-o is required")
+			}
+			init, err := peft.Read(args[0])
+			if err != nil {
+				return err
+			}
+			trained, err := peft.Read(args[1])
+			if err != nil {
+				return err
+			}
+			if err := checkpoint.CheckOutput(out, args, force); err != nil {
+				return err
+			}
+			lora, err := peft.ConvertPiSSA(init, trained)
+			if err != nil {
+				return err
+			}
+			if err := peft.Write(cmd.Context(), out, lora, force); err != nil {
+				return err
+			}
+			g.info("wrote %s: LoRA r=%d, lora_alpha=%g, %d modules", out, lora.Config.R, lora.Config.LoraAlpha, len(lora.Modules))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "output adapter directory (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists")
+	return cmd
+}

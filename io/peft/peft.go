@@ -1,0 +1,329 @@
+// Package peft reads and writes LoRA adapters in the layout Hugging Face PEFT
+// loads with PeftModel.from_pretrained: a directory holding
+// adapter_model.safetensors (tensors base_model.model.<module>.lora_A.weight,
+// r x in, and ...lora_B.weight, out x r; __metadata__ {"format": "pt"}) and
+// adapter_config.json. It also converts a trained PiSSA adapter into a
+// plain LoRA adapter for the original base model, as PEFT does.
+package peft
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// File names of a PEFT adapter directory.
+const (
+	WeightsFile = "adapter_model.safetensors"
+	ConfigFile  = "adapter_config.json"
+	keyPrefix   = "base_model.model."
+)
+
+// Config is a LoRA adapter_config.json. Fields wtool does not interpret are
+// kept in Extra and written back unchanged.
+type Config struct {
+	R             int
+	LoraAlpha     float64
+	TargetModules []string
+	RankPattern   map[string]int
+	AlphaPattern  map[string]float64
+	// InitLoraWeights is PEFT's init_lora_weights: true for an adapter to be
+	// loaded as is (also for PiSSA residual models), or the name of an
+	// initialisation.
+	InitLoraWeights any
+	UseRslora       bool
+	Extra           map[string]any
+}
+
+// NewConfig returns the configuration PEFT itself writes for a LoRA adapter
+// (the fields of PEFT's own experiments' adapter_config.json).
+func NewConfig(r int, alpha float64, targets []string) *Config {
+	return &Config{R: r, LoraAlpha: alpha, TargetModules: targets, RankPattern: map[string]int{}, AlphaPattern: map[string]float64{},
+		InitLoraWeights: true, Extra: map[string]any{
+			"auto_mapping": nil, "base_model_name_or_path": nil, "bias": "none", "fan_in_fan_out": false,
+			"inference_mode": false, "layers_pattern": nil, "layers_to_transform": nil, "lora_dropout": 0.0,
+			"modules_to_save": nil, "peft_type": "LORA", "revision": nil, "task_type": nil, "use_dora": false,
+		}}
+}
+
+// Scaling returns the scale PEFT applies to module's B A: lora_alpha / r (or
+// / sqrt(r) with rslora), with the module's rank and alpha patterns.
+func (c *Config) Scaling(module string) float64 {
+	r, alpha := float64(c.R), c.LoraAlpha
+	if v, ok := c.RankPattern[module]; ok {
+		r = float64(v)
+	}
+	if v, ok := c.AlphaPattern[module]; ok {
+		alpha = v
+	}
+	if c.UseRslora {
+		return alpha / math.Sqrt(r)
+	}
+	return alpha / r
+}
+
+// MarshalJSON writes the configuration with sorted keys and indent 2, as
+// PEFT's save_pretrained does.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	m := map[string]any{}
+	maps.Copy(m, c.Extra)
+	m["r"] = c.R
+	m["lora_alpha"] = c.LoraAlpha
+	m["target_modules"] = c.TargetModules
+	m["rank_pattern"] = c.RankPattern
+	m["alpha_pattern"] = c.AlphaPattern
+	m["init_lora_weights"] = c.InitLoraWeights
+	m["use_rslora"] = c.UseRslora
+	if c.RankPattern == nil {
+		m["rank_pattern"] = map[string]int{}
+	}
+	if c.AlphaPattern == nil {
+		m["alpha_pattern"] = map[string]float64{}
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON reads an adapter_config.json.
+func (c *Config) UnmarshalJSON(b []byte) error {
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	if t, _ := m["peft_type"].(string); t != "" && t != "LORA" {
+		return fmt.Errorf("peft_type %q: only LoRA adapters are supported", t)
+	}
+	num := func(k string) (float64, bool) {
+		v, ok := m[k].(float64)
+		return v, ok
+	}
+	r, ok := num("r")
+	if !ok || r < 1 {
+		return fmt.Errorf("adapter config: r missing or invalid")
+	}
+	c.R = int(r)
+	c.LoraAlpha, _ = num("lora_alpha")
+	if c.LoraAlpha == 0 {
+		c.LoraAlpha = 8 // PEFT's default
+	}
+	c.InitLoraWeights = m["init_lora_weights"]
+	c.UseRslora, _ = m["use_rslora"].(bool)
+	switch t := m["target_modules"].(type) {
+	case []any:
+		for _, x := range t {
+			if s, ok := x.(string); ok {
+				c.TargetModules = append(c.TargetModules, s)
+			}
+		}
+	case string:
+		c.TargetModules = []string{t}
+	}
+	c.RankPattern, c.AlphaPattern = map[string]int{}, map[string]float64{}
+	if rp, ok := m["rank_pattern"].(map[string]any); ok {
+		for k, v := range rp {
+			if f, ok := v.(float64); ok {
+				c.RankPattern[k] = int(f)
+			}
+		}
+	}
+	if ap, ok := m["alpha_pattern"].(map[string]any); ok {
+		for k, v := range ap {
+			if f, ok := v.(float64); ok {
+				c.AlphaPattern[k] = f
+			}
+		}
+	}
+	for _, k := range []string{"r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "init_lora_weights", "use_rslora"} {
+		delete(m, k)
+	}
+	c.Extra = m
+	return nil
+}
+
+// Module is one adapted module's factors: A (r x in) and B (out x r).
+type Module struct {
+	Name string
+	A, B *tensors.Tensor
+}
+
+// Rank returns the module's rank.
+func (m *Module) Rank() int { return int(m.A.Shape[0]) }
+
+// Adapter is a LoRA adapter: its configuration and its modules by name.
+type Adapter struct {
+	Config  *Config
+	Modules map[string]*Module
+}
+
+// Names returns the module names, sorted.
+func (a *Adapter) Names() []string { return slices.Sorted(maps.Keys(a.Modules)) }
+
+// Key returns the tensor name PEFT uses for a module's factor ("lora_A" or
+// "lora_B").
+func Key(module, factor string) string { return keyPrefix + module + "." + factor + ".weight" }
+
+// Read reads an adapter directory.
+func Read(dir string) (*Adapter, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{}
+	if err := json.Unmarshal(b, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+	}
+	path := filepath.Join(dir, WeightsFile)
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	a := &Adapter{Config: cfg, Modules: map[string]*Module{}}
+	for _, info := range f.Header.Tensors {
+		rest, ok := strings.CutPrefix(info.Name, keyPrefix)
+		var module, factor string
+		if ok {
+			if m, ok2 := strings.CutSuffix(rest, ".lora_A.weight"); ok2 {
+				module, factor = m, "A"
+			} else if m, ok2 := strings.CutSuffix(rest, ".lora_B.weight"); ok2 {
+				module, factor = m, "B"
+			}
+		}
+		if factor == "" {
+			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight)", path, info.Name)
+		}
+		t, err := f.Tensor(info.Name)
+		if err != nil {
+			return nil, err
+		}
+		c := &tensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Data: slices.Clone(t.Data)}
+		mod := a.Modules[module]
+		if mod == nil {
+			mod = &Module{Name: module}
+			a.Modules[module] = mod
+		}
+		if factor == "A" {
+			mod.A = c
+		} else {
+			mod.B = c
+		}
+	}
+	for name, m := range a.Modules {
+		if m.A == nil || m.B == nil {
+			return nil, fmt.Errorf("%s: module %q lacks lora_A or lora_B", path, name)
+		}
+		if len(m.A.Shape) != 2 || len(m.B.Shape) != 2 || m.A.Shape[0] != m.B.Shape[1] {
+			return nil, fmt.Errorf("%s: module %q: lora_A %v and lora_B %v do not chain", path, name, m.A.Shape, m.B.Shape)
+		}
+	}
+	return a, nil
+}
+
+// Write writes an adapter directory atomically (refusing to replace an
+// existing one unless force).
+func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
+	cfgBytes, err := a.Config.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	var entries []safetensors.Entry
+	byName := map[string]*tensors.Tensor{}
+	for _, name := range a.Names() {
+		m := a.Modules[name]
+		for _, x := range []struct {
+			f string
+			t *tensors.Tensor
+		}{{"lora_A", m.A}, {"lora_B", m.B}} {
+			key := Key(name, x.f)
+			entries = append(entries, safetensors.Entry{Name: key, DType: x.t.DType, Shape: x.t.Shape})
+			byName[key] = x.t
+		}
+	}
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		t := byName[e.Name]
+		return &tensors.Tensor{Name: e.Name, DType: t.DType, Shape: t.Shape, Data: t.Data}, nil, nil
+	}
+	_, err = checkpoint.Write(ctx, dir, entries, produce, checkpoint.WriteOptions{
+		Force: force, WeightsName: "adapter_model", MaxShardSize: 1 << 62, CopyFiles: []string{},
+		Metadata: map[string]string{"format": "pt"}, Files: map[string][]byte{ConfigFile: cfgBytes}})
+	return err
+}
+
+// ConvertPiSSA turns a trained PiSSA adapter into a plain LoRA adapter that
+// applies to the original base model, as PEFT's
+// save_pretrained(path_initial_model_for_weight_conversion=...) does: the
+// change the training made is dW = s (B A - B0 A0), stored as
+// lora_A = cat([A, A0], 0) and lora_B = cat([B, -B0], 1), with r and
+// lora_alpha (and the rank and alpha patterns) doubled so the scaling stays
+// the same. init is the adapter as initialised, trained the adapter after
+// training; both must have the same modules and ranks.
+func ConvertPiSSA(init, trained *Adapter) (*Adapter, error) {
+	if len(init.Modules) != len(trained.Modules) {
+		return nil, fmt.Errorf("the initial adapter has %d modules, the trained one %d", len(init.Modules), len(trained.Modules))
+	}
+	cfg := *trained.Config
+	cfg.R *= 2
+	cfg.LoraAlpha *= 2
+	cfg.RankPattern, cfg.AlphaPattern = map[string]int{}, map[string]float64{}
+	for k, v := range trained.Config.RankPattern {
+		cfg.RankPattern[k] = 2 * v
+	}
+	for k, v := range trained.Config.AlphaPattern {
+		cfg.AlphaPattern[k] = 2 * v
+	}
+	cfg.InitLoraWeights = true
+	cfg.Extra = maps.Clone(trained.Config.Extra)
+	out := &Adapter{Config: &cfg, Modules: map[string]*Module{}}
+	for name, t := range trained.Modules {
+		i, ok := init.Modules[name]
+		if !ok {
+			return nil, fmt.Errorf("module %q is in the trained adapter but not in the initial one", name)
+		}
+		if !slices.Equal(i.A.Shape, t.A.Shape) || !slices.Equal(i.B.Shape, t.B.Shape) {
+			return nil, fmt.Errorf("module %q: initial factors %v/%v, trained %v/%v", name, i.A.Shape, i.B.Shape, t.A.Shape, t.B.Shape)
+		}
+		if init.Config.Scaling(name) != trained.Config.Scaling(name) {
+			return nil, fmt.Errorf("module %q: the initial and trained adapters scale differently", name)
+		}
+		r, in, o := t.Rank(), int(t.A.Shape[1]), int(t.B.Shape[0])
+		ta, _ := t.A.Float32()
+		ia, _ := i.A.Float32()
+		tb, _ := t.B.Float32()
+		ib, _ := i.B.Float32()
+		a := append(append([]float32{}, ta...), ia...) // rows: A then A0
+		b := make([]float32, o*2*r)                    // columns: B then -B0
+		for row := range o {
+			copy(b[row*2*r:row*2*r+r], tb[row*r:(row+1)*r])
+			for k := range r {
+				b[row*2*r+r+k] = -ib[row*r+k]
+			}
+		}
+		at, err := tensors.FromFloat32(Key(name, "lora_A"), t.A.DType, []int64{int64(2 * r), int64(in)}, a)
+		if err != nil {
+			return nil, err
+		}
+		bt, err := tensors.FromFloat32(Key(name, "lora_B"), t.B.DType, []int64{int64(o), int64(2 * r)}, b)
+		if err != nil {
+			return nil, err
+		}
+		out.Modules[name] = &Module{Name: name, A: at, B: bt}
+	}
+	return out, nil
+}
