@@ -32,21 +32,20 @@ type AdapterInit struct {
 // LowRank returns the low-rank part the adapter adds to the residual.
 func (a *AdapterInit) LowRank() []float64 {
 	out := make([]float64, a.M*a.N)
-	for i := range a.M {
-		for k := range a.Rank {
-			b := float64(a.B[i*a.Rank+k])
-			if a.Orthonormal {
-				b *= a.S[k]
-			} else {
-				b *= a.Scaling
-			}
-			row := out[i*a.N : (i+1)*a.N]
-			for j := range row {
-				row[j] += b * float64(a.A[k*a.N+j])
-			}
+	a.lowRank(func(i0 int, block []float64) { copy(out[i0*a.N:], block) })
+	return out
+}
+
+func (a *AdapterInit) lowRank(fn func(i0 int, block []float64)) {
+	scale := make([]float64, a.Rank)
+	for k := range scale {
+		if a.Orthonormal {
+			scale[k] = a.S[k]
+		} else {
+			scale[k] = a.Scaling
 		}
 	}
-	return out
+	lowRankRows(a.B, a.A, a.M, a.Rank, a.N, scale, fn)
 }
 
 // topTriplets is the shared first step: the top-rank SVD of W (the rank
@@ -89,12 +88,15 @@ func topTriplets(w []float32, m, n int, rule RankRule, o SVDOptions) (*Factors, 
 	}
 }
 
-func residual(w []float32, m, n int, lowRank []float64) []float32 {
-	out := make([]float32, m*n)
-	for i, v := range w {
-		out[i] = float32(float64(v) - lowRank[i])
-	}
-	return out
+// setResidual computes Residual = W - (low-rank part) in float64 blocks.
+func (a *AdapterInit) setResidual(w []float32) {
+	a.Residual = make([]float32, a.M*a.N)
+	a.lowRank(func(i0 int, block []float64) {
+		base := i0 * a.N
+		for i, v := range block {
+			a.Residual[base+i] = float32(float64(w[base+i]) - v)
+		}
+	})
 }
 
 // PiSSA initialises a LoRA adapter from the principal singular components
@@ -125,7 +127,7 @@ func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.Residual = residual(w, m, n, a.LowRank())
+	a.setResidual(w)
 	return a, nil
 }
 
@@ -152,7 +154,7 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit,
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.Residual = residual(w, m, n, a.LowRank())
+	a.setResidual(w)
 	return a, nil
 }
 

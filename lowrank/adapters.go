@@ -261,6 +261,11 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		return nil, nil, err
 	}
 	wopts.Progress = o.Progress
+	if wopts.Workers == 0 {
+		// one matrix at a time: the SVD already uses every core, and a second
+		// one in flight only doubles the memory
+		wopts.Workers = 1
+	}
 	wopts.Finalize = func(dir string) error {
 		rs := reports()
 		if o.Method == "pissa" {

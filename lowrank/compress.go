@@ -306,6 +306,11 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		return nil, nil, err
 	}
 	wopts.Progress = o.Progress
+	if wopts.Workers == 0 {
+		// one matrix at a time: the SVD already uses every core, and a second
+		// one in flight only doubles the memory
+		wopts.Workers = 1
+	}
 	var list []TensorReport
 	collect := func() {
 		list = list[:0]

@@ -102,19 +102,11 @@ type Factorization struct {
 // Dense returns the rank-r reconstruction B A (m x n).
 func (f *Factorization) Dense() []float32 {
 	out := make([]float32, f.M*f.N)
-	for i := range f.M {
-		row := out[i*f.N : (i+1)*f.N]
-		for k := range f.Rank {
-			b := float64(f.B[i*f.Rank+k])
-			if b == 0 {
-				continue
-			}
-			a := f.A[k*f.N : (k+1)*f.N]
-			for j := range row {
-				row[j] += float32(b * float64(a[j]))
-			}
+	lowRankRows(f.B, f.A, f.M, f.Rank, f.N, nil, func(i0 int, block []float64) {
+		for i, v := range block {
+			out[i0*f.N+i] = float32(v)
 		}
-	}
+	})
 	return out
 }
 
@@ -262,13 +254,15 @@ func factorize(w []float32, m, n int, t transform, rule RankRule, o SVDOptions) 
 }
 
 func relError(w []float32, f *Factorization) float64 {
-	d := f.Dense()
 	var num, den float64
-	for i, v := range w {
-		e := float64(v) - float64(d[i])
-		num += e * e
-		den += float64(v) * float64(v)
-	}
+	lowRankRows(f.B, f.A, f.M, f.Rank, f.N, nil, func(i0 int, block []float64) {
+		for i, v := range block {
+			x := float64(w[i0*f.N+i])
+			e := x - v
+			num += e * e
+			den += x * x
+		}
+	})
 	if den == 0 {
 		return 0
 	}
