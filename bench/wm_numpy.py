@@ -7,7 +7,8 @@ A_units @ B_units^T (float32 matmuls, float64 sums) with every other
 permutation applied to B, scipy.optimize.linear_sum_assignment (maximize),
 groups visited in a shuffled order each sweep.
 
-usage: wm_numpy.py MODEL_DIR_A MODEL_DIR_B SWEEPS
+usage: wm_numpy.py MODEL_A MODEL_B SWEEPS   (Llama directories, or MLP
+checkpoints: a chain of Linear weights)
 prints: seconds (loading excluded, the distance computations included) sweeps
 distance_before distance_after"""
 import json
@@ -23,9 +24,9 @@ from scipy.optimize import linear_sum_assignment
 
 def load(d):
     out = {}
-    files = [f for f in os.listdir(d) if f.endswith(".safetensors")]
+    files = [d] if d.endswith(".safetensors") else [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".safetensors")]
     for fn in files:
-        with open(os.path.join(d, fn), "rb") as f:
+        with open(fn, "rb") as f:
             b = f.read()
         n = struct.unpack("<Q", b[:8])[0]
         h = json.loads(b[8:8 + n])
@@ -42,6 +43,20 @@ def load(d):
                 raise SystemExit("unsupported dtype " + v["dtype"])
             out[k] = a.reshape(v["shape"]).copy()
     return out
+
+
+def mlp_spec(shapes):
+    """a chain of Linear layers (weights only, in name order): one group per
+    hidden layer, acting on its rows and the next layer's columns"""
+    names = sorted(k for k in shapes if k.endswith(".weight"))
+    groups, t = {}, {}
+    for i, n in enumerate(names):
+        rows = (n, 1) if i + 1 < len(names) else None
+        cols = (names[i - 1], 1) if i > 0 else None
+        if rows:
+            groups[n] = shapes[n][0]
+        t[n] = [rows, cols]
+    return groups, t
 
 
 def spec(shapes, cfg):
@@ -100,9 +115,13 @@ def distance(A, B, t, perms):
 def main():
     da, db, sweeps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     A, B = load(da), load(db)
-    with open(os.path.join(da, "config.json")) as f:
-        cfg = json.load(f)
-    groups, t = spec({k: v.shape for k, v in A.items()}, cfg)
+    shapes = {k: v.shape for k, v in A.items()}
+    if "model.embed_tokens.weight" in shapes:
+        with open(os.path.join(da, "config.json")) as f:
+            cfg = json.load(f)
+        groups, t = spec(shapes, cfg)
+    else:
+        groups, t = mlp_spec(shapes)
     uses = {g: [] for g in groups}
     for name, axes in t.items():
         for ax, g in enumerate(axes):
