@@ -331,3 +331,43 @@ func ExampleSVDFactorize() {
 	fmt.Printf("rank %d, relative error below 1e-6: %v, energy %.3f\n", f.Rank, f.RelError < 1e-6, f.Energy)
 	// Output: rank 1, relative error below 1e-6: true, energy 1.000
 }
+
+func ExampleFWSVD() {
+	// The Fisher information says the second input feature matters 100x
+	// more: a rank-1 FWSVD keeps the column the task needs, plain SVD the
+	// one with the larger values.
+	w := []float32{
+		3, 0,
+		0, 1,
+	}
+	plain, _ := SVDFactorize(w, 2, 2, RankRule{Rank: 1}, SVDOptions{})
+	fw, _ := FWSVD(w, 2, 2, []float64{1, 100}, false, RankRule{Rank: 1}, SVDOptions{})
+	fmt.Printf("svd %.1f\nfwsvd %.1f\n", plain.Dense(), fw.Dense())
+	// Output:
+	// svd [3.0 0.0 0.0 0.0]
+	// fwsvd [0.0 0.0 0.0 1.0]
+}
+
+func ExampleWhiten() {
+	// Inputs that are large along the second feature: whitening keeps the
+	// part of W that acts on them, which is what the layer's output needs.
+	w := []float32{
+		3, 0,
+		0, 1,
+	}
+	gram := []float64{1, 0, 0, 100} // sum of x x^T over the calibration data
+	f, shift, _ := Whiten(w, 2, 2, gram, RankRule{Rank: 1}, SVDOptions{})
+	fmt.Printf("%.1f shift %g\n", f.Dense(), shift)
+	// Output: [0.0 0.0 0.0 1.0] shift 0
+}
+
+func ExampleASVD() {
+	w := []float32{
+		3, 0,
+		0, 1,
+	}
+	meanAbs := []float64{0.01, 100} // mean |x| of each input feature
+	f, _ := ASVD(w, 2, 2, meanAbs, 0.5, RankRule{Rank: 1}, SVDOptions{})
+	fmt.Printf("%.1f\n", f.Dense())
+	// Output: [0.0 0.0 0.0 1.0]
+}
