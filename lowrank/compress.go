@@ -322,6 +322,7 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	}
 	if o.Format == "factored" {
 		wopts.Metadata = withCompressionMetadata(wopts.Metadata, o)
+		wopts.MetadataFor = rankMetadata
 		if !checkpoint.IsSingleFile(out) {
 			wopts.Finalize = func(dir string) error {
 				collect()
@@ -497,8 +498,23 @@ func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factoriza
 	return nil, "", fmt.Errorf("unknown method %q", o.Method)
 }
 
-// withCompressionMetadata records the method in __metadata__; ranks are
-// per-module facts written by CompressionJSON.
+// rankMetadata records, in a weight file's __metadata__, the rank of every
+// factored module whose factors the file holds: {"wtool_ranks": "{\"M\": r}"}.
+func rankMetadata(entries []safetensors.Entry) map[string]string {
+	ranks := map[string]int64{}
+	for _, e := range entries {
+		if m, ok := strings.CutSuffix(e.Name, ".0.weight"); ok && len(e.Shape) > 0 {
+			ranks[m] = e.Shape[0]
+		}
+	}
+	if len(ranks) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(ranks) // sorted keys
+	return map[string]string{"wtool_ranks": string(b)}
+}
+
+// withCompressionMetadata records the method in __metadata__.
 func withCompressionMetadata(md map[string]string, o CompressOptions) map[string]string {
 	out := map[string]string{}
 	for k, v := range md {

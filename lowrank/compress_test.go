@@ -3,6 +3,7 @@ package lowrank
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -249,6 +250,29 @@ func TestCompressRefusals(t *testing.T) {
 		}
 		if _, err := os.Stat(out); !os.IsNotExist(err) {
 			t.Errorf("%s: output written", tc.name)
+		}
+	}
+}
+
+func TestRanksInMetadata(t *testing.T) {
+	dir := t.TempDir()
+	m := open(t, demo+"/mlp-a")
+	for _, rule := range []RankRule{{Rank: 7}, {Energy: 0.6}} {
+		out := filepath.Join(dir, fmt.Sprintf("%v.safetensors", rule))
+		reports, _, err := Compress(context.Background(), m, out, CompressOptions{Method: "svd", Rule: rule,
+			Targets: []*regexp.Regexp{regexp.MustCompile(`fc[1-4]\.weight`)}}, checkpoint.WriteOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := open(t, out)
+		var ranks map[string]int
+		if err := json.Unmarshal([]byte(f.Metadata()["wtool_ranks"]), &ranks); err != nil {
+			t.Fatalf("%v: metadata %v", rule, f.Metadata())
+		}
+		for _, r := range reports {
+			if ranks[strings.TrimSuffix(r.Name, ".weight")] != r.Rank {
+				t.Errorf("%v: %s rank %d in the report, %v in the metadata", rule, r.Name, r.Rank, ranks)
+			}
 		}
 	}
 }

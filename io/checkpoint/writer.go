@@ -53,6 +53,9 @@ type WriteOptions struct {
 	// computed (a report, an adapter beside the model). They are in place
 	// before the output appears. Directory outputs only.
 	Finalize func(dir string) error
+	// MetadataFor, if set, adds __metadata__ entries to each weight file
+	// from that file's tensors (see safetensors.CreateOptions).
+	MetadataFor func(tensors []safetensors.Entry) map[string]string
 	// WeightsName replaces "model" in the weight files' names
 	// ("adapter_model" gives adapter_model.safetensors).
 	WeightsName string
@@ -259,7 +262,7 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 	}
 	var order []job
 	for i, p := range paths {
-		sw, err := safetensors.Create(p, plan[i], w.opts.Metadata)
+		sw, err := safetensors.CreateWith(p, plan[i], w.opts.Metadata, safetensors.CreateOptions{MetadataFor: w.opts.MetadataFor})
 		if err != nil {
 			return err
 		}

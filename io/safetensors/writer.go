@@ -200,6 +200,7 @@ type Writer struct {
 	bounded  bool
 	reserve  int // header length reserved when bounded
 	skipped  []int
+	metaFor  func([]Entry) map[string]string
 	pos      int64 // bytes written so far, prefix and header included
 	synced   int64 // bytes handed to writeback
 	done     bool
@@ -213,6 +214,22 @@ const writebackChunk = 8 << 20
 // with the given __metadata__ (nil for none). Tensors must then be written
 // in the order Order returns.
 func Create(path string, entries []Entry, metadata map[string]string) (*Writer, error) {
+	return CreateWith(path, entries, metadata, CreateOptions{})
+}
+
+// CreateOptions are the less common settings of CreateWith.
+type CreateOptions struct {
+	// MetadataFor, if set, returns more __metadata__ entries computed from
+	// the file's tensors (with their final shapes; optional tensors left out
+	// are not passed). It is called when the header is built: in CreateWith,
+	// or, for a file with bounded or optional entries, at Close. Its result
+	// must not get longer when tensors are fewer or smaller (the header's
+	// length is reserved with the declared entries).
+	MetadataFor func(tensors []Entry) map[string]string
+}
+
+// CreateWith is Create with options.
+func CreateWith(path string, entries []Entry, metadata map[string]string, o CreateOptions) (*Writer, error) {
 	entries = slices.Clone(entries)
 	SortEntries(entries)
 	sizes, err := checkEntries(entries)
@@ -231,7 +248,8 @@ func Create(path string, entries []Entry, metadata map[string]string) (*Writer, 
 	// With exact shapes the header is final now; with bounds, the header for
 	// the bounds is the longest the real one can be (every number in it can
 	// only get smaller), so its length is reserved.
-	header := pad8(appendHeader(nil, entries, w.shapes, sizes, metadata), 0)
+	w.metaFor = o.MetadataFor
+	header := pad8(appendHeader(nil, entries, w.shapes, sizes, w.headerMetadata(entries)), 0)
 	if len(header) > MaxHeaderSize {
 		return nil, &Error{File: path, Kind: ErrHeaderTooLarge, Detail: fmt.Sprintf("the header would take %d bytes", len(header))}
 	}
@@ -260,6 +278,21 @@ func Create(path string, entries []Entry, metadata map[string]string) (*Writer, 
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return w, nil
+}
+
+// headerMetadata merges the fixed metadata with MetadataFor's.
+func (w *Writer) headerMetadata(entries []Entry) map[string]string {
+	if w.metaFor == nil {
+		return w.metadata
+	}
+	out := map[string]string{}
+	for k, v := range w.metadata {
+		out[k] = v
+	}
+	for k, v := range w.metaFor(entries) {
+		out[k] = v
+	}
+	return out
 }
 
 // Order returns the entries in the order their tensors must be written.
@@ -348,7 +381,11 @@ func (w *Writer) Close() error {
 				}
 			}
 		}
-		header := pad8(appendHeader(nil, entries, shapes, actual, w.metadata), w.reserve)
+		final := make([]Entry, len(entries))
+		for i, e := range entries {
+			final[i] = Entry{Name: e.Name, DType: e.DType, Shape: shapes[i]}
+		}
+		header := pad8(appendHeader(nil, entries, shapes, actual, w.headerMetadata(final)), w.reserve)
 		if len(header) != w.reserve {
 			err = fmt.Errorf("internal error: header of %d bytes exceeds the %d reserved", len(header), w.reserve)
 		} else {
