@@ -220,3 +220,25 @@ func TestAlignPreservesFunction(t *testing.T) {
 		}
 	}
 }
+
+// TestInterruptLeavesNothing: a cancelled context (what Ctrl-C does) makes
+// the command exit 130 and leaves no output or temporary file.
+func TestInterruptLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "conv"), "--dtype", "f16"},
+		{"merge", demoDir + "/mlp-a", demoDir + "/mlp-b", "-o", filepath.Join(dir, "merged"), "--method", "linear"},
+		{"compress", demoDir + "/mlp-a", "-o", filepath.Join(dir, "comp"), "--rank", "4", "--target", "fc[1-4]"},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		var out, errb bytes.Buffer
+		if code := run(ctx, append(args, "-q"), &out, &errb); code != exitInterrupted {
+			t.Errorf("%v: exit %d (%s)", args[0], code, errb.String())
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 0 {
+		t.Errorf("left behind: %v", entries)
+	}
+}

@@ -523,3 +523,31 @@ func TestOptionalAndBoundedEntries(t *testing.T) {
 		t.Error("a missing required tensor must fail")
 	}
 }
+
+// TestTruncatedInputIsAnError: a file truncated after it was opened (and
+// mapped) gives an error naming the tensor, not a crash (SIGBUS).
+func TestTruncatedInputIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.safetensors")
+	big, _ := tensors.New("w", tensors.F32, []int64{1 << 20})
+	small, _ := tensors.New("a", tensors.F32, []int64{4})
+	writeFile(t, in, []*tensors.Tensor{big, small}, nil)
+	m, err := Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	os.Truncate(in, 100) // behind wtool's back
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		x, err := m.Tensor(e.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		c := &tensors.Tensor{Name: x.Name, DType: x.DType, Shape: x.Shape, Data: append([]byte(nil), x.Data...)}
+		return c, nil, nil
+	}
+	_, err = Write(context.Background(), filepath.Join(dir, "out.safetensors"), m.Entries(), produce, WriteOptions{})
+	if err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("got %v", err)
+	}
+}

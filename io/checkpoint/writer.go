@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -237,6 +238,27 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 	return res, nil
 }
 
+// safeProduce runs a producer, turning a memory fault — an input file
+// truncated or changed while it is mapped — into an error instead of a crash.
+func safeProduce(ctx context.Context, produce Producer, e safetensors.Entry) (r produced) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			// a fault panics with a runtime error that has the faulting address
+			if err, ok := p.(interface {
+				error
+				Addr() uintptr
+			}); ok {
+				r = produced{err: fmt.Errorf("tensor %q: reading a mapped input failed (was the file changed or truncated while wtool ran?): %v", e.Name, err)}
+				return
+			}
+			panic(p)
+		}
+	}()
+	t, done, err := produce(ctx, e)
+	return produced{t, done, err}
+}
+
 type produced struct {
 	t    *tensors.Tensor
 	done func()
@@ -297,8 +319,7 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				t, done, err := w.produce(ctx, j.e)
-				results[i] <- produced{t, done, err}
+				results[i] <- safeProduce(ctx, w.produce, j.e)
 			}()
 		}
 	}()
