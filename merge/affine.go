@@ -77,8 +77,6 @@ type input struct {
 	c    float64
 }
 
-func ins2(ins []input) []input { return ins }
-
 type fusedResult struct{ err string }
 
 // fuseBF16 is the hot path of the common merge: two BF16 inputs, a BF16
@@ -169,7 +167,7 @@ func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tenso
 			buf := make([]float32, affineChunk)
 			for c := w; c < chunks; c += workers {
 				lo, hi := c*affineChunk, min((c+1)*affineChunk, n)
-				if fused := fuseBF16(ins2(ins), e.DType, out.Data, lo, hi, j.p.AllowNonFinite); fused != nil {
+				if fused := fuseBF16(ins, e.DType, out.Data, lo, hi, j.p.AllowNonFinite); fused != nil {
 					if fused.err != "" {
 						errs[w] = fmt.Errorf("%s", fused.err)
 						return

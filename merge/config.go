@@ -3,7 +3,6 @@ package merge
 import (
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -292,28 +291,4 @@ func parseSetting(n *yaml.Node) (Setting, error) {
 		return s, nil
 	}
 	return Setting{}, fmt.Errorf("line %d: want a number, a list of numbers or a list of conditions", n.Line)
-}
-
-// Describe renders a plan as text, for logs and reports.
-func (p *Plan) Describe() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "method %s", p.Method)
-	if p.Base != "" {
-		fmt.Fprintf(&b, ", base %s", p.Base)
-	}
-	for _, m := range p.Models {
-		fmt.Fprintf(&b, "\n  %s", m.Path)
-		var ps []string
-		if m.Weight.IsSet() {
-			ps = append(ps, "weight "+m.Weight.String())
-		}
-		if m.Density.IsSet() {
-			ps = append(ps, "density "+m.Density.String())
-		}
-		sort.Strings(ps)
-		if len(ps) > 0 {
-			fmt.Fprintf(&b, " (%s)", strings.Join(ps, ", "))
-		}
-	}
-	return b.String()
 }

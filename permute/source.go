@@ -119,16 +119,3 @@ func (c *CheckpointSource) Float32(name string) ([]float32, []int64, error) {
 	c.used += size
 	return v, shape, nil
 }
-
-// floatNames returns the names of a spec's tensors that have a permuted axis
-// and a floating dtype in the model; only those enter matching objectives.
-func floatNames(s *Spec, m *checkpoint.Model) []string {
-	var out []string
-	for _, n := range m.Names() {
-		info, _ := m.Info(n)
-		if len(s.Tensors[n]) > 0 && info.DType.IsFloat() {
-			out = append(out, n)
-		}
-	}
-	return out
-}
