@@ -143,10 +143,13 @@ func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tenso
 			return nil, nil, err
 		}
 	}
-	out, err := tensors.New(e.Name, e.DType, e.Shape)
+	size, err := tensors.ByteSize(e.DType, e.Shape)
 	if err != nil {
 		return nil, nil, err
 	}
+	// every byte is overwritten below: reuse buffers instead of zeroing new ones
+	buf := tensors.Buffers.Get(int(size))
+	out := &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: buf}
 	for _, in := range ins {
 		in.m.Prefetch(e.Name)
 	}
@@ -227,10 +230,11 @@ func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tenso
 	}
 	for _, err := range errs {
 		if err != nil {
+			tensors.Buffers.Put(buf)
 			return nil, nil, err
 		}
 	}
-	return out, nil, nil
+	return out, func() { tensors.Buffers.Put(buf) }, nil
 }
 
 // axpyBF16 adds c times the bfloat16 values in src to a, returning the index

@@ -77,12 +77,15 @@ func Convert(ctx context.Context, m *Model, out string, dtype tensors.DType, opt
 		if err != nil || t.DType == e.DType {
 			return t, done, err
 		}
-		c, err := t.ConvertTo(e.DType)
+		buf := tensors.Buffers.Get(int(t.NumElements()) * e.DType.Bits() / 8)
+		err = tensors.Convert(buf, e.DType, t.Data, t.DType)
 		done() // the converted copy no longer needs the input pages
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", m.Path, err)
+			tensors.Buffers.Put(buf)
+			return nil, nil, fmt.Errorf("%s: tensor %q: %w", m.Path, e.Name, err)
 		}
-		return c, nil, nil
+		c := &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: t.Shape, Data: buf}
+		return c, func() { tensors.Buffers.Put(buf) }, nil
 	}
 	return Write(ctx, out, entries, produce, opts)
 }
