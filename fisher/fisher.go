@@ -75,7 +75,7 @@ type File struct {
 
 // Open opens a Fisher file and checks its format, version and dtypes.
 func Open(path string) (*File, error) {
-	m, err := checkpoint.Open(path)
+	m, err := checkpoint.OpenFormat(path, Format, Version, "Fisher")
 	if err != nil {
 		return nil, err
 	}
@@ -89,12 +89,6 @@ func Open(path string) (*File, error) {
 
 func newFile(path string, m *checkpoint.Model) (*File, error) {
 	md := m.Metadata()
-	if md["format"] != Format {
-		return nil, fmt.Errorf("%s: not a wtool Fisher file (__metadata__ format is %q, want %q)", path, md["format"], Format)
-	}
-	if md["version"] != Version {
-		return nil, fmt.Errorf("%s: Fisher file version %q is not supported (this wtool reads version %s)", path, md["version"], Version)
-	}
 	f := &File{Path: path, m: m}
 	f.Meta.Batches, _ = strconv.ParseInt(md["batches"], 10, 64)
 	f.Meta.BatchSize, _ = strconv.ParseInt(md["batch_size"], 10, 64)

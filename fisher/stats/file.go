@@ -121,7 +121,7 @@ type File struct {
 // Open opens a statistics file and checks its format, version and kind, and
 // that every module listed has all its tensors with consistent shapes.
 func Open(path string) (*File, error) {
-	m, err := checkpoint.Open(path)
+	m, err := checkpoint.OpenFormat(path, Format, Version, "statistics")
 	if err != nil {
 		return nil, err
 	}
@@ -135,12 +135,6 @@ func Open(path string) (*File, error) {
 
 func newFile(path string, m *checkpoint.Model) (*File, error) {
 	md := m.Metadata()
-	if md["format"] != Format {
-		return nil, fmt.Errorf("%s: not a wtool statistics file (__metadata__ format is %q, want %q)", path, md["format"], Format)
-	}
-	if md["version"] != Version {
-		return nil, fmt.Errorf("%s: statistics file version %q is not supported (this wtool reads version %s)", path, md["version"], Version)
-	}
 	f := &File{Path: path, Kind: Kind(md["kind"]), Source: md["source"], m: m}
 	if f.Kind != Single && f.Kind != Joint {
 		return nil, fmt.Errorf("%s: unknown statistics kind %q", path, md["kind"])

@@ -345,3 +345,26 @@ func SameArchitecture(a, b *Model) error {
 	}
 	return nil
 }
+
+// OpenFormat opens a safetensors file that one of wtool's own formats
+// (statistics, Fisher information, ...) stores: its __metadata__ must name
+// the format and the version, else the error says what the file is not
+// (what: "statistics", say).
+func OpenFormat(path, format, version, what string) (*Model, error) {
+	m, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	md := m.Metadata()
+	switch {
+	case md["format"] != format:
+		err = fmt.Errorf("%s: not a wtool %s file (__metadata__ format is %q, want %q)", path, what, md["format"], format)
+	case md["version"] != version:
+		err = fmt.Errorf("%s: %s file version %q is not supported (this wtool reads version %s)", path, what, md["version"], version)
+	}
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
