@@ -1,8 +1,10 @@
 package lap
 
 import (
+	"context"
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // The internal problem: minimise sum_i sgn*c[i*m + x(i)] over injective
@@ -23,9 +25,26 @@ var inf = math.Inf(1)
 // on n = 4096 weight-matching and uniform matrices (bench/lap).
 const arrBudget = 8
 
+// checkEvery is the number of row scans between two checks of the context.
+// A row scan at n = 16384 takes microseconds, so cancellation is seen within
+// milliseconds.
+const checkEvery = 256
+
+// cancelled reports the context's error without blocking.
+func cancelled(done <-chan struct{}, ctx context.Context) error {
+	select {
+	case <-done:
+		return ctx.Err()
+	default:
+		return nil
+	}
+}
+
 // run solves the internal problem, leaving the solution in s.rowsol,
-// s.colsol and the column duals in s.v.
-func (s *Solver) run(c []float64, n, m int, sgn float64, warm bool) error {
+// s.colsol and the column duals in s.v. It returns ctx.Err() if ctx is
+// cancelled before it finishes.
+func run[T costType](ctx context.Context, s *Solver, c []T, n, m int, sgn float64, warm bool) error {
+	done := ctx.Done()
 	s.Stats.Rows, s.Stats.Cols, s.Stats.Warm = n, m, warm
 	s.rowsol = grow(s.rowsol, n)
 	s.colsol = grow(s.colsol, m)
@@ -71,7 +90,10 @@ func (s *Solver) run(c []float64, n, m int, sgn float64, warm bool) error {
 			s.free = append(s.free, int32(i))
 		}
 	case n == m:
-		if err := s.columnReduction(c, n, sgn); err != nil {
+		if err := columnReduction(s, c, n, sgn); err != nil {
+			return err
+		}
+		if err := cancelled(done, ctx); err != nil {
 			return err
 		}
 	default:
@@ -84,17 +106,19 @@ func (s *Solver) run(c []float64, n, m int, sgn float64, warm bool) error {
 	}
 
 	if !s.noInit && !s.noARR {
-		s.augmentingRowReduction(c, n, m, sgn)
+		if err := augmentingRowReduction(ctx, s, c, n, m, sgn); err != nil {
+			return err
+		}
 	}
 	s.Stats.InitAssigned = n - len(s.free)
-	return s.augment(c, n, m, sgn)
+	return augment(ctx, s, c, n, m, sgn)
 }
 
 // columnReduction (square problems only) sets v_j to the minimum of column
 // j, assigns each column to its minimising row when that row is still
 // free, and transfers the reduction of rows assigned to one column only.
 // Rows left unassigned are put in s.free.
-func (s *Solver) columnReduction(c []float64, n int, sgn float64) error {
+func columnReduction[T costType](s *Solver, c []T, n int, sgn float64) error {
 	rowsol, colsol, v := s.rowsol[:n], s.colsol[:n], s.v[:n]
 	arg := colsol // argmin row of each column, then the assignment
 	for j := range v {
@@ -105,7 +129,7 @@ func (s *Solver) columnReduction(c []float64, n int, sgn float64) error {
 		row := c[i*n : i*n+n]
 		row = row[:len(v)]
 		for j, x := range row {
-			x *= sgn
+			x := sgn * float64(x)
 			if x < v[j] {
 				v[j] = x
 				arg[j] = int32(i)
@@ -146,7 +170,7 @@ func (s *Solver) columnReduction(c []float64, n int, sgn float64) error {
 		row := c[i*n : i*n+n]
 		mu := inf
 		for j, x := range row[:j1] {
-			if r := sgn*x - v[j]; r < mu {
+			if r := sgn*float64(x) - v[j]; r < mu {
 				mu = r
 			}
 		}
@@ -154,7 +178,7 @@ func (s *Solver) columnReduction(c []float64, n int, sgn float64) error {
 		vr := v[j1+1:]
 		vr = vr[:len(rest)]
 		for j, x := range rest {
-			if r := sgn*x - vr[j]; r < mu {
+			if r := sgn*float64(x) - vr[j]; r < mu {
 				mu = r
 			}
 		}
@@ -171,7 +195,8 @@ func (s *Solver) columnReduction(c []float64, n int, sgn float64) error {
 // rows that still need an augmenting path. The number of row scans is
 // bounded, since with floating-point costs a long sequence of tiny price
 // decreases is possible; stopping early never affects correctness.
-func (s *Solver) augmentingRowReduction(c []float64, n, m int, sgn float64) {
+func augmentingRowReduction[T costType](ctx context.Context, s *Solver, c []T, n, m int, sgn float64) error {
+	done := ctx.Done()
 	rowsol, colsol, v := s.rowsol[:n], s.colsol[:m], s.v[:m]
 	budget := arrBudget*n + 16
 	steps := 0
@@ -187,31 +212,15 @@ func (s *Solver) augmentingRowReduction(c []float64, n, m int, sgn float64) {
 				continue
 			}
 			steps++
+			if steps%checkEvery == 0 {
+				if err := cancelled(done, ctx); err != nil {
+					return err
+				}
+			}
 			row := c[i*m : i*m+m]
 			s.sink += touch(row)
 			row = row[:len(v)]
-			// Minimum u1 (at j1) and second minimum u2 (at j2) of the
-			// reduced costs; among columns tied at the minimum, j1 is an
-			// unassigned one if there is one (which matters for costs with
-			// many ties, e.g. integers).
-			u1, u2 := inf, inf
-			j1, j2 := -1, -1
-			free1 := false
-			for j, x := range row {
-				h := sgn*x - v[j]
-				if h <= u2 {
-					if h < u1 {
-						u2, j2 = u1, j1
-						u1, j1 = h, j
-						free1 = colsol[j] < 0
-					} else if h == u1 && !free1 && colsol[j] < 0 {
-						u2, j2 = u1, j1
-						j1, free1 = j, true
-					} else if h < u2 || j2 < 0 {
-						u2, j2 = h, j
-					}
-				}
-			}
+			u1, u2, j1, j2 := twoSmallest(row, v, colsol, sgn)
 			if u1 == inf { // no finite cost in this row; let augment report it
 				out = append(out, int32(i))
 				continue
@@ -243,6 +252,35 @@ func (s *Solver) augmentingRowReduction(c []float64, n, m int, sgn float64) {
 		s.free, s.next = out, todo[:0]
 	}
 	s.Stats.ARRSteps = steps
+	return nil
+}
+
+// twoSmallest returns the minimum u1 (at j1) and second minimum u2 (at j2)
+// of the reduced costs sgn*row[j] - v[j]; among columns tied at the
+// minimum, j1 is an unassigned one if there is one (which matters for costs
+// with many ties, e.g. integers). It is a function of its own so that the
+// loop keeps its values in registers.
+func twoSmallest[T costType](row []T, v []float64, colsol []int32, sgn float64) (u1, u2 float64, j1, j2 int) {
+	u1, u2 = inf, inf
+	j1, j2 = -1, -1
+	free1 := false
+	v = v[:len(row)]
+	for j, x := range row {
+		h := sgn*float64(x) - v[j]
+		if h <= u2 {
+			if h < u1 {
+				u2, j2 = u1, j1
+				u1, j1 = h, j
+				free1 = colsol[j] < 0
+			} else if h == u1 && !free1 && colsol[j] < 0 {
+				u2, j2 = u1, j1
+				j1, free1 = j, true
+			} else if h < u2 || j2 < 0 {
+				u2, j2 = h, j
+			}
+		}
+	}
+	return u1, u2, j1, j2
 }
 
 // augment finds a shortest augmenting path for every row in s.free
@@ -251,7 +289,8 @@ func (s *Solver) augmentingRowReduction(c []float64, n, m int, sgn float64) {
 // cl; positions [0, low) hold the columns already scanned, and the duals and
 // tentative distances are stored by position so that the inner loop reads
 // them contiguously.
-func (s *Solver) augment(c []float64, n, m int, sgn float64) error {
+func augment[T costType](ctx context.Context, s *Solver, c []T, n, m int, sgn float64) error {
+	done := ctx.Done()
 	rowsol, colsol := s.rowsol[:n], s.colsol[:m]
 	if len(s.free) == 0 {
 		return nil
@@ -263,6 +302,9 @@ func (s *Solver) augment(c []float64, n, m int, sgn float64) error {
 	s.predp = grow(s.predp, m)
 	v, vp, dp, cl, pos, predp := s.v[:m], s.vp[:m], s.dp[:m], s.cl[:m], s.pos[:m], s.predp[:m]
 	for _, f := range s.free {
+		if err := cancelled(done, ctx); err != nil {
+			return err
+		}
 		s.Stats.Augmentations++
 		// Start every search with the columns in natural order, so that the
 		// gathers from the cost rows below stay nearly sequential (each scan
@@ -295,13 +337,18 @@ func (s *Solver) augment(c []float64, n, m int, sgn float64) error {
 			j := cl[low]
 			low++
 			s.Stats.Scanned++
+			if s.Stats.Scanned%checkEvery == 0 {
+				if err := cancelled(done, ctx); err != nil {
+					return err
+				}
+			}
 			i := colsol[j]
 			if i < 0 {
 				sink = j
 				break
 			}
 			// Relax the edges out of row i (assigned to column j).
-			h := sgn*c[int(i)*m+int(j)] - vp[low-1] - mn
+			h := sgn*float64(c[int(i)*m+int(j)]) - vp[low-1] - mn
 			row := c[int(i)*m : int(i)*m+m]
 			s.sink += touch(row)
 			mn, mk = relax(row, cl[low:], vp[low:], dp[low:], predp[low:], colsol, h, sgn, i)
@@ -332,14 +379,14 @@ func (s *Solver) augment(c []float64, n, m int, sgn float64) error {
 // through row i (dp[k] = min(dp[k], sgn*row[cl[k]] - vp[k] - h), recording i
 // as predecessor when it improves) and returns the new minimum distance and
 // its position, preferring an unassigned column among ties.
-func relax(row []float64, cl []int32, vp, dp []float64, pp []int32, colsol []int32, h, sgn float64, i int32) (float64, int) {
+func relax[T costType](row []T, cl []int32, vp, dp []float64, pp []int32, colsol []int32, h, sgn float64, i int32) (float64, int) {
 	mn, mk, mkFree := inf, -1, false
 	vp = vp[:len(cl)]
 	dp = dp[:len(cl)]
 	pp = pp[:len(cl)]
 	for k, j := range cl {
 		d := dp[k]
-		if r := sgn*row[j] - vp[k] - h; r < d {
+		if r := sgn*float64(row[j]) - vp[k] - h; r < d {
 			d = r
 			dp[k] = r
 			pp[k] = i
@@ -362,11 +409,14 @@ func relax(row []float64, cl []int32, vp, dp []float64, pp []int32, colsol []int
 // this short loop brings the whole row into the cache with many loads in
 // flight first, which makes the relaxation after it much faster on large
 // matrices (Go has no prefetch instruction). The caller keeps the sum.
-func touch(row []float64) float64 {
-	var s0, s1 float64
-	for k := 0; k+16 <= len(row); k += 16 {
+func touch[T costType](row []T) float64 {
+	var s0, s1 T
+	// 16 elements are two cache lines of float64s, four of float32s.
+	var z T
+	step := 64 / int(unsafe.Sizeof(z)) // elements per cache line
+	for k := 0; k+2*step <= len(row); k += 2 * step {
 		s0 += row[k]
-		s1 += row[k+8]
+		s1 += row[k+step]
 	}
-	return s0 + s1
+	return float64(s0 + s1)
 }
