@@ -126,15 +126,15 @@ type Solver struct {
 
 	trans   []float64 // transposed (and negated) copy of the cost matrix
 	trans32 []float32 // the same for float32 matrices
-	v      []float64 // column duals, natural order
-	vp, dp []float64 // column duals and distances in scan order
-	cl     []int32   // scan order: cl[k] is the column at position k
-	pos    []int32   // inverse of cl
-	predp  []int32   // predecessor row of the column at position k
-	rowsol []int32   // column assigned to each row, or -1
-	colsol []int32   // row assigned to each column, or -1
-	free   []int32   // rows waiting for an augmenting path
-	next   []int32   // scratch list of free rows
+	v       []float64 // column duals, natural order
+	vp, dp  []float64 // column duals and distances in scan order
+	cl      []int32   // scan order: cl[k] is the column at position k
+	pos     []int32   // inverse of cl
+	predp   []int32   // predecessor row of the column at position k
+	rowsol  []int32   // column assigned to each row, or -1
+	colsol  []int32   // row assigned to each column, or -1
+	free    []int32   // rows waiting for an augmenting path
+	next    []int32   // scratch list of free rows
 	// noInit and noARR switch off the initialisation phases (tests only):
 	// without them the algorithm is plain shortest augmenting path.
 	noInit, noARR bool
