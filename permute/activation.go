@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"math/rand/v2"
-	"slices"
 	"strings"
 
 	"github.com/wtool/wtool/fisher/stats"
@@ -109,7 +107,8 @@ func ActivationMatching(ctx context.Context, s *Spec, js JointStats) (Perms, []G
 		if terms == 0 {
 			return nil, nil, fmt.Errorf("group %q: no module in the statistics takes its units as input; activation matching cannot align it (use weight matching)", g)
 		}
-		asg, err := lap.Solve(cost, n, n, true)
+		var sol lap.Solver
+		asg, err := sol.SolveContext(ctx, cost, n, n, true)
 		if err != nil {
 			return nil, nil, fmt.Errorf("group %q: %w", g, err)
 		}
@@ -123,107 +122,4 @@ func ActivationMatching(ctx context.Context, s *Spec, js JointStats) (Perms, []G
 		report = append(report, rep)
 	}
 	return p, report, nil
-}
-
-// MergeMany aligns several models to each other (Ainsworth et al.'s
-// MergeMany): starting from identities, it repeatedly matches each model, in
-// a seeded random order, to the mean of the others (all permuted) by weight
-// matching, until a round changes no permutation or the total squared
-// distance of the models to their mean stops improving. It returns one Perms
-// per model; averaging the permuted models gives the merge. All models are
-// held in memory.
-func MergeMany(ctx context.Context, s *Spec, models []MemorySource, opts MatchOptions) ([]Perms, error) {
-	k := len(models)
-	if k < 2 {
-		return nil, fmt.Errorf("MergeMany needs at least two models")
-	}
-	perms := make([]Perms, k)
-	for i := range perms {
-		perms[i] = Identity(s)
-	}
-	permuted := make([]MemorySource, k)
-	for i := range models {
-		permuted[i] = applySource(s, models[i], perms[i])
-	}
-	r := rand.New(rand.NewPCG(opts.Seed, 7))
-	best := math.Inf(1)
-	maxRounds := opts.MaxSweeps
-	if maxRounds <= 0 {
-		maxRounds = 100
-	}
-	for round := 0; round < maxRounds; round++ {
-		changed := false
-		for _, i := range r.Perm(k) {
-			var others []MemorySource
-			for j := range k {
-				if j != i {
-					others = append(others, permuted[j])
-				}
-			}
-			mean := meanSource(others)
-			o := opts
-			o.Init = perms[i]
-			o.Progress = nil
-			res, err := WeightMatching(ctx, s, mean, models[i], o)
-			if err != nil {
-				return nil, err
-			}
-			for _, g := range s.GroupNames() {
-				if !slices.Equal(res.Perms[g], perms[i][g]) {
-					changed = true
-				}
-			}
-			perms[i] = res.Perms
-			permuted[i] = applySource(s, models[i], perms[i])
-		}
-		total := 0.0
-		mean := meanSource(permuted)
-		for i := range k {
-			d, err := Distance(s, mean, permuted[i], Identity(s))
-			if err != nil {
-				return nil, err
-			}
-			total += d * d
-		}
-		if !changed || total >= best*(1-1e-12) {
-			break
-		}
-		best = total
-	}
-	return perms, nil
-}
-
-// applySource returns the permuted float tensors of a model in memory.
-func applySource(s *Spec, m MemorySource, p Perms) MemorySource {
-	out := MemorySource{}
-	for name, t := range m {
-		idx, moved, err := s.indices(name, len(t.Shape), p)
-		if err != nil || !moved {
-			out[name] = t
-			continue
-		}
-		d := make([]float32, len(t.Data))
-		gather32(d, t.Data, t.Shape, idx)
-		out[name] = Tensor32{Data: d, Shape: t.Shape}
-	}
-	return out
-}
-
-// meanSource averages models tensor by tensor.
-func meanSource(ms []MemorySource) MemorySource {
-	out := MemorySource{}
-	for name, t := range ms[0] {
-		d := make([]float32, len(t.Data))
-		for _, m := range ms {
-			for i, v := range m[name].Data {
-				d[i] += v
-			}
-		}
-		inv := 1 / float32(len(ms))
-		for i := range d {
-			d[i] *= inv
-		}
-		out[name] = Tensor32{Data: d, Shape: t.Shape}
-	}
-	return out
 }

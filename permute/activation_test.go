@@ -84,7 +84,7 @@ func TestMergeManyAlignsThreeModels(t *testing.T) {
 	}
 	aligned := make([]MemorySource, 3)
 	for i := range models {
-		aligned[i] = applySource(s, models[i], perms[i])
+		aligned[i] = refApplySource(s, models[i], perms[i])
 	}
 	for i := 1; i < 3; i++ {
 		d, _ := Distance(s, aligned[0], aligned[i], Identity(s))

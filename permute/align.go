@@ -15,8 +15,8 @@ type AlignOptions struct {
 	Match MatchOptions
 	// Stats are joint statistics of (ref, model) for activation matching.
 	Stats JointStats
-	// CacheBytes bounds the decoded tensors kept in memory per model during
-	// weight matching (0: 4 GiB); larger models are re-read from disk.
+	// CacheBytes, if not 0, replaces Match.CacheBytes: the bytes of each
+	// model's tensors kept mapped between uses (see NewCheckpointSource).
 	CacheBytes int64
 }
 
@@ -40,9 +40,9 @@ func Align(ctx context.Context, ref, model *checkpoint.Model, s *Spec, opts Alig
 	if err := s.Validate(Shapes(ref)); err != nil {
 		return nil, fmt.Errorf("%s: %w", ref.Path, err)
 	}
-	budget := opts.CacheBytes
-	if budget == 0 {
-		budget = 4 << 30
+	budget := opts.Match.CacheBytes
+	if opts.CacheBytes != 0 {
+		budget = opts.CacheBytes
 	}
 	a, b := NewCheckpointSource(ref, budget), NewCheckpointSource(model, budget)
 	res := &AlignResult{}

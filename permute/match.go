@@ -3,13 +3,10 @@ package permute
 import (
 	"context"
 	"fmt"
-	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
-
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 
 	"github.com/wtool/wtool/permute/lap"
 )
@@ -29,23 +26,53 @@ type MatchOptions struct {
 	// Restarts runs the descent this many times with seeds Seed, Seed+1,
 	// ... and keeps the result closest to A (default 1). Coordinate descent
 	// finds a local optimum that depends on the group order; a few restarts
-	// make the result less sensitive to the seed.
+	// make the result less sensitive to the seed, at a cost proportional to
+	// their number ([AutoRestarts] chooses by the model's size).
 	Restarts int
+	// NoSkip solves every group in every sweep. By default a group is
+	// skipped when none of the permutations its cost matrix depends on
+	// (those of the groups sharing a tensor with it) changed since its last
+	// solve: its solve would return the same assignment. The results are
+	// the same either way; NoSkip is for tests and measurements.
+	NoSkip bool
+	// CacheBytes is the cache of each model that Align and MatchModels open
+	// (see [NewCheckpointSource]): bytes of its tensors, in the file's
+	// dtype, kept mapped between uses (0: DefaultCacheBytes; negative:
+	// none). It does not change the results.
+	CacheBytes int64
 	// Progress, if set, is called after each sweep with the sweep number and
-	// the objective sum <A, pi(B)>.
+	// the objective sum <A, pi(B)> (computed by one more pass over the
+	// models).
 	Progress func(sweep int, objective float64)
+	// OnGroup, if set, is called after each group of a sweep is solved or
+	// skipped.
+	OnGroup func(GroupEvent)
+}
+
+// GroupEvent reports one step of the coordinate descent.
+type GroupEvent struct {
+	Restart, Sweep int    // 1-based
+	Index, Groups  int    // the group is the Index-th (1-based) of Groups in this sweep
+	Group          string // its name
+	Units          int    // its size
+	Skipped        bool   // no permutation it depends on had changed
+	Changed        bool   // its permutation changed
+	Gain           float64
 }
 
 // MatchResult is the outcome of a matching.
 type MatchResult struct {
 	Perms  Perms
 	Sweeps int
+	// Solved and Skipped count the group solves done and skipped over all
+	// sweeps (of the restart kept).
+	Solved, Skipped int
 	// DistanceBefore and DistanceAfter are the L2 distances ||A - B|| and
 	// ||A - pi(B)|| over the tensors the spec permutes.
 	DistanceBefore, DistanceAfter float64
 }
 
-// tensorsOf returns the spec's tensors that have at least one permuted axis,
+// permuted returns the spec's tensors that have at least one permuted axis,
 // sorted.
 func (s *Spec) permuted() []string {
 	var out []string
@@ -65,82 +92,232 @@ func (s *Spec) permuted() []string {
 // on, with all other permutations applied, is summed and an exact linear
 // assignment problem solved. It stops when a sweep improves the objective by
 // less than Tol, or after MaxSweeps sweeps. A and B must hold every tensor
-// the spec permutes, with the spec's shapes.
+// the spec permutes, with the spec's shapes, and finite values.
+//
+// Memory does not depend on the models' size: tensors are read a block at
+// a time from the sources (a [CheckpointSource] in the file's dtype), and
+// the largest allocation is the float32 cost matrix of the largest group
+// (two of them: the next group's matrix is computed while the assignment of
+// the previous one is solved, when the two share no tensor).
 func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions) (*MatchResult, error) {
-	if opts.Restarts > 1 {
-		var best *MatchResult
-		for r := range opts.Restarts {
-			o := opts
-			o.Restarts, o.Seed = 1, opts.Seed+uint64(r)
-			res, err := WeightMatching(ctx, s, a, b, o)
-			if err != nil {
-				return nil, err
-			}
-			if best == nil || res.DistanceAfter < best.DistanceAfter {
-				best = res
+	m := newMatcher(s)
+	A := side{members: []member{{src: asRaw(a), label: "model A"}}}
+	B := member{src: asRaw(b), label: "model B"}
+	return m.match(ctx, A, B, opts, true)
+}
+
+// matcher runs weight matching on one spec.
+type matcher struct {
+	spec  *Spec
+	e     *engine
+	deps  map[string][]string // groups whose permutations a group's cost depends on
+	costs [2][]float32        // cost matrices (two: pipelining)
+	// noPipeline solves each group before computing the next one's cost
+	// (tests).
+	noPipeline bool
+}
+
+func newMatcher(s *Spec) *matcher {
+	return &matcher{spec: s, e: newEngine(s), deps: s.dependencies()}
+}
+
+// dependencies returns, for every group, the groups whose permutations its
+// cost matrix depends on: the other groups acting on the tensors it acts
+// on, and itself when it acts on two axes of one tensor.
+func (s *Spec) dependencies() map[string][]string {
+	out := map[string][]string{}
+	for _, g := range s.GroupNames() {
+		set := map[string]bool{}
+		for _, u := range s.Uses(g) {
+			for ax, a := range s.Tensors[u.Tensor] {
+				if a.Group != "" && ax != u.Axis {
+					set[a.Group] = true
+				}
 			}
 		}
-		return best, nil
+		out[g] = slices.Sorted(maps.Keys(set))
 	}
+	return out
+}
+
+// conflict reports whether two groups share a tensor: then one's solve
+// changes the other's cost, and they must run in order.
+func (m *matcher) conflict(g, h string) bool {
+	return slices.Contains(m.deps[g], h) || slices.Contains(m.deps[h], g)
+}
+
+// match runs the descent with restarts; distances are computed when
+// wanted (and always when restarts must be compared).
+func (m *matcher) match(ctx context.Context, a side, b member, opts MatchOptions, distances bool) (*MatchResult, error) {
 	if opts.MaxSweeps <= 0 {
 		opts.MaxSweeps = 100
 	}
 	if opts.Tol == 0 {
 		opts.Tol = 1e-12
 	}
-	p := Identity(s)
+	init := Identity(m.spec)
 	if opts.Init != nil {
-		if err := opts.Init.Check(s); err != nil {
+		if err := opts.Init.Check(m.spec); err != nil {
 			return nil, err
 		}
-		p = opts.Init.Clone()
+		init = opts.Init.Clone()
 	}
-	res := &MatchResult{}
-	var err error
-	if res.DistanceBefore, err = Distance(s, a, b, p); err != nil {
-		return nil, err
+	restarts := max(opts.Restarts, 1)
+	var before float64
+	if distances {
+		d, err := m.distance(ctx, a, b, init)
+		if err != nil {
+			return nil, err
+		}
+		before = d
 	}
+	var best *MatchResult
+	for r := range restarts {
+		p := init.Clone()
+		res := &MatchResult{Perms: p, DistanceBefore: before}
+		if err := m.descend(ctx, a, b, p, opts.Seed+uint64(r), r+1, opts, res); err != nil {
+			return nil, err
+		}
+		if distances || restarts > 1 {
+			d, err := m.distance(ctx, a, b, p)
+			if err != nil {
+				return nil, err
+			}
+			res.DistanceAfter = d
+		}
+		if best == nil || res.DistanceAfter < best.DistanceAfter {
+			best = res
+		}
+	}
+	return best, nil
+}
+
+// pending is a group whose assignment is being solved.
+type pending struct {
+	g     string
+	n     int
+	cost  []float32
+	index int
+	done  chan solved
+}
+
+type solved struct {
+	asg lap.Assignment
+	err error
+}
+
+// descend runs the coordinate descent from p (updated in place).
+func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed uint64, restart int, opts MatchOptions, res *MatchResult) error {
+	s := m.spec
 	groups := s.GroupNames()
-	r := rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))
+	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	solvers := map[string]*lap.Solver{}
-	var cost []float64
-	var ws costWorkspace
+	version := map[string]int{}        // number of changes of each group's permutation
+	seen := map[string]map[string]int{} // versions of its dependencies at a group's last solve
+	maxN := 0
+	for _, n := range s.Groups {
+		maxN = max(maxN, n)
+	}
 	for sweep := 1; sweep <= opts.MaxSweeps; sweep++ {
 		res.Sweeps = sweep
 		progress := 0.0
 		order := slices.Clone(groups)
 		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-		for _, g := range order {
+		var inflight *pending
+		// finish waits for the inflight solve and applies it.
+		finish := func() error {
+			if inflight == nil {
+				return nil
+			}
+			f := inflight
+			inflight = nil
+			out := <-f.done
+			if out.err != nil {
+				return fmt.Errorf("group %q: %w", f.g, out.err)
+			}
+			n := f.n
+			old := 0.0
+			for i, j := range p[f.g] {
+				old += float64(f.cost[i*n+j])
+			}
+			// The costs are float32 sums: an "improvement" far below
+			// their rounding is noise (ties), not progress.
+			thr := max(opts.Tol, 1e-12, 1e-9*math.Abs(old))
+			ev := GroupEvent{Restart: restart, Sweep: sweep, Index: f.index, Groups: len(order), Group: f.g, Units: n}
+			if gain := out.asg.Cost - old; gain > thr {
+				progress += gain
+				copy(p[f.g], out.asg.RowToCol)
+				version[f.g]++
+				ev.Changed, ev.Gain = true, gain
+			}
+			if opts.OnGroup != nil {
+				opts.OnGroup(ev)
+			}
+			return nil
+		}
+		for k, g := range order {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				finish()
+				return err
+			}
+			if inflight != nil && (m.noPipeline || m.conflict(inflight.g, g)) {
+				if err := finish(); err != nil {
+					return err
+				}
+			}
+			if !opts.NoSkip && m.unchanged(g, version, seen) {
+				res.Skipped++
+				if opts.OnGroup != nil {
+					opts.OnGroup(GroupEvent{Restart: restart, Sweep: sweep, Index: k + 1, Groups: len(order), Group: g, Units: s.Groups[g], Skipped: true})
+				}
+				continue
 			}
 			n := s.Groups[g]
-			cost = slices.Grow(cost[:0], n*n)[:n*n]
-			if err := ws.costMatrix(s, g, a, b, p, cost); err != nil {
-				return nil, err
+			buf := 0
+			if inflight != nil && len(m.costs[0]) > 0 && &inflight.cost[0] == &m.costs[0][0] {
+				buf = 1
+			}
+			if cap(m.costs[buf]) < maxN*maxN {
+				m.costs[buf] = make([]float32, maxN*maxN)
+			}
+			cost := m.costs[buf][:n*n]
+			if err := m.e.cost(ctx, g, a, b.withPerm(p), cost); err != nil {
+				finish()
+				return fmt.Errorf("group %q: %w", g, err)
+			}
+			if err := m.checkCost(g, cost); err != nil {
+				finish()
+				return err
+			}
+			// the dependencies' versions this solve sees
+			v := map[string]int{}
+			for _, d := range m.deps[g] {
+				v[d] = version[d]
+			}
+			seen[g] = v
+			if err := finish(); err != nil {
+				return err
 			}
 			sol := solvers[g]
 			if sol == nil {
 				sol = &lap.Solver{WarmStart: true}
 				solvers[g] = sol
 			}
-			asg, err := sol.Solve(cost, n, n, true)
-			if err != nil {
-				return nil, fmt.Errorf("group %q: %w", g, err)
-			}
-			old := 0.0
-			for i, j := range p[g] {
-				old += cost[i*n+j]
-			}
-			if asg.Cost > old+max(opts.Tol, 1e-12) {
-				progress += asg.Cost - old
-				copy(p[g], asg.RowToCol)
-			}
+			res.Solved++
+			f := &pending{g: g, n: n, cost: cost, index: k + 1, done: make(chan solved, 1)}
+			go func() {
+				asg, err := sol.SolveFloat32(ctx, cost, n, n, true)
+				f.done <- solved{asg, err}
+			}()
+			inflight = f
+		}
+		if err := finish(); err != nil {
+			return err
 		}
 		if opts.Progress != nil {
-			obj, err := Objective(s, a, b, p)
+			obj, err := m.objective(ctx, a, b, p)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			opts.Progress(sweep, obj)
 		}
@@ -148,170 +325,135 @@ func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions
 			break
 		}
 	}
-	res.Perms = p
-	if res.DistanceAfter, err = Distance(s, a, b, p); err != nil {
-		return nil, err
+	return nil
+}
+
+// unchanged reports whether group g was solved before and none of the
+// permutations its cost depends on changed since.
+func (m *matcher) unchanged(g string, version map[string]int, seen map[string]map[string]int) bool {
+	v, ok := seen[g]
+	if !ok {
+		return false
 	}
-	return res, nil
+	for _, d := range m.deps[g] {
+		if v[d] != version[d] {
+			return false
+		}
+	}
+	return true
 }
 
-// costWorkspace holds buffers reused across cost matrix computations.
-type costWorkspace struct {
-	bp, am, bm []float32
-	tmp        []float32
-}
-
-// costMatrix fills cost (n x n, row-major) for group g: the sum over every
-// tensor axis g acts on of A's units times B's units (all other permutations
-// applied to B), cost[i][j] = <unit i of A, unit j of B>.
-func (ws *costWorkspace) costMatrix(s *Spec, g string, a, b Source, p Perms, cost []float64) error {
-	n := s.Groups[g]
-	clear(cost)
-	ws.tmp = slices.Grow(ws.tmp[:0], n*n)[:n*n]
-	for _, u := range s.Uses(g) {
-		av, shape, err := a.Float32(u.Tensor)
-		if err != nil {
-			return fmt.Errorf("model A: %w", err)
-		}
-		bv, bshape, err := b.Float32(u.Tensor)
-		if err != nil {
-			return fmt.Errorf("model B: %w", err)
-		}
-		if !slices.Equal(shape, bshape) {
-			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", u.Tensor, shape, bshape)
-		}
-		idx, _, err := s.indices(u.Tensor, len(shape), p)
-		if err != nil {
-			return err
-		}
-		idx[u.Axis] = nil
-		bperm := bv
-		if slices.ContainsFunc(idx, func(ix []int) bool { return ix != nil }) {
-			ws.bp = slices.Grow(ws.bp[:0], len(bv))[:len(bv)]
-			gather32(ws.bp, bv, shape, idx)
-			bperm = ws.bp
-		}
-		am, bm := av, bperm
-		if u.Axis != 0 {
-			ws.am = slices.Grow(ws.am[:0], len(av))[:len(av)]
-			ws.bm = slices.Grow(ws.bm[:0], len(av))[:len(av)]
-			moveAxisFront(ws.am, av, shape, u.Axis)
-			moveAxisFront(ws.bm, bperm, shape, u.Axis)
-			am, bm = ws.am, ws.bm
-		}
-		k := len(av) / n
-		if k == 0 {
-			continue
-		}
-		blas32.Gemm(blas.NoTrans, blas.Trans, 1,
-			blas32.General{Rows: n, Cols: k, Stride: k, Data: am},
-			blas32.General{Rows: n, Cols: k, Stride: k, Data: bm},
-			0, blas32.General{Rows: n, Cols: n, Stride: n, Data: ws.tmp})
-		for i, v := range ws.tmp {
-			cost[i] += float64(v)
+// checkCost refuses a cost matrix that is not finite: the inputs were
+// checked, so the float32 products overflowed.
+func (m *matcher) checkCost(g string, c []float32) error {
+	for k, x := range c {
+		if x-x != 0 {
+			var ts []string
+			for _, u := range m.spec.Uses(g) {
+				ts = append(ts, u.Tensor)
+			}
+			return fmt.Errorf("group %q: a matching cost (entry %d) overflows float32: the weights of %s are too large for weight matching", g, k, joinNames(ts))
 		}
 	}
 	return nil
 }
 
-// gather32 is gather for float32 data.
-func gather32(dst, src []float32, shape []int64, idx [][]int) {
-	rank := len(shape)
-	strides := make([]int, rank)
-	s := 1
-	for i := rank - 1; i >= 0; i-- {
-		strides[i] = s
-		s *= int(shape[i])
+func joinNames(ts []string) string {
+	ts = slices.Compact(ts)
+	if len(ts) > 4 {
+		return fmt.Sprintf("%q, %q, %q and %d more tensors", ts[0], ts[1], ts[2], len(ts)-3)
 	}
-	tail := rank
-	for tail > 0 && idx[tail-1] == nil {
-		tail--
-	}
-	run := 1
-	for i := tail; i < rank; i++ {
-		run *= int(shape[i])
-	}
-	var rec func(axis, dOff, sOff int)
-	rec = func(axis, dOff, sOff int) {
-		if axis == tail {
-			copy(dst[dOff:dOff+run], src[sOff:sOff+run])
-			return
+	out := ""
+	for i, t := range ts {
+		if i > 0 {
+			out += ", "
 		}
-		for i := range int(shape[axis]) {
-			j := i
-			if idx[axis] != nil {
-				j = idx[axis][i]
-			}
-			rec(axis+1, dOff+i*strides[axis], sOff+j*strides[axis])
-		}
+		out += fmt.Sprintf("%q", t)
 	}
-	rec(0, 0, 0)
+	return out
 }
 
-// moveAxisFront writes src (C order, shape) into dst with axis moved to the
-// front and the other axes in their order.
-func moveAxisFront(dst, src []float32, shape []int64, axis int) {
-	outer := 1
-	for i := range axis {
-		outer *= int(shape[i])
-	}
-	n := int(shape[axis])
-	inner := 1
-	for i := axis + 1; i < len(shape); i++ {
-		inner *= int(shape[i])
-	}
-	// src is (outer, n, inner); dst is (n, outer, inner)
-	for o := range outer {
-		for i := range n {
-			copy(dst[(i*outer+o)*inner:(i*outer+o+1)*inner], src[(o*n+i)*inner:(o*n+i+1)*inner])
+func (mb member) withPerm(p Perms) member {
+	mb.perm = p
+	return mb
+}
+
+// distance returns ||a - pi(b)|| over the spec's permuted tensors, reading
+// every tensor once (and checking that its values are finite).
+func (m *matcher) distance(ctx context.Context, a side, b member, p Perms) (float64, error) {
+	sums := make([]float64, m.e.workers)
+	err := m.e.streamPass(ctx, []side{a, {members: []member{b.withPerm(p)}}}, func(w int, v [][]float32) {
+		d := 0.0
+		for i, x := range v[0] {
+			e := float64(x) - float64(v[1][i])
+			d += e * e
 		}
+		sums[w] += d
+	})
+	total := 0.0
+	for _, s := range sums {
+		total += s
 	}
+	return math.Sqrt(total), err
+}
+
+// objective returns sum <a, pi(b)> over the spec's permuted tensors.
+func (m *matcher) objective(ctx context.Context, a side, b member, p Perms) (float64, error) {
+	sums := make([]float64, m.e.workers)
+	err := m.e.streamPass(ctx, []side{a, {members: []member{b.withPerm(p)}}}, func(w int, v [][]float32) {
+		d := 0.0
+		for i, x := range v[0] {
+			d += float64(x) * float64(v[1][i])
+		}
+		sums[w] += d
+	})
+	total := 0.0
+	for _, s := range sums {
+		total += s
+	}
+	return total, err
 }
 
 // Objective returns sum over the spec's permuted tensors of <A, pi(B)>.
 func Objective(s *Spec, a, b Source, p Perms) (float64, error) {
-	var dot float64
-	err := eachPair(s, a, b, p, func(av, bp []float32) {
-		for i, x := range av {
-			dot += float64(x) * float64(bp[i])
-		}
-	})
-	return dot, err
+	m := newMatcher(s)
+	return m.objective(context.Background(), side{members: []member{{src: asRaw(a), label: "model A"}}}, member{src: asRaw(b), label: "model B"}, p)
 }
 
 // Distance returns ||A - pi(B)|| over the spec's permuted tensors.
 func Distance(s *Spec, a, b Source, p Perms) (float64, error) {
-	var d float64
-	err := eachPair(s, a, b, p, func(av, bp []float32) {
-		for i, x := range av {
-			e := float64(x) - float64(bp[i])
-			d += e * e
-		}
-	})
-	return math.Sqrt(d), err
+	m := newMatcher(s)
+	return m.distance(context.Background(), side{members: []member{{src: asRaw(a), label: "model A"}}}, member{src: asRaw(b), label: "model B"}, p)
 }
 
-func eachPair(s *Spec, a, b Source, p Perms, f func(av, bp []float32)) error {
-	var buf []float32
-	for _, t := range s.permuted() {
-		av, shape, err := a.Float32(t)
-		if err != nil {
-			return fmt.Errorf("model A: %w", err)
+// SweepFLOPs returns the floating-point operations of the cost matrices of
+// one full sweep of weight matching between two models (2 n K per unit
+// pair summed over the groups' tensor axes: the GEMMs); skipped groups
+// make a sweep cheaper.
+func SweepFLOPs(s *Spec, shapes map[string][]int64) float64 {
+	total := 0.0
+	for _, g := range s.GroupNames() {
+		n := float64(s.Groups[g])
+		for _, u := range s.Uses(g) {
+			e := 1.0
+			for _, d := range shapes[u.Tensor] {
+				e *= float64(d)
+			}
+			total += 2 * n * e
 		}
-		bv, bshape, err := b.Float32(t)
-		if err != nil {
-			return fmt.Errorf("model B: %w", err)
-		}
-		if !slices.Equal(shape, bshape) {
-			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", t, shape, bshape)
-		}
-		idx, _, err := s.indices(t, len(shape), p)
-		if err != nil {
-			return err
-		}
-		buf = slices.Grow(buf[:0], len(bv))[:len(bv)]
-		gather32(buf, bv, shape, idx)
-		f(av, buf)
 	}
-	return nil
+	return total
+}
+
+// AutoRestarts is the number of weight matching restarts wtool uses when
+// none is given: 3 when one sweep costs less than 1e12 floating-point
+// operations (a few seconds; MLPs, ResNets, models up to about 100M
+// parameters), 1 above, where each restart costs minutes to hours (an 8B
+// model's sweep is about 2e14 operations) and the result depends little on
+// the seed.
+func AutoRestarts(s *Spec, shapes map[string][]int64) int {
+	if SweepFLOPs(s, shapes) < 1e12 {
+		return 3
+	}
+	return 1
 }
