@@ -230,7 +230,10 @@ func TestNonFiniteWeights(t *testing.T) {
 			bad := writeModel(t, filepath.Join(dir, tc.name), w, tc.dt, 6000)
 			info, _ := bad.Info("model.layers.1.mlp.up_proj.weight")
 			for _, run := range []func() error{
-				func() error { _, err := MatchModels(context.Background(), s, []*checkpoint.Model{good, bad}, MatchOptions{}); return err },
+				func() error {
+					_, err := MatchModels(context.Background(), s, []*checkpoint.Model{good, bad}, MatchOptions{})
+					return err
+				},
 				func() error {
 					_, err := MatchModels(context.Background(), s, []*checkpoint.Model{good, bad, good}, MatchOptions{})
 					return err

@@ -212,7 +212,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 	groups := s.GroupNames()
 	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	solvers := map[string]*lap.Solver{}
-	version := map[string]int{}        // number of changes of each group's permutation
+	version := map[string]int{}         // number of changes of each group's permutation
 	seen := map[string]map[string]int{} // versions of its dependencies at a group's last solve
 	maxN := 0
 	for _, n := range s.Groups {
