@@ -224,6 +224,11 @@ func parseGlobal(p *Plan, n *yaml.Node) error {
 			if v, err = num(); err == nil {
 				p.Restarts = int(v)
 			}
+		case "max_sweeps":
+			var v float64
+			if v, err = num(); err == nil {
+				p.MaxSweeps = int(v)
+			}
 		default:
 			return fmt.Errorf("line %d: unsupported parameter %q", n.Content[i].Line, key)
 		}

@@ -195,32 +195,24 @@ func (j *job) align(ctx context.Context) error {
 		return err
 	}
 	j.spec = spec
-	mo := permute.MatchOptions{Seed: j.p.Seed, Restarts: j.p.restarts()}
-	if len(j.models) == 2 {
-		a, b := permute.NewCheckpointSource(j.models[0], 4<<30), permute.NewCheckpointSource(j.models[1], 4<<30)
-		res, err := permute.WeightMatching(ctx, spec, a, b, mo)
-		if err != nil {
-			return err
-		}
-		j.perms = []permute.Perms{permute.Identity(spec), res.Perms}
-		j.report.Sweeps = res.Sweeps
-		j.report.Notes = append(j.report.Notes, fmt.Sprintf("weight matching: %d sweeps, distance %.6g -> %.6g", res.Sweeps, res.DistanceBefore, res.DistanceAfter))
-		return nil
+	mo := permute.MatchOptions{Seed: j.p.Seed, Restarts: j.p.Restarts, MaxSweeps: j.p.MaxSweeps, CacheBytes: j.p.CacheSize}
+	if mo.Restarts <= 0 {
+		mo.Restarts = permute.AutoRestarts(spec, permute.Shapes(j.models[0]))
 	}
-	var srcs []permute.MemorySource
-	for _, m := range j.models {
-		s, err := permute.LoadSource(m, nil)
-		if err != nil {
-			return err
-		}
-		srcs = append(srcs, s)
-	}
-	perms, err := permute.MergeMany(ctx, spec, srcs, mo)
+	// the models are read in their dtype, a block at a time: memory does
+	// not depend on their size or number
+	res, err := permute.MatchModels(ctx, spec, j.models, mo)
 	if err != nil {
 		return err
 	}
-	j.perms = perms
-	j.report.Notes = append(j.report.Notes, fmt.Sprintf("MergeMany aligned %d models", len(j.models)))
+	j.perms = res.Perms
+	j.report.Sweeps = res.Sweeps
+	if len(j.models) == 2 {
+		j.report.Notes = append(j.report.Notes, fmt.Sprintf("weight matching: %d sweeps (%d group solves, %d skipped), distance %.6g -> %.6g",
+			res.Sweeps, res.Solved, res.Skipped, res.DistanceBefore, res.DistanceAfter))
+	} else {
+		j.report.Notes = append(j.report.Notes, fmt.Sprintf("MergeMany aligned %d models in %d rounds", len(j.models), res.Sweeps))
+	}
 	return nil
 }
 

@@ -105,8 +105,16 @@ type Plan struct {
 	Ridge      float64 // pleas/regmean: ridge term
 	Match      string  // pleas: activation (default) or weight
 	Alpha      float64 // regmean: scale of the Gram matrices' off-diagonal entries
-	// Restarts of weight matching (wm, pleas --match weight); 0 means 3.
+	// Restarts of weight matching (wm, pleas --match weight); 0 means 3
+	// for pleas and permute.AutoRestarts for wm (3 for small models, 1 for
+	// large ones).
 	Restarts int
+	// MaxSweeps bounds weight matching's sweeps (wm; 0: 100).
+	MaxSweeps int
+	// CacheSize is the bytes of each model's tensors that weight matching
+	// keeps mapped between uses (wm; 0: permute.DefaultCacheBytes, -1:
+	// none). It does not change the result.
+	CacheSize int64
 }
 
 func (p *Plan) restarts() int {

@@ -27,6 +27,7 @@ type AlignResult struct {
 	// ||ref - pi(model)|| over the tensors the spec permutes.
 	DistanceBefore, DistanceAfter float64
 	Sweeps                        int                // weight matching sweeps
+	Solved, Skipped               int                // weight matching group solves done and skipped
 	Correlations                  []GroupCorrelation // activation matching
 }
 
@@ -52,7 +53,7 @@ func Align(ctx context.Context, ref, model *checkpoint.Model, s *Spec, opts Alig
 		if err != nil {
 			return nil, err
 		}
-		res.Perms, res.Sweeps = mr.Perms, mr.Sweeps
+		res.Perms, res.Sweeps, res.Solved, res.Skipped = mr.Perms, mr.Sweeps, mr.Solved, mr.Skipped
 		res.DistanceBefore, res.DistanceAfter = mr.DistanceBefore, mr.DistanceAfter
 		return res, nil
 	case "activation":

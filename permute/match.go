@@ -45,8 +45,21 @@ type MatchOptions struct {
 	// models).
 	Progress func(sweep int, objective float64)
 	// OnGroup, if set, is called after each group of a sweep is solved or
-	// skipped.
+	// skipped (not necessarily in the sweep's order: a skip can be reported
+	// while the previous group's assignment is still being solved).
 	OnGroup func(GroupEvent)
+	// OnSweep, if set, is called after each sweep.
+	OnSweep func(SweepEvent)
+}
+
+// SweepEvent summarises one sweep of the coordinate descent.
+type SweepEvent struct {
+	Restart, Sweep  int // 1-based
+	Solved, Skipped int // groups solved and skipped
+	Changed         int // groups whose permutation changed
+	// Gain is the increase of the objective sum <A, pi(B)> over the sweep,
+	// from the cost matrices (float32 sums).
+	Gain float64
 }
 
 // GroupEvent reports one step of the coordinate descent.
@@ -224,6 +237,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 		order := slices.Clone(groups)
 		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		var inflight *pending
+		sw := SweepEvent{Restart: restart, Sweep: sweep}
 		// finish waits for the inflight solve and applies it.
 		finish := func() error {
 			if inflight == nil {
@@ -249,6 +263,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 				copy(p[f.g], out.asg.RowToCol)
 				version[f.g]++
 				ev.Changed, ev.Gain = true, gain
+				sw.Changed++
 			}
 			if opts.OnGroup != nil {
 				opts.OnGroup(ev)
@@ -267,6 +282,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 			}
 			if !opts.NoSkip && m.unchanged(g, version, seen) {
 				res.Skipped++
+				sw.Skipped++
 				if opts.OnGroup != nil {
 					opts.OnGroup(GroupEvent{Restart: restart, Sweep: sweep, Index: k + 1, Groups: len(order), Group: g, Units: s.Groups[g], Skipped: true})
 				}
@@ -304,6 +320,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 				solvers[g] = sol
 			}
 			res.Solved++
+			sw.Solved++
 			f := &pending{g: g, n: n, cost: cost, index: k + 1, done: make(chan solved, 1)}
 			go func() {
 				asg, err := sol.SolveFloat32(ctx, cost, n, n, true)
@@ -313,6 +330,10 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 		}
 		if err := finish(); err != nil {
 			return err
+		}
+		if opts.OnSweep != nil {
+			sw.Gain = progress
+			opts.OnSweep(sw)
 		}
 		if opts.Progress != nil {
 			obj, err := m.objective(ctx, a, b, p)

@@ -16,7 +16,7 @@ import (
 // flags); with --config none of them may be given.
 var mergeFlagNames = []string{"method", "base", "weights", "density", "lambda", "t", "normalize", "no-normalize",
 	"rescale", "dtype", "seed", "allow-nonfinite", "spec", "layers", "act", "calib", "calib-key", "stats",
-	"fisher", "width", "ridge", "match", "alpha", "restarts"}
+	"fisher", "width", "ridge", "match", "alpha", "restarts", "max-sweeps"}
 
 func newMergeCmd(g *globals) *cobra.Command {
 	var of outputFlags
@@ -26,7 +26,8 @@ func newMergeCmd(g *globals) *cobra.Command {
 		seed                                                              uint64
 		normalize, noNormalize, allowNonFinite                            bool
 		width, ridge, alpha                                               float64
-		restarts                                                          int
+		restarts, maxSweeps                                               int
+		cacheSize                                                         string
 	)
 	var methodDocs []string
 	for _, m := range merge.Methods {
@@ -97,7 +98,7 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 					return usageErrorf("--method is required (or --config)")
 				}
 				p = &merge.Plan{Method: method, Base: base, DType: dtype, Seed: seed, AllowNonFinite: allowNonFinite,
-					Spec: spec, Act: act, Calib: calib, CalibKey: calibKey, Width: width, Ridge: ridge, Match: match, Alpha: alpha, Restarts: restarts}
+					Spec: spec, Act: act, Calib: calib, CalibKey: calibKey, Width: width, Ridge: ridge, Match: match, Alpha: alpha, Restarts: restarts, MaxSweeps: maxSweeps}
 				for _, a := range args {
 					p.Models = append(p.Models, merge.ModelInput{Path: a})
 				}
@@ -152,6 +153,9 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 					}
 				}
 			}
+			if p.CacheSize, err = parseCacheSize(cacheSize); err != nil {
+				return err
+			}
 			if err := p.Validate(); err != nil {
 				return usageErrorf("%v", err)
 			}
@@ -197,7 +201,9 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 	f.Float64Var(&ridge, "ridge", 0, "pleas/regmean: ridge added to the least-squares systems (relative to their mean diagonal)")
 	f.StringVar(&match, "match", "activation", "pleas: activation or weight matching")
 	f.Float64Var(&alpha, "alpha", 1, "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1]")
-	f.IntVar(&restarts, "restarts", 3, "wm: weight matching runs with seeds seed, seed+1, ...; the closest result is kept")
+	f.IntVar(&restarts, "restarts", 0, "wm: weight matching runs with seeds seed, seed+1, ...; the closest result is kept (0: 3 for small models, 1 for large)")
+	f.IntVar(&maxSweeps, "max-sweeps", 0, "wm: weight matching stops after this many sweeps (0: 100) or MergeMany after this many rounds")
+	f.StringVar(&cacheSize, "cache-size", "1GiB", "wm: bytes of each model's tensors kept mapped between uses (0: none)")
 	return cmd
 }
 
