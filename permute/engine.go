@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"gonum.org/v1/gonum/blas"
 
@@ -52,9 +53,12 @@ type engine struct {
 	block   int // bytes per side of a cost K-block (tests make it small)
 	pass    int // bytes per side of a pass chunk
 
-	bufA, bufB []float32
+	bufA, bufB []float32 // major K-blocks
+	minA, minB []float32 // minor K-blocks
 	tiles      [][]float32
 	passBufs   [][][]float32 // [worker][side]
+
+	stats MatchStats
 }
 
 func newEngine(s *Spec) *engine {
@@ -191,33 +195,66 @@ func runParts(parts [][2]int, f func(w, u0, u1 int) error) error {
 	return errors.Join(errs...)
 }
 
+// kblock is a K-block being filled for the GEMM: for uses whose units are
+// rows (major), a and b hold n x cap values (unit i's row at i*cap); for
+// uses whose units are the innermost index (minor), cap x n values, the
+// stored rows as they are, so that neither the decoding nor the GEMM's
+// packing transposes them.
+type kblock struct {
+	minor  bool
+	a, b   []float32
+	cap, k int // capacity and filled positions of K
+}
+
 // cost fills c (n x n, row-major, float32) with group g's cost matrix:
 // cost[i][j] = sum over every (tensor, axis) the group acts on of
 // <unit i of side a, unit j of b>, where a's members have all their
 // permutations applied and b has every permutation except g's own. The rows
 // are decoded K-block by K-block in the files' dtypes and multiplied by the
-// blocked GEMM, so that memory is the cost matrix plus two blocks of
-// blockBytes.
+// blocked GEMM, so that memory is the cost matrix plus four blocks of
+// e.block bytes.
 func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float32) error {
 	n := e.spec.Groups[g]
 	c = c[:n*n]
-	clear(c)
 	kcap := max(256, e.block/(4*n))
 	if e.block < blockBytes { // tests: small blocks
 		kcap = max(1, e.block/(4*n))
 	}
 	e.bufA = growF32(e.bufA, n*kcap)
 	e.bufB = growF32(e.bufB, n*kcap)
-	col := 0
+	e.minA = growF32(e.minA, n*kcap)
+	e.minB = growF32(e.minB, n*kcap)
+	major := &kblock{a: e.bufA, b: e.bufB, cap: kcap}
+	minor := &kblock{minor: true, a: e.minA, b: e.minB, cap: kcap}
 	alpha := a.alpha()
-	flush := func() {
-		if col > 0 {
-			linalg.Implementation{}.Sgemm(blas.NoTrans, blas.Trans, n, n, col, alpha, e.bufA, kcap, e.bufB, kcap, 1, c, n)
-			col = 0
+	start := time.Now()
+	var gemm time.Duration
+	defer func() {
+		e.stats.CostTime += time.Since(start)
+		e.stats.GEMMTime += gemm
+	}()
+	beta := float32(0) // the first product overwrites c
+	flush := func(kb *kblock) {
+		if kb.k == 0 {
+			return
 		}
+		t := time.Now()
+		if kb.minor {
+			linalg.Implementation{}.Sgemm(blas.Trans, blas.NoTrans, n, n, kb.k, alpha, kb.a, n, kb.b, n, beta, c, n)
+		} else {
+			linalg.Implementation{}.Sgemm(blas.NoTrans, blas.Trans, n, n, kb.k, alpha, kb.a, kb.cap, kb.b, kb.cap, beta, c, n)
+		}
+		beta = 1
+		gemm += time.Since(t)
+		e.stats.GEMMFLOPs += 2 * float64(n) * float64(n) * float64(kb.k)
+		kb.k = 0
 	}
 	uses := e.spec.Uses(g)
 	var oa, ob opened
+	defer func() {
+		oa.close()
+		ob.close()
+	}()
 	// the next tensor is read into memory while this one is computed
 	var fetching sync.WaitGroup
 	defer fetching.Wait()
@@ -242,45 +279,85 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 			return err
 		}
 		if _, err := e.open(&ob, u.Tensor, []member{b}, u.Axis, true, shape); err != nil {
-			oa.close()
 			return err
 		}
 		gm := geomOf(shape, u.Axis, n)
+		kb := major
+		if gm.minor() {
+			kb = minor
+		}
 		total := gm.k()
 		for k0 := 0; k0 < total; {
-			if col == kcap {
-				flush()
+			if kb.k == kb.cap {
+				flush(kb)
 				if err := ctx.Err(); err != nil {
-					oa.close()
-					ob.close()
 					return err
 				}
 			}
-			k1 := min(total, k0+kcap-col)
-			parts := e.parts(n, k1-k0)
-			for w, p := range parts {
-				if gm.minor() {
-					e.tile(w, p[1]-p[0])
-				}
+			k1 := min(total, k0+kb.cap-kb.k)
+			var err error
+			if kb.minor {
+				// workers take ranges of stored rows
+				off := kb.k
+				err = runParts(e.parts(k1-k0, n), func(w, r0, r1 int) error {
+					if err := e.decodeRows(kb.a[(off+r0)*n:], n, oa.terms, gm, k0+r0, k0+r1); err != nil {
+						return err
+					}
+					return e.decodeRows(kb.b[(off+r0)*n:], n, ob.terms, gm, k0+r0, k0+r1)
+				})
+			} else {
+				col := kb.k
+				err = runParts(e.parts(n, k1-k0), func(w, u0, u1 int) error {
+					if err := e.decodeSide(kb.a[u0*kb.cap+col:], kb.cap, oa.terms, gm, u0, u1, k0, k1, w); err != nil {
+						return err
+					}
+					return e.decodeSide(kb.b[u0*kb.cap+col:], kb.cap, ob.terms, gm, u0, u1, k0, k1, w)
+				})
 			}
-			err := runParts(parts, func(w, u0, u1 int) error {
-				if err := e.decodeSide(e.bufA[u0*kcap+col:], kcap, oa.terms, gm, u0, u1, k0, k1, w); err != nil {
-					return err
-				}
-				return e.decodeSide(e.bufB[u0*kcap+col:], kcap, ob.terms, gm, u0, u1, k0, k1, w)
-			})
 			if err != nil {
-				oa.close()
-				ob.close()
 				return err
 			}
-			col += k1 - k0
+			kb.k += k1 - k0
 			k0 = k1
 		}
 		oa.close()
 		ob.close()
 	}
-	flush()
+	flush(major)
+	flush(minor)
+	if beta == 0 { // no tensor had a K position
+		clear(c)
+	}
+	return nil
+}
+
+// decodeRows decodes the stored rows [p0, p1) of a minor use (units
+// innermost) into dst, row p at dst[(p-p0)*ld:], summing the terms; the
+// terms' own permutations of the units and of the rows apply.
+func (e *engine) decodeRows(dst []float32, ld int, terms []term, g geom, p0, p1 int) error {
+	for ti := range terms {
+		tm := &terms[ti]
+		err := guard(tm.t, func() error {
+			bad := false
+			for p := p0; p < p1; p++ {
+				sp := p
+				if tm.pre != nil {
+					sp = tm.pre[p]
+				}
+				bad = decodeRun(dst[(p-p0)*ld:(p-p0)*ld+g.n], tm.t.data, tm.t.dtype, sp*g.n, tm.ax, ti > 0) || bad
+			}
+			if bad {
+				return errNonFinite
+			}
+			return nil
+		})
+		if err != nil {
+			if errors.Is(err, errNonFinite) {
+				return nonFinite(tm.t, "")
+			}
+			return err
+		}
+	}
 	return nil
 }
 
@@ -291,6 +368,8 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 // concurrently for different workers, each always on the same share of
 // each chunk, so that per-worker sums are deterministic.
 func (e *engine) streamPass(ctx context.Context, sides []side, f func(w int, vals [][]float32)) error {
+	start := time.Now()
+	defer func() { e.stats.PassTime += time.Since(start) }()
 	for len(e.passBufs) < e.workers {
 		e.passBufs = append(e.passBufs, nil)
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/wtool/wtool/permute/lap"
 )
@@ -73,6 +74,22 @@ type GroupEvent struct {
 	Gain           float64
 }
 
+// MatchStats says where the time of a matching went.
+type MatchStats struct {
+	// CostTime is the time spent computing cost matrices (decoding blocks
+	// and multiplying them), GEMMTime the part of it in the GEMM, which
+	// did GEMMFLOPs floating-point operations.
+	CostTime, GEMMTime time.Duration
+	GEMMFLOPs          float64
+	// SolveTime is the time spent in assignment solves; they run beside
+	// the next group's cost computation when the two groups share no
+	// tensor, so CostTime + SolveTime can exceed the elapsed time.
+	SolveTime time.Duration
+	// PassTime is the time of the passes over whole models (distances,
+	// objectives).
+	PassTime time.Duration
+}
+
 // MatchResult is the outcome of a matching.
 type MatchResult struct {
 	Perms  Perms
@@ -83,6 +100,8 @@ type MatchResult struct {
 	// DistanceBefore and DistanceAfter are the L2 distances ||A - B|| and
 	// ||A - pi(B)|| over the tensors the spec permutes.
 	DistanceBefore, DistanceAfter float64
+	// Stats covers all restarts.
+	Stats MatchStats
 }
 
 // permuted returns the spec's tensors that have at least one permuted axis,
@@ -202,6 +221,7 @@ func (m *matcher) match(ctx context.Context, a side, b member, opts MatchOptions
 			best = res
 		}
 	}
+	best.Stats = m.e.stats
 	return best, nil
 }
 
@@ -215,8 +235,9 @@ type pending struct {
 }
 
 type solved struct {
-	asg lap.Assignment
-	err error
+	asg  lap.Assignment
+	err  error
+	time time.Duration
 }
 
 // descend runs the coordinate descent from p (updated in place).
@@ -246,6 +267,7 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 			f := inflight
 			inflight = nil
 			out := <-f.done
+			m.e.stats.SolveTime += out.time
 			if out.err != nil {
 				return fmt.Errorf("group %q: %w", f.g, out.err)
 			}
@@ -323,8 +345,9 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 			sw.Solved++
 			f := &pending{g: g, n: n, cost: cost, index: k + 1, done: make(chan solved, 1)}
 			go func() {
+				t := time.Now()
 				asg, err := sol.SolveFloat32(ctx, cost, n, n, true)
-				f.done <- solved{asg, err}
+				f.done <- solved{asg, err, time.Since(t)}
 			}()
 			inflight = f
 		}

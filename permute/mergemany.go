@@ -150,6 +150,8 @@ type ManyResult struct {
 	// DistanceBefore and DistanceAfter are ||A - B|| and ||A - pi(B)|| over
 	// the permuted tensors (two models).
 	DistanceBefore, DistanceAfter float64
+	// Stats says where the time went.
+	Stats MatchStats
 }
 
 // MatchModels aligns checkpoints of the same architecture under spec s:
@@ -175,11 +177,11 @@ func MatchModels(ctx context.Context, s *Spec, models []*checkpoint.Model, opts 
 			return nil, err
 		}
 		return &ManyResult{Perms: []Perms{Identity(s), res.Perms}, Sweeps: res.Sweeps, Solved: res.Solved, Skipped: res.Skipped,
-			DistanceBefore: res.DistanceBefore, DistanceAfter: res.DistanceAfter}, nil
+			DistanceBefore: res.DistanceBefore, DistanceAfter: res.DistanceAfter, Stats: res.Stats}, nil
 	}
 	perms, rounds, err := mergeMany(ctx, m, srcs, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &ManyResult{Perms: perms, Sweeps: rounds}, nil
+	return &ManyResult{Perms: perms, Sweeps: rounds, Stats: m.e.stats}, nil
 }

@@ -1,5 +1,11 @@
-// Command wm times wtool's weight matching on two checkpoints for a fixed
-// number of sweeps (bench/wm.sh compares it with bench/wm_numpy.py).
+// Command wm times wtool's weight matching on two checkpoints (MergeMany on
+// three or more) for a fixed number of sweeps (bench/wm.sh compares it with
+// bench/wm_numpy.py; bench/wm8b.sh runs it on 8B-shaped checkpoints).
+//
+// It prints "seconds sweeps distance_before distance_after" on stdout and,
+// on stderr, where the time went: the cost matrices (decoding and GEMM,
+// with the GEMM's GFLOP/s), the assignment solves and the passes over the
+// models, with the groups solved and skipped.
 package main
 
 import (
@@ -7,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/wtool/wtool/io/checkpoint"
@@ -14,23 +21,53 @@ import (
 )
 
 func main() {
-	sweeps := flag.Int("sweeps", 3, "sweeps to run (no early stop)")
+	sweeps := flag.Int("sweeps", 3, "sweeps to run (no early stop); MergeMany: rounds")
+	noSkip := flag.Bool("noskip", false, "solve every group in every sweep")
+	cache := flag.String("cache", "1GiB", "bytes of each model kept mapped between uses")
+	seed := flag.Uint64("seed", 0, "seed of the group order")
+	profile := flag.String("cpuprofile", "", "write a CPU profile to this file")
 	flag.Parse()
-	if flag.NArg() != 2 {
-		fmt.Fprintln(os.Stderr, "usage: wm [-sweeps N] MODEL_A MODEL_B")
+	if flag.NArg() < 2 {
+		fmt.Fprintln(os.Stderr, "usage: wm [-sweeps N] [-noskip] [-cache SIZE] MODEL_A MODEL_B [MODEL_C...]")
 		os.Exit(2)
 	}
-	a, err := checkpoint.Open(flag.Arg(0))
+	var models []*checkpoint.Model
+	for _, p := range flag.Args() {
+		m, err := checkpoint.Open(p)
+		check(err)
+		models = append(models, m)
+	}
+	spec, err := permute.BuiltinSpec("auto", models[0], nil)
 	check(err)
-	b, err := checkpoint.Open(flag.Arg(1))
+	cacheBytes, err := checkpoint.ParseSize(*cache)
+	if *cache == "0" {
+		cacheBytes, err = -1, nil
+	}
 	check(err)
-	spec, err := permute.BuiltinSpec("auto", a, nil)
-	check(err)
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
+	shapes := permute.Shapes(models[0])
 	start := time.Now()
-	sa, sb := permute.NewCheckpointSource(a, 0), permute.NewCheckpointSource(b, 0)
-	res, err := permute.WeightMatching(context.Background(), spec, sa, sb, permute.MatchOptions{MaxSweeps: *sweeps, Tol: -1})
+	last := start
+	opts := permute.MatchOptions{MaxSweeps: *sweeps, Tol: -1, NoSkip: *noSkip, CacheBytes: cacheBytes, Seed: *seed,
+		OnSweep: func(ev permute.SweepEvent) {
+			fmt.Fprintf(os.Stderr, "sweep %d: %d groups solved, %d skipped, %d changed, %.1f s\n",
+				ev.Sweep, ev.Solved, ev.Skipped, ev.Changed, time.Since(last).Seconds())
+			last = time.Now()
+		}}
+	res, err := permute.MatchModels(context.Background(), spec, models, opts)
 	check(err)
-	fmt.Printf("%.3f %d %.6g %.6g\n", time.Since(start).Seconds(), res.Sweeps, res.DistanceBefore, res.DistanceAfter)
+	el := time.Since(start).Seconds()
+	fmt.Printf("%.3f %d %.6g %.6g\n", el, res.Sweeps, res.DistanceBefore, res.DistanceAfter)
+	st := res.Stats
+	fmt.Fprintf(os.Stderr, "models %d, groups %d, one full sweep %.3g FLOP\n", len(models), len(spec.Groups), permute.SweepFLOPs(spec, shapes))
+	fmt.Fprintf(os.Stderr, "total %.1f s: cost matrices %.1f s (GEMM %.1f s, %.4g FLOP, %.1f GFLOP/s; decoding and the rest %.1f s), assignment solves %.1f s (overlapping), passes over the models %.1f s; %d solves, %d skipped\n",
+		el, st.CostTime.Seconds(), st.GEMMTime.Seconds(), st.GEMMFLOPs, st.GEMMFLOPs/st.GEMMTime.Seconds()/1e9,
+		(st.CostTime - st.GEMMTime).Seconds(), st.SolveTime.Seconds(), st.PassTime.Seconds(), res.Solved, res.Skipped)
 }
 
 func check(err error) {
