@@ -213,6 +213,10 @@ func (j *job) align(ctx context.Context) error {
 	} else {
 		j.report.Notes = append(j.report.Notes, fmt.Sprintf("MergeMany aligned %d models in %d rounds", len(j.models), res.Sweeps))
 	}
+	if st := res.Stats; st.GEMMFLOPs >= 1e12 { // large models: where the time went
+		j.report.Notes = append(j.report.Notes, fmt.Sprintf("matching time: cost matrices %.1f s (GEMM %.1f s, %.4g FLOP), assignments %.1f s (beside the GEMMs), passes over the models %.1f s",
+			st.CostTime.Seconds(), st.GEMMTime.Seconds(), st.GEMMFLOPs, st.SolveTime.Seconds(), st.PassTime.Seconds()))
+	}
 	return nil
 }
 

@@ -29,6 +29,7 @@ type AlignResult struct {
 	Sweeps                        int                // weight matching sweeps
 	Solved, Skipped               int                // weight matching group solves done and skipped
 	Correlations                  []GroupCorrelation // activation matching
+	Stats                         MatchStats         // where weight matching's time went
 }
 
 // Align finds the permutations that bring model's units into ref's order
@@ -53,7 +54,7 @@ func Align(ctx context.Context, ref, model *checkpoint.Model, s *Spec, opts Alig
 		if err != nil {
 			return nil, err
 		}
-		res.Perms, res.Sweeps, res.Solved, res.Skipped = mr.Perms, mr.Sweeps, mr.Solved, mr.Skipped
+		res.Perms, res.Sweeps, res.Solved, res.Skipped, res.Stats = mr.Perms, mr.Sweeps, mr.Solved, mr.Skipped, mr.Stats
 		res.DistanceBefore, res.DistanceAfter = mr.DistanceBefore, mr.DistanceAfter
 		return res, nil
 	case "activation":

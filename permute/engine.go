@@ -11,6 +11,8 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 
+	"github.com/wtool/wtool/permute/internal/bfgemm"
+	"github.com/wtool/wtool/tensors"
 	"github.com/wtool/wtool/tensors/linalg"
 )
 
@@ -55,14 +57,21 @@ type engine struct {
 
 	bufA, bufB []float32 // major K-blocks
 	minA, minB []float32 // minor K-blocks
-	tiles      [][]float32
-	passBufs   [][][]float32 // [worker][side]
+	bfA, bfB   []uint16  // bf16 K-blocks
+	bfTiles    [][]uint16
+	noBF16     bool // tests: widen bf16 to float32 like other dtypes
+	// cpus holds a token per core in use: the bf16 GEMM's blocks and the
+	// assignment solves running beside it take one each (nil: no limit).
+	cpus     chan struct{}
+	tiles    [][]float32
+	passBufs [][][]float32 // [worker][side]
 
 	stats MatchStats
 }
 
 func newEngine(s *Spec) *engine {
-	return &engine{spec: s, workers: max(1, runtime.GOMAXPROCS(0)), block: blockBytes, pass: passBytes}
+	w := max(1, runtime.GOMAXPROCS(0))
+	return &engine{spec: s, workers: w, block: blockBytes, pass: passBytes, cpus: make(chan struct{}, w)}
 }
 
 // errNonFinite marks a decode that met a value that is not finite.
@@ -206,13 +215,33 @@ type kblock struct {
 	cap, k int // capacity and filled positions of K
 }
 
+// bfBlock is a K-block of bf16 values as stored, for the AVX512-BF16 GEMM
+// (package bfgemm): K positions in pairs, pos at a[(pos/2)*2n + 2i + pos%2]
+// for unit i, whatever the use's layout.
+type bfBlock struct {
+	a, b   []uint16
+	cap, k int
+}
+
+// useBF16 reports whether a use's K positions go to the bf16 block: both
+// sides single bf16 tensors (a mean of several models is not a bf16
+// value), the kernel available, and a group large enough for its tiles.
+func (e *engine) useBF16(n int, oa, ob *opened) bool {
+	if e.noBF16 || !bfgemm.Available() || n < 32 || len(oa.terms) != 1 {
+		return false
+	}
+	ta, tb := oa.terms[0].t, ob.terms[0].t
+	return ta.dtype == tensors.BF16 && tb.dtype == tensors.BF16 && bfAligned(ta) && bfAligned(tb)
+}
+
 // cost fills c (n x n, row-major, float32) with group g's cost matrix:
 // cost[i][j] = sum over every (tensor, axis) the group acts on of
 // <unit i of side a, unit j of b>, where a's members have all their
 // permutations applied and b has every permutation except g's own. The rows
-// are decoded K-block by K-block in the files' dtypes and multiplied by the
-// blocked GEMM, so that memory is the cost matrix plus four blocks of
-// e.block bytes.
+// are decoded K-block by K-block in the files' dtypes and multiplied by a
+// blocked GEMM (bf16 tensors of a pair of models straight into the bf16
+// GEMM, others widened to float32), so that memory is the cost matrix plus a
+// few blocks of e.block bytes.
 func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float32) error {
 	n := e.spec.Groups[g]
 	c = c[:n*n]
@@ -226,6 +255,12 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 	e.minB = growF32(e.minB, n*kcap)
 	major := &kblock{a: e.bufA, b: e.bufB, cap: kcap}
 	minor := &kblock{minor: true, a: e.minA, b: e.minB, cap: kcap}
+	// bf16 positions take half the bytes: twice the K per block
+	bcap := 2 * kcap
+	if e.block < blockBytes {
+		bcap = max(2, kcap+kcap%2)
+	}
+	bf := &bfBlock{cap: bcap}
 	alpha := a.alpha()
 	start := time.Now()
 	var gemm time.Duration
@@ -248,6 +283,26 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 		gemm += time.Since(t)
 		e.stats.GEMMFLOPs += 2 * float64(n) * float64(n) * float64(kb.k)
 		kb.k = 0
+	}
+	flushBF := func() {
+		if bf.k == 0 {
+			return
+		}
+		if bf.k%2 == 1 { // pad the last pair with zeros
+			row := (bf.k / 2) * 2 * n
+			for i := range n {
+				bf.a[row+2*i+1], bf.b[row+2*i+1] = 0, 0
+			}
+			bf.k++
+		}
+		t := time.Now()
+		bfgemm.MulABt(n, n, bf.k, bfgemm.Operand{Data: bf.a, Ld: 2 * n, Layout: bfgemm.PairRows},
+			bfgemm.Operand{Data: bf.b, Ld: 2 * n, Layout: bfgemm.PairRows}, c, n, beta != 0, e.cpus)
+		beta = 1
+		gemm += time.Since(t)
+		e.stats.GEMMFLOPs += 2 * float64(n) * float64(n) * float64(bf.k)
+		e.stats.BF16FLOPs += 2 * float64(n) * float64(n) * float64(bf.k)
+		bf.k = 0
 	}
 	uses := e.spec.Uses(g)
 	var oa, ob opened
@@ -282,11 +337,53 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 			return err
 		}
 		gm := geomOf(shape, u.Axis, n)
+		total := gm.k()
+		if e.useBF16(n, &oa, &ob) {
+			if bf.a == nil {
+				e.bfA = growU16(e.bfA, n*bcap)
+				e.bfB = growU16(e.bfB, n*bcap)
+				bf.a, bf.b = e.bfA, e.bfB
+			}
+			for k0 := 0; k0 < total; {
+				if bf.k == bf.cap {
+					flushBF()
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+				}
+				k1 := min(total, k0+bf.cap-bf.k)
+				off := bf.k
+				var err error
+				if gm.minor() {
+					err = runParts(e.parts(k1-k0, n), func(w, r0, r1 int) error {
+						if err := decodeRowsBF16(bf.a, n, off+r0, &oa.terms[0], gm, k0+r0, k0+r1); err != nil {
+							return err
+						}
+						return decodeRowsBF16(bf.b, n, off+r0, &ob.terms[0], gm, k0+r0, k0+r1)
+					})
+				} else {
+					err = runParts(e.unitParts(n, k1-k0, bfTile), func(w, u0, u1 int) error {
+						tile := e.bfTile(w, k1-k0)
+						if err := decodeMajorBF16(bf.a, n, off, &oa.terms[0], gm, u0, u1, k0, k1, tile); err != nil {
+							return err
+						}
+						return decodeMajorBF16(bf.b, n, off, &ob.terms[0], gm, u0, u1, k0, k1, tile)
+					})
+				}
+				if err != nil {
+					return err
+				}
+				bf.k += k1 - k0
+				k0 = k1
+			}
+			oa.close()
+			ob.close()
+			continue
+		}
 		kb := major
 		if gm.minor() {
 			kb = minor
 		}
-		total := gm.k()
 		for k0 := 0; k0 < total; {
 			if kb.k == kb.cap {
 				flush(kb)
@@ -325,6 +422,7 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 	}
 	flush(major)
 	flush(minor)
+	flushBF()
 	if beta == 0 { // no tensor had a K position
 		clear(c)
 	}
@@ -452,6 +550,13 @@ func (e *engine) streamPass(ctx context.Context, sides []side, f func(w int, val
 		}
 	}
 	return nil
+}
+
+func growU16(b []uint16, n int) []uint16 {
+	if cap(b) < n {
+		return make([]uint16, n)
+	}
+	return b[:n]
 }
 
 func growF32(b []float32, n int) []float32 {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/wtool/wtool/permute/internal/bfgemm"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -141,6 +142,10 @@ func TestCostMatchesReference(t *testing.T) {
 							t.Fatal(err)
 						}
 						compareCost(t, fmt.Sprintf("%s %s mean block=%d group %s", name, dt, block, g), got, want)
+					}
+					// bf16 pairs of models go through the bf16 GEMM
+					if want := dt == tensors.BF16 && !unaligned && name == "llama" && bfgemm.Available(); (e.stats.BF16FLOPs > 0) != want {
+						t.Errorf("%s %s unaligned=%v block=%d: %g FLOP by the bf16 kernel", name, dt, unaligned, block, e.stats.BF16FLOPs)
 					}
 				}
 			}

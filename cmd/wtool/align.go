@@ -187,6 +187,7 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 		if method == "weight" {
 			v["sweeps"] = res.Sweeps
 			v["groups_solved"], v["groups_skipped"] = res.Solved, res.Skipped
+			v["seconds"] = statsJSON(res.Stats)
 		} else {
 			v["correlations"] = res.Correlations
 		}
@@ -202,6 +203,9 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 		res.DistanceBefore, res.DistanceAfter, 100*(1-res.DistanceAfter/res.DistanceBefore))
 	for _, c := range res.Correlations {
 		fmt.Fprintf(out, "  %s: mean correlation %.3f -> %.3f\n", c.Group, c.Before, c.After)
+	}
+	if method == "weight" && res.Stats.GEMMFLOPs >= 1e12 {
+		g.info("%s", statsLine(res.Stats))
 	}
 	g.info("wrote %s", w.Path)
 	return nil
@@ -256,4 +260,24 @@ func matchProgress(g *globals, o *permute.MatchOptions, restarts int, lines bool
 		start = time.Now()
 	}
 	return func() { finish() }
+}
+
+// statsJSON is the time breakdown of weight matching for --json.
+func statsJSON(st permute.MatchStats) map[string]float64 {
+	v := map[string]float64{"cost_matrices": st.CostTime.Seconds(), "gemm": st.GEMMTime.Seconds(),
+		"assignments": st.SolveTime.Seconds(), "model_passes": st.PassTime.Seconds(), "gemm_flop": st.GEMMFLOPs, "gemm_bf16_flop": st.BF16FLOPs}
+	if s := st.GEMMTime.Seconds(); s > 0 {
+		v["gemm_gflops"] = st.GEMMFLOPs / s / 1e9
+	}
+	return v
+}
+
+// statsLine summarises where weight matching's time went.
+func statsLine(st permute.MatchStats) string {
+	gf := 0.0
+	if s := st.GEMMTime.Seconds(); s > 0 {
+		gf = st.GEMMFLOPs / s / 1e9
+	}
+	return fmt.Sprintf("weight matching: %.1f s computing cost matrices (GEMM %.1f s, %.1f GFLOP/s), %.1f s solving assignments (beside the GEMMs), %.1f s reading whole models",
+		st.CostTime.Seconds(), st.GEMMTime.Seconds(), gf, st.SolveTime.Seconds(), st.PassTime.Seconds())
 }
