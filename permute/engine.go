@@ -11,7 +11,7 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 
-	"github.com/wtool/wtool/permute/internal/bfgemm"
+	"github.com/wtool/wtool/permute/bfgemm"
 	"github.com/wtool/wtool/tensors"
 	"github.com/wtool/wtool/tensors/linalg"
 )

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime/debug"
 	"slices"
 
 	"github.com/wtool/wtool/io/checkpoint"
@@ -170,6 +171,10 @@ func MatchModels(ctx context.Context, s *Spec, models []*checkpoint.Model, opts 
 		srcs[i] = NewCheckpointSource(mdl, opts.CacheBytes)
 	}
 	m := newMatcher(s)
+	// The cost matrices (1.6 GB for an 8B model) are garbage once matching
+	// is done: collect them and hand the memory back now, rather than let
+	// the caller's next phase (writing the merge) grow the heap beside them.
+	defer debug.FreeOSMemory()
 	if len(models) == 2 {
 		a := side{members: []member{{src: srcs[0]}}}
 		res, err := m.match(ctx, a, member{src: srcs[1]}, opts, true)

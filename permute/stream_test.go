@@ -8,7 +8,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/wtool/wtool/permute/internal/bfgemm"
+	"github.com/wtool/wtool/permute/bfgemm"
 	"github.com/wtool/wtool/tensors"
 )
 

@@ -12,12 +12,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"runtime/pprof"
 	"time"
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
+	"github.com/wtool/wtool/permute/bfgemm"
 )
 
 func main() {
@@ -26,7 +29,12 @@ func main() {
 	cache := flag.String("cache", "1GiB", "bytes of each model kept mapped between uses")
 	seed := flag.Uint64("seed", 0, "seed of the group order")
 	profile := flag.String("cpuprofile", "", "write a CPU profile to this file")
+	peak := flag.Int("peak", 0, "instead: print the GFLOP/s of the bf16 cost GEMM on n x n x n random bf16 matrices (best of 3)")
 	flag.Parse()
+	if *peak > 0 {
+		peakBF16(*peak)
+		return
+	}
 	if flag.NArg() < 2 {
 		fmt.Fprintln(os.Stderr, "usage: wm [-sweeps N] [-noskip] [-cache SIZE] MODEL_A MODEL_B [MODEL_C...]")
 		os.Exit(2)
@@ -75,4 +83,29 @@ func check(err error) {
 		fmt.Fprintln(os.Stderr, "wm:", err)
 		os.Exit(1)
 	}
+}
+
+// peakBF16 times the bf16 GEMM the cost matrices use on n x n x n.
+func peakBF16(n int) {
+	if !bfgemm.Available() {
+		fmt.Println("bf16 GEMM: not available (no AVX512-BF16)")
+		return
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	mk := func() bfgemm.Operand {
+		d := make([]uint16, n*n)
+		for i := range d {
+			d[i] = uint16(math.Float32bits(float32(r.NormFloat64())) >> 16)
+		}
+		return bfgemm.Operand{Data: d, Ld: 2 * n, Layout: bfgemm.PairRows}
+	}
+	a, b := mk(), mk()
+	c := make([]float32, n*n)
+	best := math.Inf(1)
+	for range 3 {
+		t := time.Now()
+		bfgemm.MulABt(n, n, n, a, b, c, n, false, nil)
+		best = min(best, time.Since(t).Seconds())
+	}
+	fmt.Printf("bf16\t%d\t%.6f\t%.2f\n", n, best, 2*float64(n)*float64(n)*float64(n)/best/1e9)
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Weight matching of 8B-shaped checkpoints (bench/mkckpt -llama -layers 32
+# -hidden 4096 -inter 14336 -heads 32 -kv-heads 8 -vocab 128256 -dtype bf16):
+# `wtool align A B`, `wtool merge A B --method wm` and a three-model
+# MergeMany `wtool merge A B C --method wm`, each with the page cache dropped
+# first: wall time, peak anonymous memory (RssAnon sampled from
+# /proc/PID/status), and the GFLOP/s of the cost GEMMs next to the GEMM
+# benchmarks' peaks measured in the same run (bench/gemm's float32 GEMM, and
+# the bf16 GEMM the cost matrices of bf16 checkpoints use).
+#
+#   bench/wm8b.sh [A B [C]]     (default /work/ckpt8b/a /work/ckpt8b/b /work/ckpt8b/base)
+#
+# Environment:
+#   SWEEPS  weight matching sweeps for align and the two-model merge (default 1;
+#           a sweep of an 8B model is 2.2e14 FLOP of GEMM, tens of minutes)
+#   ROUNDS  MergeMany rounds (default 1: each model matched once to the others' mean)
+#   STEPS   which steps to run (default "peak align merge many")
+#   OUT     scratch directory for the outputs, deleted after each step
+#           (default /work/ckpt8b/out-h-perm)
+#   LOCK    a lock file each step holds while it reads the checkpoints
+#           (default /work/ckpt8b/.lock when it exists; empty: none)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${1:-/work/ckpt8b/a}
+B=${2:-/work/ckpt8b/b}
+C=${3:-/work/ckpt8b/base}
+SWEEPS=${SWEEPS:-1}
+ROUNDS=${ROUNDS:-1}
+STEPS=${STEPS:-peak align merge many}
+OUT=${OUT:-/work/ckpt8b/out-h-perm}
+if [ -z "${LOCK+x}" ]; then
+	LOCK=""
+	[ -e /work/ckpt8b/.lock ] && LOCK=/work/ckpt8b/.lock
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/wtool-wm8b.XXXXXX")
+trap 'rm -rf "$tmp" "$OUT"' EXIT
+go build -o "$tmp/wtool" ./cmd/wtool
+go build -o "$tmp/wm" ./bench/wm
+go build -o "$tmp/gemm" ./bench/gemm
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# measure LABEL CMD...: runs CMD holding the lock, page cache dropped, and
+# prints its wall time and peak RssAnon; CMD's stdout goes to $tmp/LABEL.out,
+# its stderr to $tmp/LABEL.err.
+measure() {
+	local label=$1
+	shift
+	local lockcmd=()
+	[ -n "$LOCK" ] && lockcmd=(flock "$LOCK")
+	"${lockcmd[@]}" bash -c '
+		sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+		start=$(date +%s.%N)
+		"$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
+		pid=$!
+		peak=0
+		while kill -0 $pid 2>/dev/null; do
+			v=$(awk "/RssAnon/{print \$2}" /proc/$pid/status 2>/dev/null || true)
+			[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+			sleep 0.5
+		done
+		wait $pid; rc=$?
+		end=$(date +%s.%N)
+		printf "%s\t%.1f\t%d\t%d\n" "'"$label"'" "$(echo "$end - $start" | bc -l)" $((peak / 1024)) $rc
+		rm -rf "'"$OUT"'"
+	' _ "$@" | tee -a "$tmp/results.tsv"
+}
+
+for step in $STEPS; do
+	case $step in
+	peak)
+		"$tmp/gemm" -shapes 4096x4096x4096 -prec 32 -impl linalg -mintime 3s | awk -F'\t' '{printf "peak float32 GEMM (bench/gemm, 4096^3): %.1f GFLOP/s\n", $7}'
+		"$tmp/wm" -peak 4096 | awk -F'\t' '$1=="bf16"{printf "peak bf16 GEMM (bench/wm -peak, 4096^3): %.1f GFLOP/s\n", $4} $1!="bf16"{print}'
+		;;
+	align)
+		mkdir -p "$OUT"
+		measure align "$tmp/wtool" align "$A" "$B" -o "$OUT/aligned" --restarts 1 --max-sweeps "$SWEEPS" --json
+		cat "$tmp/align.err" "$tmp/align.out"
+		;;
+	merge)
+		mkdir -p "$OUT"
+		measure merge "$tmp/wtool" merge "$A" "$B" --method wm --restarts 1 --max-sweeps "$SWEEPS" -o "$OUT/merged"
+		cat "$tmp/merge.err"
+		;;
+	many)
+		mkdir -p "$OUT"
+		measure many "$tmp/wtool" merge "$A" "$B" "$C" --method wm --restarts 1 --max-sweeps "$ROUNDS" -o "$OUT/merged3"
+		cat "$tmp/many.err"
+		;;
+	*)
+		echo "unknown step $step" >&2
+		exit 2
+		;;
+	esac
+done
+echo
+echo "step	seconds	peak RssAnon MiB	exit"
+cat "$tmp/results.tsv" 2>/dev/null || true
