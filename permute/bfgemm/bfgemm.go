@@ -141,11 +141,14 @@ type workspace struct {
 func serial(i0, i1, n, kq int, a, b Operand, c []float32, ldc int, accumulate bool) {
 	ws := pool.Get().(*workspace)
 	defer pool.Put(ws)
-	if len(ws.a) < mc*kc {
-		ws.a = make([]uint32, mc*kc)
+	// packing buffers for the blocks this call uses (at most mc x kc and
+	// nc x kc dwords: 1.5 MiB and 384 KiB)
+	round := func(x, t int) int { return (x + t - 1) / t * t }
+	if need := round(min(mc, i1-i0), mr) * min(kc, kq); len(ws.a) < need {
+		ws.a = make([]uint32, need)
 	}
-	if len(ws.b) < nc*kc {
-		ws.b = make([]uint32, nc*kc)
+	if need := round(min(nc, n), nr) * min(kc, kq); len(ws.b) < need {
+		ws.b = make([]uint32, need)
 	}
 	ad, bd := a.dwords(), b.dwords()
 	for ic := i0; ic < i1; ic += mc {
