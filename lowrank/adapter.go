@@ -88,9 +88,15 @@ func topTriplets(w []float32, m, n int, rule RankRule, o SVDOptions) (*Factors, 
 	}
 }
 
-// setResidual computes Residual = W - (low-rank part) in float64 blocks.
-func (a *AdapterInit) setResidual(w []float32) {
-	a.Residual = make([]float32, a.M*a.N)
+// setResidual computes Residual = W - (low-rank part) in float64 blocks,
+// into w itself when inPlace (the caller no longer needs W: one matrix in
+// memory instead of two).
+func (a *AdapterInit) setResidual(w []float32, inPlace bool) {
+	if inPlace {
+		a.Residual = w
+	} else {
+		a.Residual = make([]float32, a.M*a.N)
+	}
 	a.lowRank(func(i0 int, block []float64) {
 		base := i0 * a.N
 		for i, v := range block {
@@ -106,6 +112,11 @@ func (a *AdapterInit) setResidual(w []float32) {
 // residual W - scaling * B A, so that residual + (alpha/r) B A = W. alpha <= 0
 // means alpha = r (scaling 1).
 func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*AdapterInit, error) {
+	return pissa(w, m, n, rule, alpha, o, false)
+}
+
+// pissa is PiSSA, writing the residual over w when inPlace.
+func pissa(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions, inPlace bool) (*AdapterInit, error) {
 	f, k, total, err := topTriplets(w, m, n, rule, o)
 	if err != nil {
 		return nil, err
@@ -127,7 +138,7 @@ func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w)
+	a.setResidual(w, inPlace)
 	return a, nil
 }
 
@@ -138,7 +149,7 @@ func energyOf(kept, total float64) float64 {
 	return math.Min(1, kept/total)
 }
 
-func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
+func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions, inPlace bool) (*AdapterInit, error) {
 	f, k, total, err := topTriplets(w, m, n, rule, o)
 	if err != nil {
 		return nil, err
@@ -154,7 +165,7 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit,
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w)
+	a.setResidual(w, inPlace)
 	return a, nil
 }
 
@@ -163,7 +174,7 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit,
 // orthonormal regulariser of training keeps A and B near orthonormal) and the
 // residual W_r frozen.
 func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o)
+	return svdStyle(w, m, n, rule, o, false)
 }
 
 // SVFit initialises an SVFit adapter: the same split as SORSA, but only the
@@ -171,5 +182,5 @@ func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, er
 // stored (SVD signs are not unique, so recomputing them at load time would not
 // reproduce the adapter).
 func SVFit(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o)
+	return svdStyle(w, m, n, rule, o, false)
 }

@@ -141,38 +141,50 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 			}
 		}
 	}
+	var names []string
+	for _, t := range order {
+		names = append(names, t.name)
+	}
+	ahead := newPrefetcher(m, names)
+	defer ahead.wait()
+	var mem recycler
 	compute := func(t *adapterTarget) error {
 		t.once.Do(func() {
+			ahead.next(t.name)
 			x, err := m.Tensor(t.name)
 			if err != nil {
 				t.err = err
 				return
 			}
-			w, err := x.Float32()
+			w := mem.floats(t.m * t.n) // becomes the residual; recycled once encoded
+			err = tensors.DecodeFloat32(w, x.Data, x.DType)
 			m.Release(t.name)
 			if err != nil {
-				t.err = err
+				mem.putFloats(w)
+				t.err = fmt.Errorf("%s: tensor %q: %w", m.Path, t.name, err)
 				return
 			}
+			var wn, rn float64
+			for _, v := range w {
+				wn += float64(v) * float64(v)
+			}
+			// the residual overwrites w: one matrix in memory
 			var a *AdapterInit
 			switch o.Method {
 			case "pissa":
-				a, err = PiSSA(w, t.m, t.n, o.Rule, o.Alpha, o.SVD)
-			case "sorsa":
-				a, err = SORSA(w, t.m, t.n, o.Rule, o.SVD)
-			default:
-				a, err = SVFit(w, t.m, t.n, o.Rule, o.SVD)
+				a, err = pissa(w, t.m, t.n, o.Rule, o.Alpha, o.SVD, true)
+			default: // sorsa, svfit
+				a, err = svdStyle(w, t.m, t.n, o.Rule, o.SVD, true)
 			}
 			if err != nil {
+				mem.putFloats(w)
 				t.err = fmt.Errorf("%s: tensor %q: %w", m.Path, t.name, err)
 				return
 			}
 			t.init = a
 			t.report = AdapterReport{Module: t.module, Shape: t.shape, Rank: a.Rank, Energy: a.Energy}
-			var wn, rn float64
-			for i, v := range w {
-				wn += float64(v) * float64(v)
-				rn += float64(a.Residual[i]) * float64(a.Residual[i])
+			for _, v := range a.Residual {
+				rn += float64(v) * float64(v)
 			}
 			if wn > 0 {
 				t.report.ResidualNorm = math.Sqrt(rn / wn)
@@ -200,16 +212,26 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 			if err := compute(t); err != nil {
 				return nil, nil, err
 			}
-			res, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, t.init.Residual)
+			res, release, err := mem.encode(e.Name, e.DType, e.Shape, t.init.Residual)
 			if err != nil {
 				return nil, nil, err
 			}
-			back, _ := res.Float32()
+			// what rounding to the output dtype changed, decoded a block at
+			// a time (not a third copy of the matrix)
 			var d, n float64
-			for i, v := range t.init.Residual {
-				x := float64(back[i]) - float64(v)
-				d += x * x
-				n += float64(v) * float64(v)
+			es := e.DType.Bits() / 8
+			back := make([]float32, min(len(t.init.Residual), 1<<16))
+			for i0 := 0; i0 < len(t.init.Residual); i0 += len(back) {
+				b := back[:min(len(back), len(t.init.Residual)-i0)]
+				if err := tensors.DecodeFloat32(b, res.Data[i0*es:(i0+len(b))*es], e.DType); err != nil {
+					release()
+					return nil, nil, err
+				}
+				for i, v := range t.init.Residual[i0 : i0+len(b)] {
+					x := float64(b[i]) - float64(v)
+					d += x * x
+					n += float64(v) * float64(v)
+				}
 			}
 			if n > 0 {
 				t.report.CastError = math.Sqrt(d / n)
@@ -222,11 +244,14 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 				}
 				mu.Unlock()
 				if err != nil {
+					release()
 					return nil, nil, err
 				}
 			}
+			mem.putFloats(t.init.Residual) // encoded: the matrix is recycled
+			t.init.Residual = nil
 			done(t)
-			return res, nil, nil
+			return res, release, nil
 		}
 		ref, ok := factorOf[e.Name] // SORSA / SVFit factors
 		if !ok {

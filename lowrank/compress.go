@@ -205,12 +205,20 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	}
 	var mu sync.Mutex
 	reports := map[string]*TensorReport{}
+	var names []string
+	for _, t := range targets {
+		names = append(names, t.name)
+	}
+	ahead := newPrefetcher(m, names)
+	defer ahead.wait()
+	var mem recycler
 	compute := func(t *target) (*moduleResult, error) {
 		mu.Lock()
 		r := results[t.module]
 		mu.Unlock()
 		r.once.Do(func() {
-			r.f, r.note, r.err = factorTarget(m, t, o)
+			ahead.next(t.name)
+			r.f, r.note, r.err = factorTarget(m, t, o, &mem)
 			if r.err != nil {
 				r.err = fmt.Errorf("%s: tensor %q: %w", m.Path, t.name, r.err)
 				return
@@ -443,12 +451,17 @@ func findTargets(m *checkpoint.Model, o CompressOptions) ([]*target, error) {
 }
 
 // factorTarget loads one weight and factorises it with the chosen method.
-func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factorization, string, error) {
+func factorTarget(m *checkpoint.Model, t *target, o CompressOptions, mem *recycler) (*Factorization, string, error) {
 	x, err := m.Tensor(t.name)
 	if err != nil {
 		return nil, "", err
 	}
-	w, _, _, err := x.Matrix()
+	if rows, cols, err := tensors.MatrixShape(x.Shape); err != nil || rows != t.m || cols != t.n {
+		return nil, "", fmt.Errorf("tensor %q has shape %v, not a %d x %d matrix (%v)", t.name, x.Shape, t.m, t.n, err)
+	}
+	w := mem.floats(t.m * t.n) // recycled once factored
+	defer mem.putFloats(w)
+	err = tensors.DecodeFloat32(w, x.Data, x.DType)
 	m.Release(t.name)
 	if err != nil {
 		return nil, "", err

@@ -134,7 +134,10 @@ func factorize(w []float32, m, n int, t transform, rule RankRule, o SVDOptions) 
 			return nil, fmt.Errorf("non-finite value at index %d", i)
 		}
 	}
-	ws := make([]float32, m*n) // the scaled matrix
+	ws := w // the scaled matrix (w itself when nothing scales it)
+	if t.chol != nil || t.right != nil || t.left != nil {
+		ws = make([]float32, m*n)
+	}
 	switch {
 	case t.chol != nil:
 		wd := mat.NewDense(m, n, nil)
@@ -150,7 +153,7 @@ func factorize(w []float32, m, n int, t transform, rule RankRule, o SVDOptions) 
 				ws[i*n+j] = float32(p.At(i, j))
 			}
 		}
-	default:
+	case t.right != nil || t.left != nil:
 		for i := range m {
 			for j := range n {
 				v := float64(w[i*n+j])
