@@ -148,6 +148,7 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 	ahead := newPrefetcher(m, names)
 	defer ahead.wait()
 	var mem recycler
+	var setAside func(t *adapterTarget) error // set below for SORSA and SVFit
 	compute := func(t *adapterTarget) error {
 		t.once.Do(func() {
 			ahead.next(t.name)
@@ -189,6 +190,9 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 			if wn > 0 {
 				t.report.ResidualNorm = math.Sqrt(rn / wn)
 			}
+			if setAside != nil {
+				t.err = setAside(t)
+			}
 		})
 		return t.err
 	}
@@ -206,50 +210,70 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 			t.init = nil
 		}
 	}
+	// encodeResidual encodes a target's residual as its output entry, notes
+	// what the rounding changed, and recycles the float32 matrix.
+	encodeResidual := func(t *adapterTarget, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		res, release, err := mem.encode(e.Name, e.DType, e.Shape, t.init.Residual)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.report.CastError, err = castError(res, t.init.Residual)
+		if err != nil {
+			release()
+			return nil, nil, err
+		}
+		mem.putFloats(t.init.Residual)
+		t.init.Residual = nil
+		return res, release, nil
+	}
+	// SORSA and SVFit write their float32 factors before the residuals
+	// (safetensors orders a file's tensors by dtype, then name), so each
+	// residual is computed long before its entry is written: it waits in a
+	// temporary file, encoded, rather than in memory.
+	residuals, err := newByteSpill(filepath.Dir(filepath.Clean(out)), &mem)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer residuals.remove()
+	entryOf := map[string]safetensors.Entry{}
+	for _, e := range entries {
+		entryOf[e.Name] = e
+	}
+	if o.Method != "pissa" {
+		setAside = func(t *adapterTarget) error {
+			res, release, err := encodeResidual(t, entryOf[t.name])
+			if err != nil {
+				return err
+			}
+			defer release()
+			return residuals.put(res)
+		}
+	}
 	pass := m.Passthrough()
 	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
 		if t := targets[e.Name]; t != nil { // the residual
 			if err := compute(t); err != nil {
 				return nil, nil, err
 			}
-			res, release, err := mem.encode(e.Name, e.DType, e.Shape, t.init.Residual)
+			if o.Method != "pissa" { // encoded and set aside when computed
+				defer done(t)
+				return residuals.take(e)
+			}
+			res, release, err := encodeResidual(t, e)
 			if err != nil {
 				return nil, nil, err
 			}
-			// what rounding to the output dtype changed, decoded a block at
-			// a time (not a third copy of the matrix)
-			var d, n float64
-			es := e.DType.Bits() / 8
-			back := make([]float32, min(len(t.init.Residual), 1<<16))
-			for i0 := 0; i0 < len(t.init.Residual); i0 += len(back) {
-				b := back[:min(len(back), len(t.init.Residual)-i0)]
-				if err := tensors.DecodeFloat32(b, res.Data[i0*es:(i0+len(b))*es], e.DType); err != nil {
-					release()
-					return nil, nil, err
-				}
-				for i, v := range t.init.Residual[i0 : i0+len(b)] {
-					x := float64(b[i]) - float64(v)
-					d += x * x
-					n += float64(v) * float64(v)
-				}
+			// the factors go to the adapter, after
+			mu.Lock()
+			err = spill.add(peft.Key(t.module, "lora_A"), []int64{int64(t.init.Rank), int64(t.n)}, t.init.A)
+			if err == nil {
+				err = spill.add(peft.Key(t.module, "lora_B"), []int64{int64(t.m), int64(t.init.Rank)}, t.init.B)
 			}
-			if n > 0 {
-				t.report.CastError = math.Sqrt(d / n)
+			mu.Unlock()
+			if err != nil {
+				release()
+				return nil, nil, err
 			}
-			if o.Method == "pissa" { // the factors go to the adapter, after
-				mu.Lock()
-				err = spill.add(peft.Key(t.module, "lora_A"), []int64{int64(t.init.Rank), int64(t.n)}, t.init.A)
-				if err == nil {
-					err = spill.add(peft.Key(t.module, "lora_B"), []int64{int64(t.m), int64(t.init.Rank)}, t.init.B)
-				}
-				mu.Unlock()
-				if err != nil {
-					release()
-					return nil, nil, err
-				}
-			}
-			mem.putFloats(t.init.Residual) // encoded: the matrix is recycled
-			t.init.Residual = nil
 			done(t)
 			return res, release, nil
 		}

@@ -2,10 +2,13 @@ package lowrank
 
 import (
 	"fmt"
+	"math"
+	"os"
 	"slices"
 	"sync"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -104,4 +107,99 @@ func (r *recycler) encode(name string, dt tensors.DType, shape []int64, values [
 		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &tensors.Tensor{Name: name, DType: dt, Shape: shape, Data: buf}, release, nil
+}
+
+// castError returns ||cast(v) - v|| / ||v|| for v encoded as t: what
+// rounding to the output dtype changed, decoded a block at a time.
+func castError(t *tensors.Tensor, v []float32) (float64, error) {
+	var d, n float64
+	es := t.DType.Bits() / 8
+	back := make([]float32, min(len(v), 1<<16))
+	for i0 := 0; i0 < len(v); i0 += len(back) {
+		b := back[:min(len(back), len(v)-i0)]
+		if err := tensors.DecodeFloat32(b, t.Data[i0*es:(i0+len(b))*es], t.DType); err != nil {
+			return 0, err
+		}
+		for i, x := range v[i0 : i0+len(b)] {
+			e := float64(b[i]) - float64(x)
+			d += e * e
+			n += float64(x) * float64(x)
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	return math.Sqrt(d / n), nil
+}
+
+// byteSpill keeps encoded tensors in a temporary file until their entries
+// are written; each is read back once, and its disk space freed then.
+type byteSpill struct {
+	mu   sync.Mutex
+	f    *os.File
+	off  int64
+	at   map[string][2]int64 // offset, size
+	mem  *recycler
+	tmpl map[string]*tensors.Tensor
+}
+
+func newByteSpill(dir string, mem *recycler) (*byteSpill, error) {
+	f, err := os.CreateTemp(dir, ".wtool-spill-*")
+	if err != nil {
+		return nil, err
+	}
+	return &byteSpill{f: f, at: map[string][2]int64{}, mem: mem, tmpl: map[string]*tensors.Tensor{}}, nil
+}
+
+// put writes a tensor's bytes to the file.
+func (s *byteSpill) put(t *tensors.Tensor) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.f.WriteAt(t.Data, s.off); err != nil {
+		return fmt.Errorf("setting tensor %q aside: %w", t.Name, err)
+	}
+	s.at[t.Name] = [2]int64{s.off, int64(len(t.Data))}
+	s.tmpl[t.Name] = &tensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape}
+	s.off += int64(len(t.Data))
+	return nil
+}
+
+// take reads back the tensor of entry e; release hands its buffer back.
+func (s *byteSpill) take(e safetensors.Entry) (*tensors.Tensor, func(), error) {
+	s.mu.Lock()
+	loc, ok := s.at[e.Name]
+	tmpl := s.tmpl[e.Name]
+	delete(s.at, e.Name)
+	delete(s.tmpl, e.Name)
+	s.mu.Unlock()
+	if !ok {
+		return nil, nil, fmt.Errorf("tensor %q was not set aside", e.Name)
+	}
+	s.mem.mu.Lock()
+	buf := s.mem.bytes
+	s.mem.bytes = nil
+	s.mem.mu.Unlock()
+	if int64(cap(buf)) < loc[1] {
+		buf = make([]byte, loc[1])
+	}
+	buf = buf[:loc[1]]
+	release := func() {
+		s.mem.mu.Lock()
+		defer s.mem.mu.Unlock()
+		if cap(buf) > cap(s.mem.bytes) {
+			s.mem.bytes = buf
+		}
+	}
+	if _, err := s.f.ReadAt(buf, loc[0]); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("reading tensor %q back: %w", e.Name, err)
+	}
+	punchHole(s.f, loc[0], loc[1])
+	return &tensors.Tensor{Name: tmpl.Name, DType: tmpl.DType, Shape: tmpl.Shape, Data: buf}, release, nil
+}
+
+// remove deletes the file.
+func (s *byteSpill) remove() {
+	s.f.Close()
+	os.Remove(s.f.Name())
 }
