@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/tensors"
 )
@@ -57,4 +58,30 @@ func ExampleSpec_UnmarshalJSON() {
 	// <nil> map[heads:2] 4
 	// <nil>
 	// tensor "q.weight" axis 0 has 6 elements, but group "heads" has 2 units of 4 (8)
+}
+
+// Aligning checkpoints on disk: MatchModels reads them in their own dtype
+// a block at a time (memory independent of their size); with three or more
+// models it aligns them all to each other (MergeMany).
+func ExampleMatchModels() {
+	var models []*checkpoint.Model
+	for _, p := range []string{"../testdata/demo/mlp-a", "../testdata/demo/mlp-b"} {
+		m, err := checkpoint.Open(p)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer m.Close()
+		models = append(models, m)
+	}
+	spec, _ := permute.BuiltinSpec("auto", models[0], nil)
+	res, err := permute.MatchModels(context.Background(), spec, models, permute.MatchOptions{Seed: 1, CacheBytes: 64 << 20})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Printf("%d groups; distance %.1f -> %.1f; the first model stays as it is: %v\n",
+		len(spec.Groups), res.DistanceBefore, res.DistanceAfter, res.Perms[0].IsIdentity())
+	// Output:
+	// 4 groups; distance 20.1 -> 15.4; the first model stays as it is: true
 }

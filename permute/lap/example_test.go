@@ -1,6 +1,7 @@
 package lap_test
 
 import (
+	"context"
 	"fmt"
 	"math"
 
@@ -75,4 +76,23 @@ func ExampleSolve_rectangular() {
 	fmt.Println(a.RowToCol, a.ColToRow, a.Cost)
 	// Output:
 	// [0 1] [0 1 -1] 3
+}
+
+// Large matrices in float32 take half the memory; the solve stops early,
+// with the context's error, when the context is cancelled.
+func ExampleSolver_SolveFloat32() {
+	cost := []float32{
+		4, 1, 3,
+		2, 0, 5,
+		3, 2, 2,
+	}
+	var s lap.Solver
+	a, err := s.SolveFloat32(context.Background(), cost, 3, 3, false)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("row -> col:", a.RowToCol, "cost:", a.Cost)
+	// Output:
+	// row -> col: [1 0 2] cost: 5
 }
