@@ -297,7 +297,7 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 		}
 		t := time.Now()
 		bfgemm.MulABt(n, n, bf.k, bfgemm.Operand{Data: bf.a, Ld: 2 * n, Layout: bfgemm.PairRows},
-			bfgemm.Operand{Data: bf.b, Ld: 2 * n, Layout: bfgemm.PairRows}, c, n, beta != 0, e.cpus)
+			bfgemm.Operand{Data: bf.b, Ld: 2 * n, Layout: bfgemm.PairRows}, c, n, beta != 0, bfgemm.Options{CPUs: e.cpus, Stop: ctx.Done()})
 		beta = 1
 		gemm += time.Since(t)
 		e.stats.GEMMFLOPs += 2 * float64(n) * float64(n) * float64(bf.k)
@@ -423,6 +423,9 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 	flush(major)
 	flush(minor)
 	flushBF()
+	if err := ctx.Err(); err != nil { // a stopped product is incomplete
+		return err
+	}
 	if beta == 0 { // no tensor had a K position
 		clear(c)
 	}

@@ -68,14 +68,24 @@ func (o Operand) index(i, q int) int {
 	return q*(o.Ld/2) + i
 }
 
+// Options control how MulABt runs.
+type Options struct {
+	// CPUs, if not nil, holds a token per core in use: each block of rows
+	// of C is computed holding one, so that other work holding tokens (an
+	// assignment solve, in weight matching) gets its share of the cores.
+	CPUs chan struct{}
+	// Stop, if not nil, ends the product early when it is closed (between
+	// blocks of rows, a fraction of a second apart): C is then incomplete,
+	// and the caller is expected to discard it.
+	Stop <-chan struct{}
+}
+
 // MulABt sets C (m x n, row stride ldc) to A Bᵀ, or adds A Bᵀ to it when
 // accumulate is set, where A has m units and B n units of k values each
 // (k even). The rows of C are computed in blocks by up to GOMAXPROCS
-// goroutines; when cpus is not nil, each block is computed holding one of
-// its tokens, so that other work holding tokens (an assignment solve, in
-// weight matching) gets its share of the cores. It panics if the kernel is
-// not available.
-func MulABt(m, n, k int, a, b Operand, c []float32, ldc int, accumulate bool, cpus chan struct{}) {
+// goroutines. It panics if the kernel is not available.
+func MulABt(m, n, k int, a, b Operand, c []float32, ldc int, accumulate bool, o Options) {
+	cpus := o.CPUs
 	if !available {
 		panic("bfgemm: AVX512-BF16 is not available")
 	}
@@ -114,6 +124,13 @@ func MulABt(m, n, k int, a, b Operand, c []float32, ldc int, accumulate bool, cp
 					cpus <- struct{}{}
 				}
 				blk := int(next.Add(1) - 1)
+				if o.Stop != nil {
+					select {
+					case <-o.Stop:
+						blk = blocks // stopped: no more blocks
+					default:
+					}
+				}
 				if blk < blocks {
 					i0 := blk * rows
 					serial(i0, min(m, i0+rows), n, kq, a, b, c, ldc, accumulate)

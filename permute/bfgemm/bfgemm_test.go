@@ -56,7 +56,7 @@ func TestMulABt(t *testing.T) {
 						c[i] = float32(i % 7)
 					}
 					init := append([]float32(nil), c...)
-					MulABt(m, n, k, a, b, c, ldc, acc, nil)
+					MulABt(m, n, k, a, b, c, ldc, acc, Options{})
 					for i := range m {
 						for j := range n {
 							want, mag := 0.0, 0.0
@@ -100,7 +100,7 @@ func BenchmarkMulABt(b *testing.B) {
 				c := make([]float32, n*n)
 				start := time.Now()
 				for b.Loop() {
-					MulABt(n, n, k, x, y, c, n, false, nil)
+					MulABt(n, n, k, x, y, c, n, false, Options{})
 				}
 				b.ReportMetric(2*float64(n)*float64(n)*float64(k)*float64(b.N)/time.Since(start).Seconds()/1e9, "GFLOP/s")
 			})
