@@ -19,6 +19,7 @@
 #           (default /work/ckpt8b/out-h-perm)
 #   LOCK    a lock file each step holds while it reads the checkpoints
 #           (default /work/ckpt8b/.lock when it exists; empty: none)
+#   DROP    0: do not drop the page cache before each step
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:-/work/ckpt8b/a}
@@ -48,7 +49,7 @@ measure() {
 	local lockcmd=()
 	[ -n "$LOCK" ] && lockcmd=(flock "$LOCK")
 	"${lockcmd[@]}" bash -c '
-		sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+		[ "'"${DROP:-1}"'" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 		start=$(date +%s.%N)
 		"$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
 		pid=$!
