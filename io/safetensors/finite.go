@@ -1,0 +1,72 @@
+package safetensors
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/wtool/wtool/tensors"
+)
+
+// NonFiniteError reports a NaN or infinite value in a tensor about to be
+// written (including a finite value that overflowed the output dtype, such
+// as 1e5 in float16).
+type NonFiniteError struct {
+	Tensor string
+	Index  int64 // element index in the tensor
+	Value  float64
+	// Detail, when set, says where the value comes from (an input that
+	// holds it, an overflow of the output dtype).
+	Detail string
+}
+
+func (e *NonFiniteError) Error() string {
+	detail := ""
+	if e.Detail != "" {
+		detail = " (" + e.Detail + ")"
+	}
+	return fmt.Sprintf("tensor %q: the result has %g at element %d%s; wtool does not write NaN or Inf unless --allow-nonfinite is given", e.Tensor, e.Value, e.Index, detail)
+}
+
+// CheckFinite returns a *NonFiniteError for the first NaN or Inf among the
+// encoded bytes data of entry e, which start at byte off of the tensor.
+// Non-float dtypes and 8-bit (and narrower) floats are not checked.
+func CheckFinite(e Entry, off int64, data []byte) error {
+	k, v := firstNonFinite(e.DType, data)
+	if k < 0 {
+		return nil
+	}
+	return &NonFiniteError{Tensor: e.Name, Index: off/int64(e.DType.Bits()/8) + int64(k), Value: v}
+}
+
+// firstNonFinite returns the index and value of the first NaN or Inf among
+// the encoded values, or -1.
+func firstNonFinite(dt tensors.DType, data []byte) (int, float64) {
+	switch dt {
+	case tensors.BF16:
+		for k := 0; k+1 < len(data); k += 2 {
+			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7f80 == 0x7f80 {
+				return k / 2, float64(tensors.BF16ToFloat32(h))
+			}
+		}
+	case tensors.F16:
+		for k := 0; k+1 < len(data); k += 2 {
+			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7c00 == 0x7c00 {
+				return k / 2, float64(tensors.F16ToFloat32(h))
+			}
+		}
+	case tensors.F32:
+		for k := 0; k+3 < len(data); k += 4 {
+			if u := binary.LittleEndian.Uint32(data[k:]); u&0x7f800000 == 0x7f800000 {
+				return k / 4, float64(math.Float32frombits(u))
+			}
+		}
+	case tensors.F64:
+		for k := 0; k+7 < len(data); k += 8 {
+			if u := binary.LittleEndian.Uint64(data[k:]); u&0x7ff0000000000000 == 0x7ff0000000000000 {
+				return k / 8, math.Float64frombits(u)
+			}
+		}
+	}
+	return -1, 0
+}
