@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/peft"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -180,7 +181,7 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		})
 		return t.err
 	}
-	spill, err := newSpill(filepath.Dir(filepath.Clean(out)))
+	spill, err := newSpill(out)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -252,7 +253,9 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 	reports := func() []AdapterReport {
 		var out []AdapterReport
 		for _, t := range order {
-			out = append(out, t.report)
+			if t.report.Module != "" { // computed by this run
+				out = append(out, t.report)
+			}
 		}
 		return out
 	}
@@ -266,16 +269,46 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		// one in flight only doubles the memory
 		wopts.Workers = 1
 	}
-	wopts.Finalize = func(dir string) error {
-		rs := reports()
-		if o.Method == "pissa" {
-			return writePiSSAAdapter(filepath.Join(dir, "adapter"), spill, rs, o)
+	// The adapter file and the configs are written from what each shard's
+	// state keeps (the reports, and for PiSSA the factors of the modules
+	// whose residual the shard holds), so parts and resumed runs give the
+	// same files as a single run.
+	wopts.State = &checkpoint.State{Finalizer: adapterFinalizer, Save: func(dir string, shard []safetensors.Entry) error {
+		st := adapterState{Method: o.Method, Alpha: o.Alpha}
+		var lora []string
+		mu.Lock()
+		for _, e := range shard {
+			t := targets[e.Name]
+			if t == nil {
+				if ref, ok := factorOf[e.Name]; ok {
+					t = ref.t
+				}
+			}
+			if t == nil || t.report.Module == "" || slices.ContainsFunc(st.Reports, func(r AdapterReport) bool { return r.Module == t.module }) {
+				continue
+			}
+			st.Reports = append(st.Reports, t.report)
+			if o.Method == "pissa" && targets[e.Name] != nil {
+				lora = append(lora, peft.Key(t.module, "lora_A"), peft.Key(t.module, "lora_B"))
+			}
 		}
-		return writeSVDConfig(dir, rs, o)
-	}
+		var err error
+		if o.Method == "pissa" {
+			err = spill.writeTo(filepath.Join(dir, "lora.safetensors"), lora, nil)
+		}
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+	}}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, checkpoint.ExplainNonFinite(err, m)
 	}
 	return reports(), written, nil
 }
@@ -323,7 +356,52 @@ func shortNames(rs []AdapterReport) []string {
 	return out
 }
 
-func writePiSSAAdapter(dir string, sp *spill, rs []AdapterReport, o AdapterOptions) error {
+// adapterState is what a shard keeps for the adapter's files: the reports
+// of the modules it holds (and, for PiSSA, their factors in lora.safetensors
+// beside it).
+type adapterState struct {
+	Method  string          `json:"method"`
+	Alpha   float64         `json:"alpha"`
+	Reports []AdapterReport `json:"reports"`
+}
+
+const adapterFinalizer = "lowrank.adapter"
+
+func init() { checkpoint.RegisterFinalizer(adapterFinalizer, finalizeAdapters) }
+
+// finalizeAdapters writes the PiSSA adapter directory, or the SORSA/SVFit
+// config, from every shard's state.
+func finalizeAdapters(dir string, states []string) error {
+	var o AdapterOptions
+	var rs []AdapterReport
+	var lora []string
+	for _, s := range states {
+		var st adapterState
+		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			return fmt.Errorf("adapter state %s: %w", s, err)
+		}
+		o.Method, o.Alpha = st.Method, st.Alpha
+		for _, r := range st.Reports {
+			if !slices.ContainsFunc(rs, func(x AdapterReport) bool { return x.Module == r.Module }) {
+				rs = append(rs, r)
+			}
+		}
+		if p := filepath.Join(s, "lora.safetensors"); st.Method == "pissa" {
+			lora = append(lora, p)
+		}
+	}
+	slices.SortFunc(rs, func(a, b AdapterReport) int { return strings.Compare(a.Module+".weight", b.Module+".weight") })
+	if o.Method == "pissa" {
+		return writePiSSAAdapter(filepath.Join(dir, "adapter"), lora, rs, o)
+	}
+	return writeSVDConfig(dir, rs, o)
+}
+
+func writePiSSAAdapter(dir string, lora []string, rs []AdapterReport, o AdapterOptions) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -337,7 +415,45 @@ func writePiSSAAdapter(dir string, sp *spill, rs []AdapterReport, o AdapterOptio
 	if err := os.WriteFile(filepath.Join(dir, peft.ConfigFile), b, 0o644); err != nil {
 		return err
 	}
-	return sp.writeTo(filepath.Join(dir, peft.WeightsFile), map[string]string{"format": "pt"})
+	return mergeSafetensors(filepath.Join(dir, peft.WeightsFile), lora, map[string]string{"format": "pt"})
+}
+
+// mergeSafetensors writes one file holding every tensor of the files srcs
+// (whose names must differ), one tensor in memory at a time.
+func mergeSafetensors(path string, srcs []string, metadata map[string]string) error {
+	var entries []safetensors.Entry
+	from := map[string]*safetensors.File{}
+	for _, p := range srcs {
+		f, err := safetensors.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for _, t := range f.Header.Tensors {
+			if _, dup := from[t.Name]; dup {
+				continue // a module computed by two parts: the same factors
+			}
+			from[t.Name] = f
+			entries = append(entries, safetensors.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape})
+		}
+	}
+	w, err := safetensors.Create(path, entries, metadata)
+	if err != nil {
+		return err
+	}
+	for _, e := range w.Order() {
+		info, _ := from[e.Name].Header.Lookup(e.Name)
+		buf := make([]byte, info.Size())
+		if err := from[e.Name].ReadTensor(e.Name, buf); err != nil {
+			w.Abort()
+			return err
+		}
+		if err := w.Write(&tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: buf}); err != nil {
+			w.Abort()
+			return err
+		}
+	}
+	return w.Close()
 }
 
 func writeSVDConfig(dir string, rs []AdapterReport, o AdapterOptions) error {
@@ -382,8 +498,10 @@ type spillEntry struct {
 	size  int64
 }
 
-func newSpill(dir string) (*spill, error) {
-	f, err := os.CreateTemp(dir, ".wtool-spill-*")
+// newSpill creates the spill file beside the output out, named like its
+// temporaries (so one a killed run leaves is cleaned like them).
+func newSpill(out string) (*spill, error) {
+	f, err := fsafe.CreateTemp(out, "spill")
 	if err != nil {
 		return nil, err
 	}
@@ -403,12 +521,15 @@ func (s *spill) add(name string, shape []int64, v []float32) error {
 	return nil
 }
 
-func (s *spill) writeTo(path string, metadata map[string]string) error {
+// writeTo writes the named spilled tensors to a safetensors file.
+func (s *spill) writeTo(path string, names []string, metadata map[string]string) error {
 	var entries []safetensors.Entry
 	byName := map[string]spillEntry{}
 	for _, e := range s.entries {
-		entries = append(entries, safetensors.Entry{Name: e.name, DType: tensors.F32, Shape: e.shape})
-		byName[e.name] = e
+		if slices.Contains(names, e.name) {
+			entries = append(entries, safetensors.Entry{Name: e.name, DType: tensors.F32, Shape: e.shape})
+			byName[e.name] = e
+		}
 	}
 	w, err := safetensors.Create(path, entries, metadata)
 	if err != nil {
@@ -429,7 +550,4 @@ func (s *spill) writeTo(path string, metadata map[string]string) error {
 	return w.Close()
 }
 
-func (s *spill) remove() {
-	s.f.Close()
-	os.Remove(s.f.Name())
-}
+func (s *spill) remove() { fsafe.RemoveTemp(s.f) }

@@ -324,22 +324,71 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		wopts.Metadata = withCompressionMetadata(wopts.Metadata, o)
 		wopts.MetadataFor = rankMetadata
 		if !checkpoint.IsSingleFile(out) {
-			wopts.Finalize = func(dir string) error {
-				collect()
-				b, err := CompressionJSON(o, list)
+			// compression.json is written from the reports each shard's
+			// state holds, so parts and resumed runs give the same file
+			wopts.State = &checkpoint.State{Finalizer: compressFinalizer, Save: func(dir string, shard []safetensors.Entry) error {
+				st := compressState{Method: o.Method}
+				mu.Lock()
+				for _, e := range shard {
+					mod, _ := splitModule(e.Name)
+					if t := byModule[mod]; t != nil && reports[t.name] != nil && !slices.ContainsFunc(st.Reports, func(r TensorReport) bool { return r.Name == t.name }) {
+						st.Reports = append(st.Reports, *reports[t.name])
+					}
+				}
+				mu.Unlock()
+				b, err := json.Marshal(st)
 				if err != nil {
 					return err
 				}
-				return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
-			}
+				return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+			}}
 		}
 	}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, checkpoint.ExplainNonFinite(err, m)
 	}
 	collect()
 	return list, written, nil
+}
+
+// compressState is what a shard of a factored directory output keeps for
+// compression.json: the reports of the modules it holds.
+type compressState struct {
+	Method  string         `json:"method"`
+	Reports []TensorReport `json:"reports"`
+}
+
+const compressFinalizer = "lowrank.compress"
+
+func init() { checkpoint.RegisterFinalizer(compressFinalizer, finalizeCompress) }
+
+// finalizeCompress writes compression.json from every shard's reports.
+func finalizeCompress(dir string, states []string) error {
+	var method string
+	var list []TensorReport
+	for _, s := range states {
+		var st compressState
+		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			return fmt.Errorf("compression state %s: %w", s, err)
+		}
+		method = st.Method
+		for _, r := range st.Reports {
+			if !slices.ContainsFunc(list, func(x TensorReport) bool { return x.Name == r.Name }) {
+				list = append(list, r)
+			}
+		}
+	}
+	slices.SortFunc(list, func(a, b TensorReport) int { return strings.Compare(a.Name, b.Name) })
+	b, err := CompressionJSON(CompressOptions{Method: method}, list)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
 }
 
 func btoi(b bool) int {

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // IndexFileName is the name Hugging Face gives the index of a sharded model.
@@ -42,7 +43,7 @@ func (ix *Index) Shards() []string {
 // of tensor name to shard file name. Shard names must be plain file names in
 // the index's directory (no separators, no "..").
 func ReadIndex(path string) (*Index, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsafe.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

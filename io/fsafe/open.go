@@ -28,6 +28,8 @@ type KindError struct {
 	Role string // what the path was given as ("input", "--calib", "-o"), "" if unknown
 	Mode fs.FileMode
 	Want string // "a regular file", "a regular file or a directory", "a directory"
+	// Output is set when the path was given as an output.
+	Output bool
 }
 
 func (e *KindError) Error() string {

@@ -221,7 +221,7 @@ func checkOne(o *path, ins []*path, force bool) error {
 			return err
 		}
 		if !st.Mode().IsRegular() && !st.IsDir() {
-			return &KindError{Path: o.name, Role: o.role, Mode: st.Mode(), Want: "a regular file or a directory (wtool replaces outputs; it never writes into special files)"}
+			return &KindError{Path: o.name, Role: o.role, Mode: st.Mode(), Want: "a regular file or a directory (wtool replaces outputs; it never writes into special files)", Output: true}
 		}
 		if !force {
 			return &ExistsError{Path: o.name, Role: o.role}

@@ -1,6 +1,7 @@
 package safetensors
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -52,6 +53,12 @@ func ReadHeaderFile(path string) (*Header, error) {
 // tensor data is not read until a tensor is asked for. A path that is not a
 // regular file (a FIFO, a device) is refused before anything is read.
 func Open(path string) (*File, error) {
+	return OpenContext(context.Background(), path)
+}
+
+// OpenContext is Open that stops with ctx's error when ctx is done while
+// the header is parsed.
+func OpenContext(ctx context.Context, path string) (*File, error) {
 	f, err := fsafe.Open(path)
 	if err != nil {
 		return nil, err
@@ -61,7 +68,7 @@ func Open(path string) (*File, error) {
 		f.Close()
 		return nil, err
 	}
-	h, err := ReadHeader(f, st.Size())
+	h, err := ReadHeaderContext(ctx, f, st.Size())
 	if err != nil {
 		f.Close()
 		return nil, withFile(err, path)

@@ -15,6 +15,7 @@ type NonFiniteError struct {
 	Tensor string
 	Index  int64 // element index in the tensor
 	Value  float64
+	DType  tensors.DType // the dtype it was to be written in
 	// Detail, when set, says where the value comes from (an input that
 	// holds it, an overflow of the output dtype).
 	Detail string
@@ -22,8 +23,11 @@ type NonFiniteError struct {
 
 func (e *NonFiniteError) Error() string {
 	detail := ""
-	if e.Detail != "" {
+	switch {
+	case e.Detail != "":
 		detail = " (" + e.Detail + ")"
+	case math.IsInf(e.Value, 0) && (e.DType == tensors.F16 || e.DType == tensors.BF16 || e.DType == tensors.F32):
+		detail = fmt.Sprintf(" (an Inf in an input, or a value beyond %s's range of ±%g)", e.DType, maxFinite(e.DType))
 	}
 	return fmt.Sprintf("tensor %q: the result has %g at element %d%s; wtool does not write NaN or Inf unless --allow-nonfinite is given", e.Tensor, e.Value, e.Index, detail)
 }
@@ -36,7 +40,7 @@ func CheckFinite(e Entry, off int64, data []byte) error {
 	if k < 0 {
 		return nil
 	}
-	return &NonFiniteError{Tensor: e.Name, Index: off/int64(e.DType.Bits()/8) + int64(k), Value: v}
+	return &NonFiniteError{Tensor: e.Name, Index: off/int64(e.DType.Bits()/8) + int64(k), Value: v, DType: e.DType}
 }
 
 // firstNonFinite returns the index and value of the first NaN or Inf among
@@ -69,4 +73,25 @@ func firstNonFinite(dt tensors.DType, data []byte) (int, float64) {
 		}
 	}
 	return -1, 0
+}
+
+// maxFinite is the largest finite value of a floating dtype.
+func maxFinite(dt tensors.DType) float64 {
+	switch dt {
+	case tensors.F16:
+		return 65504
+	case tensors.BF16:
+		return float64(math.Float32frombits(0x7f7f0000))
+	case tensors.F32:
+		return math.MaxFloat32
+	}
+	return math.MaxFloat64
+}
+
+// ExplainOverflow fills in the Detail of e: the value is an overflow, since
+// what it was computed from is finite.
+func (e *NonFiniteError) ExplainOverflow() {
+	if math.IsInf(e.Value, 0) {
+		e.Detail = fmt.Sprintf("an overflow: the inputs are finite there, but the result is beyond %s's range of ±%g", e.DType, maxFinite(e.DType))
+	}
 }
