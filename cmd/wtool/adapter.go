@@ -50,7 +50,7 @@ the report shows how much that rounding changes them.
 
 'wtool adapter convert INIT TRAINED -o LORA' turns a trained PiSSA adapter
 into a plain LoRA adapter for the original base model.
-`+outputHelp,
+` + outputHelp,
 		Example: `  wtool adapter testdata/demo/mlp-a -o /tmp/mlp-a-pissa --method pissa --rank 8
   wtool adapter ./Llama-3.2-1B -o ./llama-pissa --method pissa --rank 64 --target 'proj\.weight$'`,
 		Args: argsBetween(1, 1),

@@ -44,7 +44,7 @@ from config.json), 'auto' (the one that fits), or a JSON file
 (docs/permutation-spec.md). The L2 distance to REFERENCE before and after is
 printed. --save-perm is an output like OUTPUT: written atomically, never over
 an input or inside OUTPUT.
-`+outputHelp,
+` + outputHelp,
 		Example: `  wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-aligned
   wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-act --method activation \
       --calib testdata/demo/digits_train.safetensors --save-perm /tmp/perm.safetensors`,

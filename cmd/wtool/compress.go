@@ -150,7 +150,7 @@ M.1.weight [out, r] (+ M.1.bias): nn.Sequential(nn.Linear(in, r, bias=False),
 nn.Linear(r, out)); conv kernels become a k x k conv to r channels and a 1x1
 conv. A directory output gets compression.json with every module's rank.
 --format dense writes the rank-r reconstruction in M.weight instead.
-`+outputHelp,
+` + outputHelp,
 		Example: `  wtool compress testdata/demo/mlp-a -o /tmp/mlp-a-r16 --method svd --rank 16 --target 'fc[1-4]'
   wtool compress ./llama -o ./llama-c --method whiten --stats llama-stats.safetensors \
       --ratio 0.6 --target 'mlp\.(up|down)_proj\.weight$'`,

@@ -23,7 +23,7 @@ OUTPUT ending in .safetensors is one file. Any other OUTPUT is a model
 directory: model.safetensors, or shards model-0000i-of-0000N.safetensors of at
 most --max-shard-size plus model.safetensors.index.json, with config.json,
 tokenizer and other non-weight files of an input directory copied beside them.
-`+outputHelp,
+` + outputHelp,
 		Example: `  wtool convert model.safetensors -o model-bf16.safetensors --dtype bf16
   wtool convert ./Llama-3.2-1B -o ./llama-f16 --dtype f16 --max-shard-size 500MB`,
 		Args: argsBetween(1, 1),

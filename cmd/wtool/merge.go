@@ -59,7 +59,7 @@ README); the same merge by flags or YAML gives identical bytes. Integer and
 other non-float tensors are taken from the first model; mixed input dtypes are
 computed in float32 and written in --dtype (default: the first model's).
 NaN/Inf in the result is an error unless --allow-nonfinite.
-`+outputHelp,
+` + outputHelp,
 		Example: `  wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/avg --method linear
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/wm --method wm
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/pleas --method pleas \
