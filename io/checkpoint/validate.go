@@ -166,17 +166,26 @@ func checkValues(ctx context.Context, files map[string]*safetensors.File, total 
 				const chunk = 1 << 20
 				n := int(info.NumElements())
 				w := info.DType.Bits() / 8
-				for lo := 0; lo < n; lo += chunk {
-					hi := min(lo+chunk, n)
-					buf = slices.Grow(buf[:0], hi-lo)[:hi-lo]
-					_ = tensors.DecodeFloat64(buf, x.Data[lo*w:hi*w], info.DType)
-					for _, v := range buf {
-						if v != v {
-							nan++
-						} else if math.IsInf(v, 0) {
-							inf++
+				err = safetensors.Guard(f.Path, info.Name, func() error {
+					for lo := 0; lo < n; lo += chunk {
+						if err := ctx.Err(); err != nil {
+							return err
+						}
+						hi := min(lo+chunk, n)
+						buf = slices.Grow(buf[:0], hi-lo)[:hi-lo]
+						_ = tensors.DecodeFloat64(buf, x.Data[lo*w:hi*w], info.DType)
+						for _, v := range buf {
+							if v != v {
+								nan++
+							} else if math.IsInf(v, 0) {
+								inf++
+							}
 						}
 					}
+					return nil
+				})
+				if err != nil {
+					return err // the file changed under wtool, or ctx is done
 				}
 				f.Release(info.Name)
 				if nan+inf > 0 {

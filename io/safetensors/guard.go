@@ -75,6 +75,10 @@ type mapping struct {
 var mappings struct {
 	sync.RWMutex
 	list []mapping // sorted by lo
+	// retired holds the most recently unmapped files: a fault unwinds the
+	// stack through deferred Closes before the top level describes it
+	retired [64]mapping
+	next    int
 }
 
 func addMapping(f *File, b []byte) {
@@ -95,7 +99,13 @@ func removeMapping(b []byte) {
 	}
 	lo := uintptr(unsafePointer(b))
 	mappings.Lock()
-	mappings.list = slices.DeleteFunc(mappings.list, func(m mapping) bool { return m.lo == lo })
+	mappings.list = slices.DeleteFunc(mappings.list, func(m mapping) bool {
+		if m.lo == lo {
+			mappings.retired[mappings.next%len(mappings.retired)] = m
+			mappings.next++
+		}
+		return m.lo == lo
+	})
 	mappings.Unlock()
 }
 
@@ -107,10 +117,22 @@ func lookupAddr(addr uintptr) (file, tensor string, ok bool) {
 	if !found {
 		i--
 	}
-	if i < 0 || i >= len(mappings.list) || addr >= mappings.list[i].hi {
-		return "", "", false
+	var m mapping
+	switch {
+	case i >= 0 && i < len(mappings.list) && addr < mappings.list[i].hi:
+		m = mappings.list[i]
+	default: // a file closed since, newest first
+		for k := 1; k <= len(mappings.retired); k++ {
+			r := mappings.retired[(mappings.next-k+2*len(mappings.retired))%len(mappings.retired)]
+			if r.f != nil && r.lo <= addr && addr < r.hi {
+				m = r
+				break
+			}
+		}
+		if m.f == nil {
+			return "", "", false
+		}
 	}
-	m := mappings.list[i]
 	off := int64(addr-m.lo) - m.f.Header.DataOffset
 	ts := m.f.Header.Tensors // in data order
 	j, _ := slices.BinarySearchFunc(ts, off, func(t TensorInfo, o int64) int {
