@@ -67,12 +67,18 @@ func parseIndex(b []byte) (*Index, error) {
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("invalid index JSON: %w", err)
 	}
-	if raw.WeightMap == nil {
+	if rest := bytes.TrimSpace(b[dec.InputOffset():]); len(rest) > 0 {
+		return nil, fmt.Errorf("invalid index JSON: %d bytes of trailing data after the object (at byte %d)", len(rest), dec.InputOffset())
+	}
+	if raw.WeightMap == nil || string(bytes.TrimSpace(raw.WeightMap)) == "null" {
 		return nil, fmt.Errorf("index has no weight_map")
 	}
 	ix := &Index{}
 	if err := json.Unmarshal(raw.WeightMap, &ix.WeightMap); err != nil {
 		return nil, fmt.Errorf("weight_map must map tensor names to file names: %w", err)
+	}
+	if len(ix.WeightMap) == 0 {
+		return nil, fmt.Errorf("weight_map is empty: the index lists no tensor (a model without tensors has no shards to index)")
 	}
 	if dup := duplicateKey(raw.WeightMap); dup != "" {
 		return nil, fmt.Errorf("weight_map lists tensor %q twice", dup)

@@ -138,6 +138,14 @@ func Validate(ctx context.Context, path string, opts ValidateOptions) ([]Problem
 		if ix.TotalSize != 0 && len(problems) == 0 && ix.TotalSize != total {
 			add(Problem{File: indexPath, Warning: true, Err: fmt.Errorf("metadata.total_size is %d, the tensors take %d bytes", ix.TotalSize, total)})
 		}
+		if entries, err := os.ReadDir(filepath.Dir(indexPath)); err == nil {
+			for _, e := range entries {
+				n := e.Name()
+				if strings.HasSuffix(n, ".safetensors") && !strings.HasPrefix(n, ".") && !slices.Contains(ix.Shards(), n) {
+					add(Problem{File: filepath.Join(filepath.Dir(indexPath), n), Warning: true, Err: fmt.Errorf("this .safetensors file is not referenced by the index %s (a stale shard?)", filepath.Base(indexPath))})
+				}
+			}
+		}
 	}
 	if opts.CheckValues {
 		if err := checkValues(ctx, opened, total, opts.Progress, add); err != nil {
