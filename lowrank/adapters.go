@@ -287,7 +287,9 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 			if t == nil || t.report.Module == "" || slices.ContainsFunc(st.Reports, func(r AdapterReport) bool { return r.Module == t.module }) {
 				continue
 			}
-			st.Reports = append(st.Reports, t.report)
+			r := t.report
+			r.Energy, r.ResidualNorm, r.CastError = jsonSafe(r.Energy), jsonSafe(r.ResidualNorm), jsonSafe(r.CastError)
+			st.Reports = append(st.Reports, r)
 			if o.Method == "pissa" && targets[e.Name] != nil {
 				lora = append(lora, peft.Key(t.module, "lora_A"), peft.Key(t.module, "lora_B"))
 			}

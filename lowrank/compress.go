@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -332,7 +333,9 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 				for _, e := range shard {
 					mod, _ := splitModule(e.Name)
 					if t := byModule[mod]; t != nil && reports[t.name] != nil && !slices.ContainsFunc(st.Reports, func(r TensorReport) bool { return r.Name == t.name }) {
-						st.Reports = append(st.Reports, *reports[t.name])
+						r := *reports[t.name]
+						r.RelError, r.Energy = jsonSafe(r.RelError), jsonSafe(r.Energy)
+						st.Reports = append(st.Reports, r)
 					}
 				}
 				mu.Unlock()
@@ -360,6 +363,15 @@ type compressState struct {
 }
 
 const compressFinalizer = "lowrank.compress"
+
+// jsonSafe replaces a NaN or Inf (which JSON cannot hold; only possible
+// with --allow-nonfinite) by -1 in what a shard's state records.
+func jsonSafe(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return -1
+	}
+	return x
+}
 
 func init() { checkpoint.RegisterFinalizer(compressFinalizer, finalizeCompress) }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/wtool/wtool/internal/fault"
+	"github.com/wtool/wtool/internal/faultinject"
 	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -483,7 +484,11 @@ func (w *writeJob) shardDone(dir, name string, entries []safetensors.Entry, sw *
 			return err
 		}
 	}
-	return writeShardRecord(dir, name, shardRecord{Size: st.Size(), CRC: sw.DataCRC(), HasCRC: w.opts.Part.Active()})
+	if err := writeShardRecord(dir, name, shardRecord{Size: st.Size(), CRC: sw.DataCRC(), HasCRC: w.opts.Part.Active()}); err != nil {
+		return err
+	}
+	faultinject.ShardDone()
+	return nil
 }
 
 // shards writes the shard files listed in todo (indexes into paths and
