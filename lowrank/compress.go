@@ -481,7 +481,7 @@ func findTargets(m *checkpoint.Model, o CompressOptions) ([]*target, error) {
 		}
 		k, fixed, err := t.rule.Fixed(rows, cols)
 		if err != nil {
-			return nil, fmt.Errorf("tensor %q %v: %w (choose the tensors with --target, or set its rank with --override)", name, info.Shape, err)
+			return nil, fmt.Errorf("%s: tensor %q %v: %w (choose the tensors with --target, or set its rank with --override)", m.Path, name, info.Shape, err)
 		}
 		if fixed {
 			t.fixedRank = k

@@ -195,8 +195,11 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 	if method == "weight" {
 		fmt.Fprintf(out, ", %d sweeps", res.Sweeps)
 	}
-	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%.1f%% lower)\n",
-		res.DistanceBefore, res.DistanceAfter, 100*(1-res.DistanceAfter/res.DistanceBefore))
+	lower := "identical"
+	if res.DistanceBefore > 0 {
+		lower = fmt.Sprintf("%.1f%% lower", 100*(1-res.DistanceAfter/res.DistanceBefore))
+	}
+	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%s)\n", res.DistanceBefore, res.DistanceAfter, lower)
 	for _, c := range res.Correlations {
 		fmt.Fprintf(out, "  %s: mean correlation %.3f -> %.3f\n", c.Group, c.Before, c.After)
 	}
