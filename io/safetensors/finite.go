@@ -44,33 +44,64 @@ func CheckFinite(e Entry, off int64, data []byte) error {
 }
 
 // firstNonFinite returns the index and value of the first NaN or Inf among
-// the encoded values, or -1.
+// the encoded values, or -1. It tests eight bytes at a time (a value is NaN
+// or Inf when its exponent bits are all ones) and looks closer only at a
+// word that holds one.
 func firstNonFinite(dt tensors.DType, data []byte) (int, float64) {
+	var mask, low uint64 // exponent mask per lane; lowest bit of each lane
+	var width int        // bytes per value
 	switch dt {
 	case tensors.BF16:
-		for k := 0; k+1 < len(data); k += 2 {
-			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7f80 == 0x7f80 {
-				return k / 2, float64(tensors.BF16ToFloat32(h))
-			}
-		}
+		mask, low, width = 0x7f807f807f807f80, 0x0001000100010001, 2
 	case tensors.F16:
-		for k := 0; k+1 < len(data); k += 2 {
-			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7c00 == 0x7c00 {
-				return k / 2, float64(tensors.F16ToFloat32(h))
-			}
-		}
+		mask, low, width = 0x7c007c007c007c00, 0x0001000100010001, 2
 	case tensors.F32:
-		for k := 0; k+3 < len(data); k += 4 {
-			if u := binary.LittleEndian.Uint32(data[k:]); u&0x7f800000 == 0x7f800000 {
-				return k / 4, float64(math.Float32frombits(u))
-			}
-		}
+		mask, low, width = 0x7f8000007f800000, 0x0000000100000001, 4
 	case tensors.F64:
-		for k := 0; k+7 < len(data); k += 8 {
-			if u := binary.LittleEndian.Uint64(data[k:]); u&0x7ff0000000000000 == 0x7ff0000000000000 {
-				return k / 8, math.Float64frombits(u)
-			}
+		mask, low, width = 0x7ff0000000000000, 1, 8
+	default:
+		return -1, 0
+	}
+	high := low << (8*width - 1) // the top bit of each lane
+	k := 0
+	for ; k+8 <= len(data); k += 8 {
+		// a lane of z is zero exactly where the exponent is all ones; the
+		// exponent mask leaves each lane's top bit clear, so the classic
+		// has-zero-lane test is exact
+		z := binary.LittleEndian.Uint64(data[k:])&mask ^ mask
+		if (z-low)&^z&high != 0 {
+			break
 		}
+	}
+	for ; k+width <= len(data); k += width {
+		var v float64
+		switch dt {
+		case tensors.BF16:
+			h := binary.LittleEndian.Uint16(data[k:])
+			if h&0x7f80 != 0x7f80 {
+				continue
+			}
+			v = float64(tensors.BF16ToFloat32(h))
+		case tensors.F16:
+			h := binary.LittleEndian.Uint16(data[k:])
+			if h&0x7c00 != 0x7c00 {
+				continue
+			}
+			v = float64(tensors.F16ToFloat32(h))
+		case tensors.F32:
+			u := binary.LittleEndian.Uint32(data[k:])
+			if u&0x7f800000 != 0x7f800000 {
+				continue
+			}
+			v = float64(math.Float32frombits(u))
+		case tensors.F64:
+			u := binary.LittleEndian.Uint64(data[k:])
+			if u&0x7ff0000000000000 != 0x7ff0000000000000 {
+				continue
+			}
+			v = math.Float64frombits(u)
+		}
+		return k / width, v
 	}
 	return -1, 0
 }
