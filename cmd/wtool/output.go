@@ -177,5 +177,10 @@ func (g *globals) wrote(w *checkpoint.Written, what string) {
 	if what != "" {
 		what += ", "
 	}
+	if parts := filepath.Dir(w.Path); strings.HasSuffix(parts, ".parts") && strings.HasPrefix(filepath.Base(w.Path), "part-") {
+		out := strings.TrimSuffix(parts, ".parts")
+		g.info("wrote %s: %s%d tensors, %s in %d file(s); once every part is done, run: wtool finalize %s", w.Path, what, w.Tensors, checkpoint.FormatSize(w.TotalSize), len(w.Files), out)
+		return
+	}
 	g.info("wrote %s: %s%d tensors, %s in %d file(s)", w.Path, what, w.Tensors, checkpoint.FormatSize(w.TotalSize), len(w.Files))
 }
