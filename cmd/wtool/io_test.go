@@ -186,7 +186,7 @@ func TestPartsAreByteIdentical(t *testing.T) {
 	}
 	for _, c := range commands {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
+			dir := fastTempDir(t)
 			single := filepath.Join(dir, "single")
 			args := append(c.args, "--max-shard-size", "10kB", "-q")
 			if code, _, stderr := wtool(t, append(args, "-o", single)...); code != 0 {
@@ -480,4 +480,17 @@ func writeHugeHeader(t *testing.T, path string, n int) {
 	f.Write(prefix[:])
 	f.Write(h.Bytes())
 	f.Write(make([]byte, 4*n))
+}
+
+// fastTempDir is a temporary directory in memory (/dev/shm) when there is
+// one: tests that write many small outputs spend their time in fsync.
+func fastTempDir(t *testing.T) string {
+	t.Helper()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "wtool-test-"); err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			return d
+		}
+	}
+	return t.TempDir()
 }
