@@ -120,4 +120,3 @@ func TestFinalizeIsRerunnable(t *testing.T) {
 		t.Error("parts left")
 	}
 }
-
