@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wtool/wtool/internal/fault"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
@@ -493,4 +494,14 @@ func fastTempDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
+}
+
+// TestInternalErrorExitCode: a panic (a bug) exits 70 with a message that
+// asks for a report, never 2 (a bad command line).
+func TestInternalErrorExitCode(t *testing.T) {
+	var b bytes.Buffer
+	pe := &fault.PanicError{Value: "boom", Stack: []byte("goroutine 1 [running]:\n")}
+	if code := report(context.Background(), fmt.Errorf("tensor %q: %w", "x", pe), &b); code != exitInternal || !strings.Contains(b.String(), "bug") || !strings.Contains(b.String(), "goroutine 1") {
+		t.Errorf("exit %d, %q", code, b.String())
+	}
 }

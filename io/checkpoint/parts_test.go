@@ -2,14 +2,18 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
 
+	"github.com/wtool/wtool/internal/fault"
+	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -118,5 +122,34 @@ func TestFinalizeIsRerunnable(t *testing.T) {
 	}
 	if _, err := os.Stat(PartsDir(out2)); err == nil {
 		t.Error("parts left")
+	}
+}
+
+// TestProducerPanicIsAnError: a panic in a producer (a bug) ends the write
+// with a *fault.PanicError carrying the stack, not a crash, and leaves
+// nothing behind.
+func TestProducerPanicIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	ts := testTensors(t)
+	in := filepath.Join(dir, "in.safetensors")
+	writeFile(t, in, ts, nil)
+	m, _ := Open(in)
+	defer m.Close()
+	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		var s []int
+		_ = s[len(e.Name)] // index out of range
+		return nil, nil, nil
+	}
+	out := filepath.Join(dir, "out")
+	_, err := Write(context.Background(), out, m.Entries(), produce, WriteOptions{MaxShardSize: 3000})
+	var pe *fault.PanicError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "index out of range") || len(pe.Stack) == 0 {
+		t.Fatalf("got %v", err)
+	}
+	if left := leftovers(t, dir); len(left) > 0 {
+		t.Errorf("left %v", left)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("output written")
 	}
 }

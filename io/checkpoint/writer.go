@@ -674,9 +674,10 @@ func (w *writeJob) appendItems(order []item, shard int, e safetensors.Entry) []i
 	return order
 }
 
-// run produces one item on a worker goroutine. A memory fault (an input
-// truncated while mapped) becomes a *safetensors.FaultError naming the file
-// and tensor, and a panic an error (fault.PanicError), never a crash. The
+// run produces one item on a worker goroutine. Its reads of mapped inputs
+// run inside safetensors.Guard, so a memory fault (an input truncated while
+// mapped) becomes a *safetensors.FaultError naming the file and tensor; a
+// panic becomes a *fault.PanicError. Neither crashes the process. The
 // encoded bytes are checked for NaN and Inf here, in parallel, unless
 // AllowNonFinite.
 func (w *writeJob) run(ctx context.Context, it item) (r produced) {
@@ -685,38 +686,44 @@ func (w *writeJob) run(ctx context.Context, it item) (r produced) {
 	}
 	var buf []byte
 	raised := fault.Catch(func() {
-		if it.fill == nil {
-			t, done, err := w.produce(ctx, it.e)
-			r = produced{t: t, done: done, err: err}
-			if err == nil && t != nil && !w.opts.AllowNonFinite {
-				if t.Name != it.e.Name || t.DType != it.e.DType {
-					r.err = fmt.Errorf("internal error: produced tensor %q (%s) for entry %q (%s)", t.Name, t.DType, it.e.Name, it.e.DType)
-				} else {
-					r.err = CheckFinite(it.e, 0, t.Data)
+		err := safetensors.Guard("", it.e.Name, func() error {
+			if it.fill == nil {
+				t, done, err := w.produce(ctx, it.e)
+				r = produced{t: t, done: done}
+				if err != nil || t == nil || w.opts.AllowNonFinite {
+					return err
 				}
+				if t.Name != it.e.Name || t.DType != it.e.DType {
+					return fmt.Errorf("internal error: produced tensor %q (%s) for entry %q (%s)", t.Name, t.DType, it.e.Name, it.e.DType)
+				}
+				return CheckFinite(it.e, 0, t.Data)
 			}
-			return
-		}
-		buf = chunkPool.Get(int(it.size))
-		err := it.fill(ctx, it.off, buf)
-		if err == nil && !w.opts.AllowNonFinite {
-			err = CheckFinite(it.e, it.off, buf)
-		}
+			buf = chunkPool.Get(int(it.size))
+			err := it.fill(ctx, it.off, buf)
+			if err == nil && !w.opts.AllowNonFinite {
+				err = CheckFinite(it.e, it.off, buf)
+			}
+			if err != nil {
+				return err
+			}
+			r = produced{chunk: buf, done: func() { chunkPool.Put(buf) }}
+			return nil
+		})
 		if err != nil {
-			if !errors.As(err, new(*NonFiniteError)) && !strings.Contains(err.Error(), it.e.Name) {
+			if it.fill != nil && !errors.As(err, new(*NonFiniteError)) && !strings.Contains(err.Error(), it.e.Name) {
 				err = fmt.Errorf("tensor %q: %w", it.e.Name, err)
 			}
-			r = produced{err: err}
-			return
+			r.err = err
 		}
-		r = produced{chunk: buf, done: func() { chunkPool.Put(buf) }}
 	})
-	if raised != nil {
-		if f, ok := raised.(fault.Addr); ok {
-			r = produced{err: safetensors.FaultAt(f.Addr(), "", it.e.Name)}
-		} else {
-			r = produced{err: raised.(*fault.PanicError)}
-		}
+	switch p := raised.(type) {
+	case nil:
+	case *fault.PanicError:
+		r.err = p
+	case fault.Addr: // Guard turns faults into errors; kept for safety
+		r.err = safetensors.FaultAt(p.Addr(), "", it.e.Name)
+	default:
+		r.err = &fault.PanicError{Value: p}
 	}
 	if r.err != nil {
 		if r.done != nil {
