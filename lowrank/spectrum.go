@@ -14,6 +14,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
 
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 )
 
@@ -45,8 +46,11 @@ func (s *Spectrum) RankFor(e float64) int {
 // 0 only the largest top by randomized SVD (the energy fractions stay exact:
 // the total is the squared Frobenius norm).
 func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp, top int, o SVDOptions) ([]Spectrum, error) {
-	co := CompressOptions{Targets: targets, Rule: RankRule{Rank: 1}}
-	ts, err := findTargets(m, co)
+	a, err := arch.Open(m)
+	if err != nil {
+		return nil, err
+	}
+	ts, err := findTargets(m, a, targetSelection{patterns: targets, rule: RankRule{Rank: 1}, what: "analyse"})
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +63,7 @@ func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp,
 		if err != nil {
 			return nil, err
 		}
-		w, _, _, err := x.Matrix()
+		w, _, _, err := t.mod.Matrix(x) // [out, in]
 		m.Release(t.name)
 		if err != nil {
 			return nil, err
