@@ -177,13 +177,7 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 	}
 	compute := func(t *adapterTarget) error {
 		t.once.Do(func() {
-			x, err := m.Tensor(t.name)
-			if err != nil {
-				t.err = err
-				return
-			}
-			w, _, _, err := t.mod.Matrix(x) // [out, in]
-			m.Release(t.name)
+			w, err := readMatrix(m, t.target) // [out, in]
 			if err != nil {
 				t.err = err
 				return

@@ -414,12 +414,7 @@ func convertedView(m *checkpoint.Model, e safetensors.Entry) (*tensors.Tensor, f
 
 // factorTarget loads one weight and factorises it with the chosen method.
 func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factorization, string, error) {
-	x, err := m.Tensor(t.name)
-	if err != nil {
-		return nil, "", err
-	}
-	w, _, _, err := t.mod.Matrix(x) // [out, in], whatever the storage order
-	m.Release(t.name)
+	w, err := readMatrix(m, t) // [out, in], whatever the storage order
 	if err != nil {
 		return nil, "", err
 	}

@@ -59,12 +59,7 @@ func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp,
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		x, err := m.Tensor(t.name)
-		if err != nil {
-			return nil, err
-		}
-		w, _, _, err := t.mod.Matrix(x) // [out, in]
-		m.Release(t.name)
+		w, err := readMatrix(m, t) // [out, in]
 		if err != nil {
 			return nil, err
 		}

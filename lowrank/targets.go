@@ -7,6 +7,7 @@ import (
 
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -146,4 +147,23 @@ func openArch(m *checkpoint.Model, a *arch.Arch) (*arch.Arch, error) {
 		return a, nil
 	}
 	return arch.Open(m)
+}
+
+// readMatrix decodes a target's weight as its matrix in the module's own
+// orientation [out, in], reading the mapped bytes under safetensors.Guard,
+// and hands the pages back.
+func readMatrix(m *checkpoint.Model, t *target) ([]float32, error) {
+	x, err := m.Tensor(t.name)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Release(t.name)
+	info, _ := m.Info(t.name)
+	var w []float32
+	err = safetensors.Guard(info.File, t.name, func() error {
+		var err error
+		w, _, _, err = t.mod.Matrix(x)
+		return err
+	})
+	return w, err
 }

@@ -185,6 +185,18 @@ func (f *File) Modules() []string { return f.modules }
 // Has reports whether the file has statistics for the module.
 func (f *File) Has(name string) bool { return slices.Contains(f.modules, name) }
 
+// Count reads only the named module's sample count.
+func (f *File) Count(name string) (int64, error) {
+	if !f.Has(name) {
+		return 0, fmt.Errorf("%s: no statistics for module %q", f.Path, name)
+	}
+	ct, err := f.m.Tensor(name + ".count")
+	if err != nil {
+		return 0, err
+	}
+	return int64(binary.LittleEndian.Uint64(ct.Data)), nil
+}
+
 // Module reads the named module's statistics.
 func (f *File) Module(name string) (*Module, error) {
 	if !f.Has(name) {
