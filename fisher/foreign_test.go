@@ -44,8 +44,14 @@ func TestForeignFisherFiles(t *testing.T) {
 	}{
 		{"no metadata, bf16", nil, []*tensors.Tensor{fw}, "", ""},
 		{"pt metadata", map[string]string{"format": "pt"}, []*tensors.Tensor{fw}, "", ""},
-		{"another model", nil, []*tensors.Tensor{func() *tensors.Tensor { x, _ := tensors.FromFloat32("fc2.weight", tensors.F32, []int64{2, 3}, make([]float32, 6)); return x }()}, "", `"fc2.weight" is not in the model`},
-		{"wrong shape", nil, []*tensors.Tensor{func() *tensors.Tensor { x, _ := tensors.FromFloat32("fc1.weight", tensors.F32, []int64{3, 2}, make([]float32, 6)); return x }()}, "", `"fc1.weight" has shape [3 2]`},
+		{"another model", nil, []*tensors.Tensor{func() *tensors.Tensor {
+			x, _ := tensors.FromFloat32("fc2.weight", tensors.F32, []int64{2, 3}, make([]float32, 6))
+			return x
+		}()}, "", `"fc2.weight" is not in the model`},
+		{"wrong shape", nil, []*tensors.Tensor{func() *tensors.Tensor {
+			x, _ := tensors.FromFloat32("fc1.weight", tensors.F32, []int64{3, 2}, make([]float32, 6))
+			return x
+		}()}, "", `"fc1.weight" has shape [3 2]`},
 		{"integer tensor", nil, []*tensors.Tensor{{Name: "fc1.bias", DType: tensors.I64, Shape: []int64{2}, Data: make([]byte, 16)}}, "must be floating point", ""},
 		{"another format", map[string]string{"format": "wtool-stats"}, []*tensors.Tensor{fw}, `format is "wtool-stats"`, ""},
 	}
