@@ -242,3 +242,13 @@ func TestInterruptLeavesNothing(t *testing.T) {
 		t.Errorf("left behind: %v", entries)
 	}
 }
+
+// TestDemoOutsideCheckout: `wtool demo` runs from any directory (an
+// installed binary has no testdata/demo beside it).
+func TestDemoOutsideCheckout(t *testing.T) {
+	t.Chdir(t.TempDir())
+	code, stdout, stderr := wtool(t, "demo", "-q")
+	if code != 0 || !strings.Contains(stdout, "pleas width 2.0") || !strings.Contains(stdout, "source mlp-d") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+}
