@@ -288,8 +288,9 @@ class CausalLM(nn.Module):
 
     def forward(self, ids):
         h = self.model(ids)
-        w = self.lm_head.weight if hasattr(self, "lm_head") else self.model.embed_tokens.weight
-        return h @ w.t()
+        if hasattr(self, "lm_head"):
+            return self.lm_head(h)
+        return h @ self.model.embed_tokens.weight.t()
 
 
 def head_dim(c):
