@@ -41,12 +41,19 @@ func (s *Spectrum) RankFor(e float64) int {
 	return 0
 }
 
-// Spectra computes the singular values of the matching weights of m (rank
-// >= 2, conv kernels as [out, in*kh*kw]), all of them exactly, or with top >
+// Spectra computes the singular values of the matching weights of m (the
+// architecture's default targets without patterns; every matrix in its
+// module's orientation, conv kernels as [out, in*kh*kw]), all of them exactly, or with top >
 // 0 only the largest top by randomized SVD (the energy fractions stay exact:
 // the total is the squared Frobenius norm).
 func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp, top int, o SVDOptions) ([]Spectrum, error) {
-	a, err := arch.Open(m)
+	return SpectraOf(ctx, m, nil, targets, top, o)
+}
+
+// SpectraOf is Spectra with the model's architecture already described (nil:
+// described here).
+func SpectraOf(ctx context.Context, m *checkpoint.Model, a *arch.Arch, targets []*regexp.Regexp, top int, o SVDOptions) ([]Spectrum, error) {
+	a, err := openArch(m, a)
 	if err != nil {
 		return nil, err
 	}

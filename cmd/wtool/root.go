@@ -62,6 +62,7 @@ problems, 130 interrupted (no output is left behind).`,
 	})
 	root.AddCommand(
 		newInspectCmd(g),
+		newArchCmd(g),
 		newValidateCmd(g),
 		newConvertCmd(g),
 		newStatsCmd(g),
