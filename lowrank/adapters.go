@@ -382,13 +382,21 @@ func targetModules(rs []AdapterReport, a *arch.Arch, name func(string) string) [
 			short = append(short, s)
 		}
 	}
-	exact := true
+	// every module path of the model: the modules with parameters and the
+	// containers holding them (layer1.0, a ResNet block, ends in "0" as
+	// downsample.0 does)
+	paths := map[string]bool{}
 	for _, m := range a.Modules {
-		if chosen[m.Name] || m.Kind == arch.Bare || m.Kind == arch.Buffer {
+		if m.Kind == arch.Bare || m.Kind == arch.Buffer {
 			continue
 		}
-		s := m.Name[strings.LastIndex(m.Name, ".")+1:]
-		if slices.Contains(short, s) {
+		for p := m.Name; p != ""; p = p[:max(strings.LastIndex(p, "."), 0)] {
+			paths[p] = true
+		}
+	}
+	exact := true
+	for p := range paths {
+		if !chosen[p] && slices.Contains(short, p[strings.LastIndex(p, ".")+1:]) {
 			exact = false
 			break
 		}

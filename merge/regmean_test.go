@@ -8,11 +8,11 @@ import (
 	"gonum.org/v1/gonum/mat"
 )
 
-// TestRegMeanFewSamples: two models whose calibration inputs (8 samples
+// TestRegMeanFewSamples: two models whose calibration inputs (32 samples
 // each, from the same 8-dimensional subspace of 40 input features) leave 32
-// directions unseen. Unscaled RegMean (alpha 1) zeroes the merged weight in
-// those directions (100% away from the plain average); the default alpha
-// keeps it near the average there, and changes the seen directions little.
+// directions unseen. Unscaled RegMean (alpha 1) leaves the average there (it
+// used to zero them: 100% away from the average); the default alpha keeps
+// them near it and changes the seen directions little.
 func TestRegMeanFewSamples(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	const d, o, n, k = 40, 10, 32, 8
@@ -67,17 +67,19 @@ func TestRegMeanFewSamples(t *testing.T) {
 		den.Mul(avg, proj)
 		return mat.Norm(&num, 2) / mat.Norm(&den, 2)
 	}
-	if u := dev(1, &unseen); u < 0.99 {
-		t.Errorf("alpha 1: unseen directions %.3f away from the average, expected ~1 (zeroed)", u)
+	// alpha 1: the data's directions are fitted, the others take the
+	// average (the fallback ridge pulls toward it; it used to zero them)
+	u1, u, s1, s9 := dev(1, &unseen), dev(DefaultRegMeanAlpha, &unseen), dev(1, &seen), dev(DefaultRegMeanAlpha, &seen)
+	if u1 > 1e-3 {
+		t.Errorf("alpha 1: unseen directions %.3g away from the average", u1)
 	}
-	u, s1, s9 := dev(DefaultRegMeanAlpha, &unseen), dev(1, &seen), dev(DefaultRegMeanAlpha, &seen)
 	if u > 0.3 {
 		t.Errorf("alpha %g: unseen directions %.3f away from the average", DefaultRegMeanAlpha, u)
 	}
 	if math.Abs(s9-s1) > 0.05 {
 		t.Errorf("alpha %g moves the seen directions: %.3f vs %.3f at alpha 1", DefaultRegMeanAlpha, s9, s1)
 	}
-	t.Logf("relative distance to the average: unseen %.3f (alpha 1: ~1), seen %.3f (alpha 1: %.3f)", u, s9, s1)
+	t.Logf("relative distance to the average: unseen %.3f (alpha 1: %.2g), seen %.3f (alpha 1: %.3f)", u, u1, s9, s1)
 }
 
 func eye(n int) *mat.Dense {
