@@ -238,3 +238,20 @@ func TestAdapterRefusals(t *testing.T) {
 		t.Errorf("spill files left: %v", left)
 	}
 }
+
+// TestAdapterCreatesParents (issue item 6): an output whose parent
+// directories do not exist yet is created, as every other command does.
+func TestAdapterCreatesParents(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "new", "dir", "pissa")
+	m := open(t, demo+"/mlp-a")
+	if _, _, err := InitAdapters(context.Background(), m, out, AdapterOptions{Method: "pissa", Rule: RankRule{Rank: 4}}, checkpoint.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "adapter", peft.WeightsFile)); err != nil {
+		t.Error(err)
+	}
+	left, _ := os.ReadDir(filepath.Dir(out))
+	if len(left) != 1 {
+		t.Errorf("left behind beside the output: %v", left)
+	}
+}
