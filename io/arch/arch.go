@@ -19,6 +19,30 @@
 // init function. Open recognises the family from config.json's model_type or
 // architectures, else from the tensor names, and falls back to a conservative
 // generic description that says what it assumed (Arch.Notes).
+//
+// # Adding a family
+//
+// Write one file, say falcon.go, with a type implementing Family and an init
+// function calling Register:
+//
+//   - MatchConfig recognises config.json (model_type "falcon", or an
+//     architectures class); MatchNames recognises the tensor names of a
+//     checkpoint without config.json (return false when another family
+//     already claims the same layout).
+//   - Describe declares the activation spaces (Builder.Space, Heads, Fused)
+//     and adds every module with Builder.Add (name, kind, role, the spaces
+//     it reads and writes) inside SetLayer/SetExpert scopes, bare parameters
+//     and buffers with AddTensor, ties with Tie, and sets the geometry on
+//     Builder.Arch() (Layers, Hidden, Attention, Prefix for PEFT paths).
+//     Sizes come from the tensors and are checked against each other; a
+//     tensor Describe leaves out is described generically, with a note.
+//   - BaseClasses (optional) lists the model classes without a head (so
+//     PEFT paths drop the Prefix for them).
+//
+// A decoder in the Llama layout is a few lines (see mistral.go); then add the
+// family to testdata/families/families.py (its PyTorch modules, exact names
+// and config) so the conformance suite (internal/conformance) covers it, and
+// its default targets to the golden table there.
 package arch
 
 import (
@@ -445,9 +469,6 @@ func Register(f Family) {
 
 // Families returns the registered family names, sorted.
 func Families() []string { return slices.Sorted(maps.Keys(registry)) }
-
-// ErrNoConfig is wrapped by errors about a missing config.json.
-var ErrNoConfig = errors.New("no config.json")
 
 // Open describes an opened checkpoint, reading config.json from its
 // directory when it has one.
