@@ -101,6 +101,12 @@ func residualInto(dst []byte, dt tensors.DType, mod *arch.Module, w, b, a []floa
 		left, right = transpose32(a, k, n), transpose32(b, m, k)
 	}
 	size := dt.Bits() / 8
+	stored := w // the weight in storage order, rows x cols
+	if mod.Transposed() {
+		if stored, err = arch.FromMatrix(mod, w); err != nil {
+			return 0, 0, err
+		}
+	}
 	var back []float64
 	lowRankRows(left, right, rows, k, cols, scale, func(i0 int, block []float64) {
 		if err != nil {
@@ -108,15 +114,9 @@ func residualInto(dst []byte, dt tensors.DType, mod *arch.Module, w, b, a []floa
 		}
 		for ri := range len(block) / cols {
 			r, row := i0+ri, block[ri*cols:(ri+1)*cols]
-			if mod.Transposed() { // storage [n, m]: element (r, c) is W[c, r]
-				for c := range row {
-					row[c] = float64(w[c*n+r]) - row[c]
-				}
-			} else {
-				wr := w[r*n : (r+1)*n]
-				for c := range row {
-					row[c] = float64(wr[c]) - row[c]
-				}
+			wr := stored[r*cols : (r+1)*cols]
+			for c := range row {
+				row[c] = float64(wr[c]) - row[c]
 			}
 		}
 		seg := dst[i0*cols*size : (i0*cols+len(block))*size]
