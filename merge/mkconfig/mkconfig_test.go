@@ -332,9 +332,9 @@ parameters: {density: 0.9, lambda: 7, normalize: false}
 		want   float64
 		ok     bool
 	}{
-		{"weight", &a, "layers.2.mlp.up_proj.weight", 1, true},   // source
-		{"weight", &a, "layers.2.self_attn.q.weight", 2, true},   // source condition unmatched: slice
-		{"weight", &b, "layers.2.mlp.up_proj.weight", 2, true},   // slice
+		{"weight", &a, "layers.2.mlp.up_proj.weight", 1, true},    // source
+		{"weight", &a, "layers.2.self_attn.q.weight", 2, true},    // source condition unmatched: slice
+		{"weight", &b, "layers.2.mlp.up_proj.weight", 2, true},    // slice
 		{"density", &a, "layers.2.self_attn.q.weight", 0.3, true}, // slice condition
 		{"density", &a, "layers.2.mlp.up_proj.weight", 0.4, true}, // module
 		{"lambda", nil, "x", 5, true},                             // module before global

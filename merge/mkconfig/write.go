@@ -267,10 +267,10 @@ type ynode struct {
 	// keep keys in insertion order (where order has meaning: tokens are
 	// added to the vocabulary in this order, modules are merged in it)
 	ordered bool
-	keys  []string
-	vals  []*ynode
-	items []*ynode
-	text  string
+	keys    []string
+	vals    []*ynode
+	items   []*ynode
+	text    string
 }
 
 func (n *ynode) set(k string, v *ynode) {
