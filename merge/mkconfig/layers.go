@@ -4,13 +4,19 @@ import (
 	"fmt"
 )
 
+// DefaultModule is the module name of single-module architectures.
+const DefaultModule = "default"
+
 // Normalize returns the configuration as modules of slices, the form
 // mergekit's planner works on: models: becomes one slice per module whose
 // sources are the models with layer_range [0, numLayers(model)) and their
 // parameters, plus the base model (without parameters) when it is not one
-// of them; slices: become a module named "" (the architecture's only
-// module). numLayers reads a model's layer count (num_hidden_layers of its
-// config.json); models of one slice must have the same count.
+// of them; models: and slices: become one module named "default" (mergekit's
+// name for the module of a single-module architecture; for multi-module
+// architectures mergekit applies models: to every module and refuses
+// slices:, which the caller must do). numLayers reads a model's layer count
+// (num_hidden_layers of its config.json; for slices: it is not called);
+// models of one slice must have the same count.
 func (c *Config) Normalize(numLayers func(ModelRef) (int, error)) ([]OutputModule, error) {
 	fromModels := func(models []InputModel, line int) ([]OutputSlice, error) {
 		var srcs []InputSlice
@@ -51,9 +57,9 @@ func (c *Config) Normalize(numLayers func(ModelRef) (int, error)) ([]OutputModul
 		if err != nil {
 			return nil, err
 		}
-		return []OutputModule{{Slices: ss, Line: c.Line}}, nil
+		return []OutputModule{{Name: DefaultModule, Slices: ss, Line: c.Line}}, nil
 	case len(c.Slices) > 0:
-		return []OutputModule{{Slices: c.Slices, Line: c.Lines["slices"]}}, nil
+		return []OutputModule{{Name: DefaultModule, Slices: c.Slices, Line: c.Lines["slices"]}}, nil
 	}
 	var out []OutputModule
 	for _, m := range c.Modules {
