@@ -283,8 +283,12 @@ func (t *Tokenizer) AddTokens(toks ...AddedToken) int {
 			next++
 		}
 		tok.ID = id
+		if old, had := t.added[id]; had && old.Content != tok.Content {
+			t.addedIdx = nil
+		} else if t.addedIdx != nil {
+			t.addedIdx[tok.Content] = id
+		}
 		t.added[id] = tok
-		t.addedIdx = nil
 		t.dirty.added = true
 		n++
 	}

@@ -321,14 +321,16 @@ func (p *Plan) union(o Options, base int, toks []*tokenizer.Tokenizer) *tokenize
 	}
 	out := toks[base].Clone()
 	baseVocab := toks[base].Vocab()
+	var plain []tokenizer.AddedToken
 	for _, tok := range regular {
 		if _, isAdded := addedIdx[tok]; isAdded {
 			continue
 		}
 		if _, ok := baseVocab[tok]; !ok {
-			out.AddTokens(tokenizer.NewAddedToken(tok))
+			plain = append(plain, tokenizer.NewAddedToken(tok))
 		}
 	}
+	out.AddTokens(plain...)
 	out.AddTokens(added...)
 	return out
 }
