@@ -31,6 +31,15 @@ const (
 	ChatTemplateFile  = "chat_template.jinja"
 )
 
+// DonorFiles are the files mergekit copies from the base model (else the
+// first model) into a merged model that needs no tokenizer surgery, when
+// they exist — when a chat template is set, the tokenizer is rewritten
+// instead (Load, SetChatTemplate, Write).
+var DonorFiles = []string{
+	ConfigFile, SpecialTokensFile, TokenizerFile, "tokenizer.model", "added_tokens.json", "merges.txt",
+	ChatTemplateFile, "generation_config.json", "chat_template.json", "video_preprocessor_config.json",
+}
+
 // AddedToken is an entry of tokenizer.json's added_tokens: a token matched
 // before the model's own tokenization, with its matching flags.
 type AddedToken struct {
