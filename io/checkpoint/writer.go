@@ -60,7 +60,32 @@ type WriteOptions struct {
 	// WeightsName replaces "model" in the weight files' names
 	// ("adapter_model" gives adapter_model.safetensors).
 	WeightsName string
+	// Chunks, if set, is asked once for each entry before it is written. A
+	// non-nil ChunkFunc means the writer fills that tensor chunk by chunk
+	// (chunks of at most ChunkSize bytes, filled concurrently, written in
+	// order) instead of calling the Producer for it, so no whole copy of the
+	// tensor is ever held in memory. Bounded, optional and sub-byte entries
+	// always go through the Producer.
+	Chunks func(e safetensors.Entry) ChunkFunc
+	// MaxMemory bounds the bytes of produced tensors and chunk buffers held
+	// at once, ahead of the writer; 0 means DefaultMaxMemory(). A tensor
+	// larger than the budget is still produced, with nothing else ahead.
+	MaxMemory int64
+	// AllowNonFinite lets NaN and Inf be written; otherwise an encoded
+	// chunk holding one fails the write with a *NonFiniteError.
+	AllowNonFinite bool
 }
+
+// ChunkFunc fills dst with the bytes [off, off+len(dst)) of one output
+// tensor, encoded in the tensor's dtype; off and len(dst) are multiples of
+// the element size. The writer calls it for every chunk of the tensor
+// exactly once, concurrently and in any order, so it must not depend on
+// other chunks having been filled (whole-tensor quantities are computed
+// once, e.g. with a sync.Once, from the inputs).
+type ChunkFunc func(ctx context.Context, off int64, dst []byte) error
+
+// ChunkSize is the largest chunk the writer asks a ChunkFunc to fill.
+const ChunkSize = 4 << 20
 
 // Written describes a completed output.
 type Written struct {
@@ -256,17 +281,20 @@ func safeProduce(ctx context.Context, produce Producer, e safetensors.Entry) (r 
 		}
 	}()
 	t, done, err := produce(ctx, e)
-	return produced{t, done, err}
+	return produced{t: t, done: done, err: err}
 }
 
 type produced struct {
-	t    *tensors.Tensor
-	done func()
-	err  error
+	t     *tensors.Tensor
+	chunk []byte // the bytes of a chunk item
+	done  func()
+	err   error
 }
 
-// shards writes each shard file from its entries, producing tensors
-// concurrently (up to Workers ahead) and writing them in file order.
+// shards writes each shard file from its entries, producing tensors (or
+// chunks of tensors, see WriteOptions.Chunks) concurrently, up to Workers at
+// a time and MaxMemory bytes ahead of the writer, and writing them in file
+// order.
 func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 	ctx, cancel := context.WithCancel(w.ctx)
 	defer cancel()
@@ -278,11 +306,7 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			}
 		}
 	}()
-	type job struct {
-		shard int
-		e     safetensors.Entry
-	}
-	var order []job
+	var order []item
 	for i, p := range paths {
 		sw, err := safetensors.CreateWith(p, plan[i], w.opts.Metadata, safetensors.CreateOptions{MetadataFor: w.opts.MetadataFor})
 		if err != nil {
@@ -290,66 +314,95 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 		}
 		writers[i] = sw
 		for _, e := range sw.Order() {
-			order = append(order, job{i, e})
+			order = w.appendItems(order, i, e)
 		}
 	}
 	workers := w.opts.Workers
 	if workers <= 0 {
 		workers = 2
 	}
-	results := make([]chan produced, len(order))
+	limit := w.opts.MaxMemory
+	if limit <= 0 {
+		limit = DefaultMaxMemory()
+	}
+	// a ring of result slots: item i may start once item i-window is written
+	window := workers + 2
+	results := make([]chan produced, window)
 	for i := range results {
 		results[i] = make(chan produced, 1)
 	}
-	slots := make(chan struct{}, workers)
+	slots := make(chan struct{}, window)
+	mem := newBudget(limit)
 	// Producers may read mapped inputs: every one must have returned before
 	// this function does, or the caller could unmap what they read.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
+	running := make(chan struct{}, workers)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i, j := range order {
+		for i, it := range order {
 			select {
 			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			if !mem.acquire(ctx, it.cost) {
+				return
+			}
+			select {
+			case running <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				results[i] <- safeProduce(ctx, w.produce, j.e)
+				r := w.run(ctx, it)
+				<-running
+				results[i%window] <- r
 			}()
 		}
 	}()
-	for i, j := range order {
+	for i, it := range order {
 		var r produced
 		select {
-		case r = <-results[i]:
+		case r = <-results[i%window]:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		skip := r.err == nil && r.t == nil
+		sw := writers[it.shard]
+		skip := r.err == nil && r.t == nil && it.fill == nil
 		switch {
-		case skip && !j.e.Optional:
-			r.err = fmt.Errorf("tensor %q: producer returned no tensor", j.e.Name)
+		case r.err != nil:
+		case it.fill != nil:
+			r.err = sw.WriteChunk(it.e.Name, r.chunk)
+		case skip && !it.e.Optional:
+			r.err = fmt.Errorf("tensor %q: producer returned no tensor", it.e.Name)
 		case skip:
-			r.err = writers[j.shard].Skip(j.e.Name)
+			r.err = sw.Skip(it.e.Name)
 			if w.skipped == nil {
 				w.skipped = map[string]bool{}
 			}
-			w.skipped[j.e.Name] = true
-		case r.err == nil:
-			r.err = writers[j.shard].Write(r.t)
+			w.skipped[it.e.Name] = true
+		default:
+			r.err = sw.Write(r.t)
 		}
 		if r.done != nil {
 			r.done()
 		}
+		mem.release(it.cost)
 		if r.err != nil {
 			return r.err
 		}
-		if !skip {
+		switch {
+		case it.fill != nil:
+			w.done += int64(len(r.chunk))
+			if it.last {
+				w.written++
+			}
+		case !skip:
 			w.done += int64(len(r.t.Data))
 			w.written++
 		}
@@ -357,8 +410,8 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			w.opts.Progress(w.done, w.total)
 		}
 		<-slots
-		if i+1 == len(order) || order[i+1].shard != j.shard {
-			if err := writers[j.shard].Close(); err != nil {
+		if i+1 == len(order) || order[i+1].shard != it.shard {
+			if err := sw.Close(); err != nil {
 				return err
 			}
 		}
@@ -375,6 +428,59 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 	}
 	return nil
 }
+
+// item is one unit of work of the writer: a whole tensor, or one chunk of a
+// tensor filled by a ChunkFunc.
+type item struct {
+	shard int
+	e     safetensors.Entry
+	fill  ChunkFunc // nil for a whole tensor
+	off   int64     // chunk: byte offset in the tensor
+	size  int64     // chunk: bytes
+	last  bool      // chunk: the tensor's last
+	cost  int64     // bytes counted against MaxMemory
+}
+
+// appendItems adds the work items of one entry: its chunks when the
+// options fill it chunk by chunk, else the whole tensor.
+func (w *writeJob) appendItems(order []item, shard int, e safetensors.Entry) []item {
+	size, _ := tensors.ByteSize(e.DType, e.Shape)
+	var fill ChunkFunc
+	if w.opts.Chunks != nil && !e.Bounded && !e.Optional && size > 0 && e.DType.Bits()%8 == 0 {
+		fill = w.opts.Chunks(e)
+	}
+	if fill == nil {
+		return append(order, item{shard: shard, e: e, cost: size})
+	}
+	chunk := int64(ChunkSize) / int64(e.DType.Bits()/8) * int64(e.DType.Bits()/8)
+	for off := int64(0); off < size; off += chunk {
+		n := min(chunk, size-off)
+		order = append(order, item{shard: shard, e: e, fill: fill, off: off, size: n, last: off+n == size, cost: n})
+	}
+	return order
+}
+
+// run produces one item, turning a memory fault into an error.
+func (w *writeJob) run(ctx context.Context, it item) produced {
+	if it.fill == nil {
+		return safeProduce(ctx, w.produce, it.e)
+	}
+	buf := chunkPool.Get(int(it.size))
+	err := safetensors.Guard("", it.e.Name, func() error { return it.fill(ctx, it.off, buf) })
+	if err == nil && !w.opts.AllowNonFinite {
+		err = CheckFinite(it.e, it.off, buf)
+	}
+	if err != nil {
+		chunkPool.Put(buf)
+		if !errors.As(err, new(*NonFiniteError)) && !strings.Contains(err.Error(), it.e.Name) {
+			err = fmt.Errorf("tensor %q: %w", it.e.Name, err)
+		}
+		return produced{err: err}
+	}
+	return produced{chunk: buf, done: func() { chunkPool.Put(buf) }}
+}
+
+var chunkPool tensors.BufferPool
 
 // CheckOutput refuses an output path that is one of the inputs, or a
 // directory that contains one (writing it would destroy the input), and an

@@ -197,6 +197,7 @@ type Writer struct {
 	actual   []int64
 	metadata map[string]string
 	next     int
+	partial  int64 // bytes of the next tensor already written by WriteChunk
 	bounded  bool
 	reserve  int // header length reserved when bounded
 	skipped  []int
@@ -328,10 +329,23 @@ func (w *Writer) Write(t *tensors.Tensor) error {
 	} else if !slices.Equal(t.Shape, e.Shape) {
 		return fmt.Errorf("%s: tensor %q: shape %v, declared %v", w.path, t.Name, t.Shape, e.Shape)
 	}
-	if _, err := w.buf.Write(t.Data); err != nil {
-		return fmt.Errorf("%s: tensor %q: %w", w.path, t.Name, err)
+	if w.partial != 0 {
+		return fmt.Errorf("%s: tensor %q: written whole after %d bytes were written in chunks", w.path, t.Name, w.partial)
 	}
-	w.pos += int64(len(t.Data))
+	if err := w.write(t.Name, t.Data); err != nil {
+		return err
+	}
+	w.actual[w.next] = int64(len(t.Data))
+	w.next++
+	return nil
+}
+
+// write appends data to the file, starting writeback every few megabytes.
+func (w *Writer) write(name string, data []byte) error {
+	if _, err := w.buf.Write(data); err != nil {
+		return fmt.Errorf("%s: tensor %q: %w", w.path, name, err)
+	}
+	w.pos += int64(len(data))
 	if w.pos-w.synced >= writebackChunk {
 		if err := w.buf.Flush(); err != nil {
 			return fmt.Errorf("%s: %w", w.path, err)
@@ -339,8 +353,36 @@ func (w *Writer) Write(t *tensors.Tensor) error {
 		startWriteback(w.tmp, w.synced, w.pos-w.synced)
 		w.synced = w.pos
 	}
-	w.actual[w.next] = int64(len(t.Data))
-	w.next++
+	return nil
+}
+
+// WriteChunk writes the next bytes of the next tensor, which must be the
+// named one and not bounded: a tensor can be written as consecutive chunks
+// instead of in one piece, so that it never has to be held in memory whole.
+// The tensor is complete when its declared size has been written.
+func (w *Writer) WriteChunk(name string, data []byte) error {
+	if w.done {
+		return fmt.Errorf("%s: write after close", w.path)
+	}
+	if w.next >= len(w.entries) {
+		return fmt.Errorf("%s: tensor %q: all declared tensors are written", w.path, name)
+	}
+	e := w.entries[w.next]
+	if name != e.Name || e.Bounded {
+		return fmt.Errorf("%s: expected a chunk of tensor %q (bounded=%v) next, got one of %q", w.path, e.Name, e.Bounded, name)
+	}
+	if w.partial+int64(len(data)) > w.sizes[w.next] {
+		return fmt.Errorf("%s: tensor %q: chunks add up to more than its %d bytes", w.path, name, w.sizes[w.next])
+	}
+	if err := w.write(name, data); err != nil {
+		return err
+	}
+	w.partial += int64(len(data))
+	if w.partial == w.sizes[w.next] {
+		w.actual[w.next] = w.partial
+		w.partial = 0
+		w.next++
+	}
 	return nil
 }
 
