@@ -212,7 +212,7 @@ class TestFamilies(Tmp):
     def test_gpt2_conv1d_inputs(self):
         # transformers' Conv1D (weight [in, out]) is collected like a Linear:
         # its input vectors, of length weight.shape[0]
-        m = self.fam.build("gpt2", 1).double()
+        m = self.fam.build("gpt2", 1)[0].double()
         ids = self.fam.inputs("gpt2", self.fam.config("gpt2"), 1, batch=3)
         out = self.path("g.safetensors")
         wc.collect_stats(m, [ids], out)
@@ -235,7 +235,7 @@ class TestFamilies(Tmp):
     def test_mixtral_joint_experts(self):
         # joint statistics of an expert are over the tokens model A routes to
         # it; B's expert runs on B's hidden states at those positions
-        a, b = self.fam.build("mixtral", 1).double(), self.fam.build("mixtral", 2).double()
+        a, b = self.fam.build("mixtral", 1)[0].double(), self.fam.build("mixtral", 2)[0].double()
         c = self.fam.config("mixtral")
         batches = [self.fam.inputs("mixtral", c, s, batch=2) for s in (1, 2)]
         joint, single = self.path("j.safetensors"), self.path("s.safetensors")

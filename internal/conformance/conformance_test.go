@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 // once per test binary.
 func generated(t *testing.T) (string, string) {
 	t.Helper()
-	py := testenv.Python(t)
+	py := python(t)
 	genOnce.Do(func() {
 		genDir, genErr = os.MkdirTemp("", "wtool-families-")
 		if genErr != nil {
@@ -55,6 +55,26 @@ func generated(t *testing.T) (string, string) {
 		t.Fatal(genErr)
 	}
 	return py, genDir
+}
+
+var (
+	pyOnce sync.Once
+	pyPath string
+)
+
+// python is testenv.Python, probing the interpreter (a torch import, seconds
+// when the disk is busy) once per test binary instead of once per test.
+func python(t *testing.T) string {
+	t.Helper()
+	pyOnce.Do(func() {
+		if exec.Command("/usr/bin/python3", "-c", "import torch, numpy").Run() == nil {
+			pyPath = "/usr/bin/python3"
+		}
+	})
+	if pyPath == "" {
+		return testenv.Python(t) // skips, or fails under WTOOL_REQUIRE_PYTHON, saying why
+	}
+	return pyPath
 }
 
 func open(t *testing.T, p string) *checkpoint.Model {

@@ -14,7 +14,7 @@ Bottleneck).
 API (for wtool's conformance tests and other tests that need real layouts):
 
     cfg = config("llama")                       # the family's config dict (config.json)
-    model = build("llama", seed)                # random weights, float32, eval mode
+    model, cfg = build("llama", seed)           # random weights, float32, eval mode, and its config
     model = from_config("llama", cfg)           # the architecture only (widths from cfg)
     y = forward("llama", state_dict, cfg, x)    # load state_dict (strict) and run
     y = run("llama", model, x)                  # run a built model
@@ -724,7 +724,8 @@ def from_config(family, c):
 
 
 def build(family, seed):
-    """The family's tiny model with random weights (seeded), float32, eval mode.
+    """(model, config): the family's tiny model with random weights (seeded),
+    float32, eval mode, and its config dict.
 
     Norm weights and biases, BatchNorm running statistics and biases are
     randomised too, so that no parameter is a trivial constant.
@@ -743,7 +744,7 @@ def build(family, seed):
                 mod.running_mean.copy_(torch.randn_like(mod.running_mean) * 0.1)
                 mod.running_var.copy_(torch.rand_like(mod.running_var) + 0.5)
                 mod.num_batches_tracked.fill_(seed + 3)
-    return m
+    return m, c
 
 
 def run(family, model, x):
@@ -798,8 +799,7 @@ def write_checkpoint(out, family, seed, dtype=None, shards=None):
     Floating tensors are written in dtype (default: config's torch_dtype,
     else float32). Returns the state dict written (float32).
     """
-    c = config(family)
-    m = build(family, seed)
+    m, c = build(family, seed)
     sd = state_dict(m)
     dt = dtype or {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(c.get("torch_dtype"), torch.float32)
     tensors = {k: (v.to(dt) if v.is_floating_point() else v) for k, v in sd.items()}

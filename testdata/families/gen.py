@@ -37,9 +37,9 @@ def main(out):
     wc.write_safetensors(os.path.join(out, "gpt2.calib.safetensors"), {"x": ids})
     batches = [ids[i:i + 4] for i in range(0, 16, 4)]
     for name, seed in (("gpt2", 1), ("gpt2-b", 2)):
-        m = fam.build("gpt2", seed)
+        m, _ = fam.build("gpt2", seed)
         wc.collect_stats(m, batches, os.path.join(out, name + ".stats.safetensors"))
-    m = fam.build("gpt2", 1)
+    m, _ = fam.build("gpt2", 1)
     fisher = {n: torch.zeros_like(p) for n, p in m.named_parameters()}
     for x in batches:  # the five-line loop: mean of squared gradients, saved as is
         m.zero_grad()
@@ -52,7 +52,7 @@ def main(out):
     c = fam.config("vit")
     imgs = torch.randn(32, 3, c["image_size"], c["image_size"], generator=g)
     for name, seed in (("vit", 1), ("vit-b", 2)):
-        m = fam.build("vit", seed)
+        m, _ = fam.build("vit", seed)
         wc.collect_stats(m, [imgs[:16], imgs[16:]], os.path.join(out, name + ".stats.safetensors"))
 
 
