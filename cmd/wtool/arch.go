@@ -60,7 +60,10 @@ parameters too; --json prints everything.`,
 				return enc.Encode(a)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "family %s, %d layers", a.Family, a.Layers)
+			fmt.Fprintf(w, "family %s", a.Family)
+			if a.Layers > 0 {
+				fmt.Fprintf(w, ", %d layers", a.Layers)
+			}
 			if a.Hidden > 0 {
 				fmt.Fprintf(w, ", hidden %d", a.Hidden)
 			}

@@ -2,10 +2,12 @@ package arch
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -276,4 +278,34 @@ func TestRegisteredFamilies(t *testing.T) {
 	if got := strings.Join(Families(), " "); got != want {
 		t.Errorf("families %s", got)
 	}
+}
+
+// TestRealFiles: every valid third-party file of the shared fixtures is
+// described (generically: they come without a config.json), every tensor
+// once.
+func TestRealFiles(t *testing.T) {
+	files, _ := filepath.Glob("../../../shared/fixtures/real/*.safetensors")
+	if len(files) == 0 {
+		t.Skip("no fixtures")
+	}
+	n := 0
+	for _, f := range files {
+		m, err := checkpoint.Open(f)
+		if err != nil {
+			continue // the malformed ones are the parser's business
+		}
+		a, err := Open(m)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		} else {
+			for _, name := range m.Names() {
+				if _, ok := a.Param(name); !ok {
+					t.Errorf("%s: tensor %q not described", f, name)
+				}
+			}
+			n++
+		}
+		m.Close()
+	}
+	t.Logf("%d files described", n)
 }

@@ -413,6 +413,9 @@ func (b *Builder) describeRest(known bool) {
 		// whatever is left of the module: bare parameters and buffers
 		for _, pn := range params {
 			t := mod + "." + pn
+			if pn == "" { // a name without a dot: the tensor is its own module
+				t = mod
+			}
 			if b.claimed[t] {
 				continue
 			}
