@@ -78,6 +78,9 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 		return nil, err
 	}
 	opts, err := j.models[0].DefaultWriteOptions(opts)
+	if err == nil {
+		opts, err = j.models[0].WithDType(opts, j.outDType) // config.json's torch_dtype
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -31,8 +31,15 @@ time:
   pissa   OUTDIR is the residual model (same layout and dtype as MODEL, config
           and tokenizer files copied) and OUTDIR/adapter a Hugging Face PEFT
           LoRA adapter (adapter_model.safetensors, adapter_config.json with
-          init_lora_weights true) with PEFT's PiSSA scaling, so that
-          residual + (alpha/r) B A = W. Load it with
+          init_lora_weights true, base_model_name_or_path OUTDIR and the
+          task_type of the model class) with PEFT's PiSSA scaling, so that
+          residual + (alpha/r) B A = W. The factors have the shapes PEFT
+          creates for each module: lora_A [r, in] and lora_B [out, r] for a
+          Linear and a GPT-2 Conv1D (fan_in_fan_out true),
+          lora_embedding_A [r, num] and lora_embedding_B [dim, r] for an
+          Embedding, [r, in, kh, kw] and [out, r, 1, 1] for a Conv2d; keys
+          are the model class's module paths (transformer.h.0.attn.c_attn
+          for GPT2LMHeadModel). Load it with
           PeftModel.from_pretrained(AutoModel.from_pretrained(OUTDIR), OUTDIR/adapter).
   sorsa   one checkpoint: residuals in M.weight plus M.sorsa_A (V^T), M.sorsa_S,
           M.sorsa_B (U), all trainable; sorsa_config.json describes them.
@@ -42,11 +49,14 @@ time:
 --rank R gives every module rank R; --energy E gives each module the smallest
 rank keeping E of its squared singular values (recorded in PEFT's
 rank_pattern/alpha_pattern). --alpha is lora_alpha (default: r, scaling 1).
---target REGEX (repeatable) selects the weights (default: every 2-D weight
-except embeddings and the output head); target_modules lists the short names
-of the modules adapted. Adapter factors are stored as F32; residuals are
-computed from the float32 weights and rounded once to the model's dtype, and
-the report shows how much that rounding changes them.
+--target REGEX (repeatable) selects weights by tensor name (default: every
+Linear, Conv1D and convolution weight except embeddings, output heads and MoE
+routers; embeddings only when named); target_modules lists the short names of
+the modules adapted, or their full paths when short names would also select
+others. A module too small for the rank is left without an adapter and
+reported. Adapter factors are stored as F32; residuals are computed in
+float64 and rounded once to the model's dtype, and the report shows how much
+that rounding changes them.
 
 'wtool adapter convert INIT TRAINED -o LORA' turns a trained PiSSA adapter
 into a plain LoRA adapter for the original base model.
@@ -80,9 +90,13 @@ into a plain LoRA adapter for the original base model.
 				return err
 			}
 			defer m.Close()
+			a, err := describe(g, m)
+			if err != nil {
+				return err
+			}
 			update, finish := g.byteProgress("initialising")
 			reports, written, err := lowrank.InitAdapters(cmd.Context(), m, of.out, lowrank.AdapterOptions{Method: method, Rule: rule, Alpha: alpha,
-				Targets: ts, SVD: sf.options(), Progress: update}, opts)
+				Targets: ts, SVD: sf.options(), Progress: update, Arch: a}, opts)
 			finish()
 			g.notes(written)
 			if err != nil {
@@ -94,9 +108,13 @@ into a plain LoRA adapter for the original base model.
 				return enc.Encode(map[string]any{"output": written.Path, "method": method, "modules": reports})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "MODULE\tSHAPE\tRANK\tENERGY\tRESIDUAL\tCAST ERROR")
+			fmt.Fprintln(tw, "MODULE\tKIND\tSHAPE\tRANK\tENERGY\tRESIDUAL\tCAST ERROR\tNOTE")
 			for _, r := range reports {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%.4f\t%.4f\t%.2g\n", r.Module, formatShape(r.Shape), r.Rank, r.Energy, r.ResidualNorm, r.CastError)
+				if r.Skipped {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Note)
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4f\t%.4f\t%.2g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Rank, r.Energy, r.ResidualNorm, r.CastError, r.Note)
 			}
 			tw.Flush()
 			g.wrote(written, "")

@@ -130,7 +130,7 @@ func TestNonFiniteNeverWritten(t *testing.T) {
 		{"convert copies a NaN", []string{"convert", nan}, "holds NaN"},
 		{"merge to f16 overflows", []string{"merge", b7, b7, "--method", "linear", "--dtype", "f16"}, "65504"},
 		{"compress to f16 overflows", []string{"compress", big, "--rank", "4", "--target", "fc[13]", "--dtype", "f16"}, "overflow"},
-		{"f16 adapter residual overflows", []string{"adapter", filepath.Dir(resid), "--rank", "1"}, `"fc.weight"`},
+		{"f16 adapter residual overflows", []string{"adapter", filepath.Dir(resid), "--rank", "1", "--target", "fc"}, `"fc.weight"`},
 		{"stats of 3e38 weights", []string{"stats", huge, "--calib", calib}, "Inf"},
 		{"stats of a NaN weight", []string{"stats", nan, "--calib", calib}, "NaN"},
 		{"fisher of a NaN weight", []string{"fisher", nan, "--calib", calib, "--labels", calib}, "NaN"},
@@ -188,14 +188,18 @@ func TestPartsAreByteIdentical(t *testing.T) {
 	for _, c := range commands {
 		t.Run(c.name, func(t *testing.T) {
 			dir := fastTempDir(t)
+			// the same output path every time: files may record it (a PiSSA
+			// adapter's base_model_name_or_path)
+			out := filepath.Join(dir, "out")
 			single := filepath.Join(dir, "single")
 			args := append(c.args, "--max-shard-size", "10kB", "-q")
-			if code, _, stderr := wtool(t, append(args, "-o", single)...); code != 0 {
+			if code, _, stderr := wtool(t, append(args, "-o", out)...); code != 0 {
 				t.Fatal(stderr)
 			}
-			want := treeHash(t, single)
+			if err := os.Rename(out, single); err != nil {
+				t.Fatal(err)
+			}
 			for n := 1; n <= 5; n++ {
-				out := filepath.Join(dir, fmt.Sprint("split", n))
 				for k := n; k >= 1; k-- { // any order
 					if code, _, stderr := wtool(t, append(args, "-o", out, "--part", fmt.Sprintf("%d/%d", k, n))...); code != 0 {
 						t.Fatalf("part %d/%d: %s", k, n, stderr)
@@ -207,12 +211,13 @@ func TestPartsAreByteIdentical(t *testing.T) {
 				if code, _, stderr := wtool(t, "finalize", out, "-q", "--verify"); code != 0 {
 					t.Fatalf("finalize %d parts: %s", n, stderr)
 				}
-				if got := treeHash(t, out); got != strings.ReplaceAll(want, single, out) && !sameTree(t, single, out) {
+				if !sameTree(t, single, out) {
 					t.Errorf("%d parts: the output differs from a single run", n)
 				}
 				if _, err := os.Stat(out + ".parts"); err == nil {
 					t.Error("the parts directory was left behind")
 				}
+				os.RemoveAll(out)
 			}
 		})
 	}

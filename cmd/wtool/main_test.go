@@ -242,3 +242,29 @@ func TestInterruptLeavesNothing(t *testing.T) {
 		t.Errorf("left behind: %v", entries)
 	}
 }
+
+// TestDemoOutsideCheckout: `wtool demo` runs from any directory (an
+// installed binary has no testdata/demo beside it).
+func TestDemoOutsideCheckout(t *testing.T) {
+	t.Chdir(t.TempDir())
+	code, stdout, stderr := wtool(t, "demo", "-q")
+	if code != 0 || !strings.Contains(stdout, "pleas width 2.0") || !strings.Contains(stdout, "source mlp-d") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+}
+
+func TestArchCommand(t *testing.T) {
+	code, stdout, stderr := wtool(t, "arch", demoDir+"/mlp-a")
+	if code != 0 || !strings.Contains(stdout, "family mlp, 5 layers") || !strings.Contains(stdout, "*fc4    linear  layer  3      64 x 64     fc3 -> fc4") ||
+		!strings.Contains(stdout, " fc5    linear  head") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	code, stdout, _ = wtool(t, "arch", "--json", demoDir+"/mlp-b")
+	var a struct {
+		Family  string
+		Modules []struct{ Name, Kind, Role string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &a); code != 0 || err != nil || a.Family != "mlp" || len(a.Modules) != 5 || a.Modules[4].Role != "head" {
+		t.Errorf("json: %v %+v", err, a)
+	}
+}

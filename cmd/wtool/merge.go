@@ -208,7 +208,7 @@ NaN/Inf in the result is an error unless --allow-nonfinite.
 	f.Float64Var(&width, "width", 1, "pleas: merged width as a multiple of the original, 1 to 2")
 	f.Float64Var(&ridge, "ridge", 0, "pleas/regmean: ridge added to the least-squares systems (relative to their mean diagonal)")
 	f.StringVar(&match, "match", "activation", "pleas: activation or weight matching")
-	f.Float64Var(&alpha, "alpha", 1, "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1]")
+	f.Float64Var(&alpha, "alpha", 0, "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1] (default 0.9, as the RegMean paper recommends alpha < 1; 1 is the unscaled solution)")
 	f.IntVar(&restarts, "restarts", 3, "wm: weight matching runs with seeds seed, seed+1, ...; the closest result is kept")
 	return cmd
 }

@@ -69,6 +69,7 @@ problems, 70 internal error (a bug: please report it), 130 interrupted.`,
 	})
 	root.AddCommand(
 		newInspectCmd(g),
+		newArchCmd(g),
 		newValidateCmd(g),
 		newConvertCmd(g),
 		newStatsCmd(g),

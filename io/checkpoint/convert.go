@@ -67,6 +67,9 @@ func Convert(ctx context.Context, m *Model, out string, dtype tensors.DType, opt
 	if err != nil {
 		return nil, err
 	}
+	if opts, err = m.WithDType(opts, dtype); err != nil { // config.json's torch_dtype
+		return nil, err
+	}
 	entries := m.Entries()
 	for i := range entries {
 		if dtype != 0 && entries[i].DType.IsFloat() {

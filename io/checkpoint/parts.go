@@ -89,10 +89,10 @@ func AssignParts(sizes []int64, n int) [][]int {
 }
 
 // A FinalizeFunc completes a directory output once all its shards are in
-// dir: it writes the files that depend on everything computed (a report, a
-// second weight file) from the state each shard's write saved (see State),
-// given in shard order.
-type FinalizeFunc func(dir string, states []string) error
+// dir (a staging directory that becomes out): it writes the files that
+// depend on everything computed (a report, a second weight file) from the
+// state each shard's write saved (see State), given in shard order.
+type FinalizeFunc func(dir, out string, states []string) error
 
 // State carries what a producer computes besides tensors to the step that
 // completes the output. After each shard file is complete, Save is called
@@ -584,7 +584,7 @@ func Finalize(ctx context.Context, out string, o FinalizeOptions) (*Written, err
 	for i, name := range pf1.Shards {
 		stateDirs[i] = filepath.Join(parts[owner[i]], metaDir, "state", name)
 	}
-	if err := complete(final, pf1.Stem, pf1.Shards, pf1.Finalizer, stateDirs); err != nil {
+	if err := complete(final, out, pf1.Stem, pf1.Shards, pf1.Finalizer, stateDirs); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {

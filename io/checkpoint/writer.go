@@ -380,7 +380,7 @@ func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[
 	for i, n := range names {
 		stateDirs[i] = filepath.Join(d.Path, metaDir, "state", n)
 	}
-	if err := complete(d.Path, pf.Stem, names, pf.Finalizer, stateDirs); err != nil {
+	if err := complete(d.Path, out, pf.Stem, names, pf.Finalizer, stateDirs); err != nil {
 		return nil, err
 	}
 	if w.opts.Finalize != nil {
@@ -424,7 +424,7 @@ func (w *writeJob) companions(dir string) error {
 // complete adds what a directory output needs once every shard is in dir:
 // the index (built from the shards' headers, so it lists exactly what they
 // hold) and the finalizer's files, from every shard's state.
-func complete(dir, stem string, names []string, finalizer string, stateDirs []string) error {
+func complete(dir, out, stem string, names []string, finalizer string, stateDirs []string) error {
 	if len(names) > 1 {
 		ix, err := indexOf(dir, names)
 		if err != nil {
@@ -439,7 +439,7 @@ func complete(dir, stem string, names []string, finalizer string, stateDirs []st
 		if !ok {
 			return fmt.Errorf("internal error: finalizer %q is not registered", finalizer)
 		}
-		if err := f(dir, stateDirs); err != nil {
+		if err := f(dir, out, stateDirs); err != nil {
 			return err
 		}
 	}
