@@ -468,6 +468,9 @@ func Finalize(ctx context.Context, out string, o FinalizeOptions) (*Written, err
 		plans[k] = pf
 	}
 	pf1 := plans[1]
+	if _, err := os.Lstat(out); err == nil && !o.Force && !alreadyFinalized(out, pf1) {
+		return nil, &fsafe.ExistsError{Path: out}
+	}
 	owner := make([]int, len(pf1.Shards))
 	for k := 1; k <= n; k++ {
 		for _, i := range plans[k].Mine {
@@ -482,6 +485,7 @@ func Finalize(ctx context.Context, out string, o FinalizeOptions) (*Written, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: another finalize of %s seems to be running: %w", final, out, err)
 	}
+	d.Resumable() // the shards moved into it must survive any failure
 	committed := false
 	defer func() {
 		if !committed {

@@ -153,3 +153,34 @@ func TestProducerPanicIsAnError(t *testing.T) {
 		t.Error("output written")
 	}
 }
+
+// TestFinalizeKeepsShardsWhenItCannotCommit: a finalize that cannot put the
+// output in place (it exists, no Force) loses no shard: run again with
+// Force, it completes.
+func TestFinalizeKeepsShardsWhenItCannotCommit(t *testing.T) {
+	dir := t.TempDir()
+	ts := testTensors(t)
+	in := filepath.Join(dir, "in.safetensors")
+	writeFile(t, in, ts, nil)
+	m, _ := Open(in)
+	defer m.Close()
+	ctx := context.Background()
+	out := filepath.Join(dir, "out")
+	for k := 1; k <= 2; k++ {
+		if _, err := Convert(ctx, m, out, 0, WriteOptions{MaxShardSize: 3000, Part: Part{k, 2}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(out, 0o755) // appeared meanwhile
+	if _, err := Finalize(ctx, out, FinalizeOptions{}); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := Finalize(ctx, out, FinalizeOptions{Force: true, Verify: true}); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back.Close()
+}

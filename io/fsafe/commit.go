@@ -205,7 +205,8 @@ func AdoptDir(tempPath, dest string, force bool) (*Dir, error) {
 }
 
 // Resumable marks the temporary directory as one to keep when the process
-// is interrupted (Keep or an emergency exit), for a later resume.
+// is interrupted (an emergency exit) or its Commit fails, for a later
+// resume.
 func (d *Dir) Resumable() { d.t.keep = true }
 
 // Commit syncs the directory and puts it at the destination: a plain
@@ -221,11 +222,10 @@ func (d *Dir) Commit() error {
 	syncPath(d.Path)
 	err := replace(d.Path, d.dest, d.force, true)
 	d.t.release()
-	if err != nil {
+	if err != nil && !d.t.keep { // a resumable directory stays for the next attempt
 		os.RemoveAll(d.Path)
-		return err
 	}
-	return nil
+	return err
 }
 
 // Abort removes the temporary directory; dest is untouched.

@@ -301,3 +301,24 @@ func TestRemoveLiveTempsKeepsResumable(t *testing.T) {
 		t.Errorf("left %v, want only b's resumable temporary", left)
 	}
 }
+
+// TestResumableDirSurvivesAFailedCommit: a resumable temporary directory
+// whose commit fails (the destination appeared, no force) is kept.
+func TestResumableDirSurvivesAFailedCommit(t *testing.T) {
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "out")
+	d, err := CreateDir(dest, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Resumable()
+	mkfile(t, filepath.Join(d.Path, "shard"), "work")
+	mkfile(t, filepath.Join(dest, "other"), "someone else's")
+	var ee *ExistsError
+	if err := d.Commit(); !errors.As(err, &ee) {
+		t.Fatalf("got %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(d.Path, "shard")); string(b) != "work" {
+		t.Error("the resumable directory was removed")
+	}
+}
