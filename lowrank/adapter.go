@@ -37,15 +37,7 @@ func (a *AdapterInit) LowRank() []float64 {
 }
 
 func (a *AdapterInit) lowRank(fn func(i0 int, block []float64)) {
-	scale := make([]float64, a.Rank)
-	for k := range scale {
-		if a.Orthonormal {
-			scale[k] = a.S[k]
-		} else {
-			scale[k] = a.Scaling
-		}
-	}
-	lowRankRows(a.B, a.A, a.M, a.Rank, a.N, scale, fn)
+	lowRankRows(a.B, a.A, a.M, a.Rank, a.N, a.scales(), fn)
 }
 
 // topTriplets is the shared first step: the top-rank SVD of W (the rank
@@ -88,15 +80,9 @@ func topTriplets(w []float32, m, n int, rule RankRule, o SVDOptions) (*Factors, 
 	}
 }
 
-// setResidual computes Residual = W - (low-rank part) in float64 blocks,
-// into w itself when inPlace (the caller no longer needs W: one matrix in
-// memory instead of two).
-func (a *AdapterInit) setResidual(w []float32, inPlace bool) {
-	if inPlace {
-		a.Residual = w
-	} else {
-		a.Residual = make([]float32, a.M*a.N)
-	}
+// setResidual computes Residual = W - (low-rank part) in float64 blocks.
+func (a *AdapterInit) setResidual(w []float32) {
+	a.Residual = make([]float32, a.M*a.N)
 	a.lowRank(func(i0 int, block []float64) {
 		base := i0 * a.N
 		for i, v := range block {
@@ -112,11 +98,16 @@ func (a *AdapterInit) setResidual(w []float32, inPlace bool) {
 // residual W - scaling * B A, so that residual + (alpha/r) B A = W. alpha <= 0
 // means alpha = r (scaling 1).
 func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*AdapterInit, error) {
-	return pissa(w, m, n, rule, alpha, o, false)
+	a, err := pissaFactors(w, m, n, rule, alpha, o)
+	if err != nil {
+		return nil, err
+	}
+	a.setResidual(w)
+	return a, nil
 }
 
-// pissa is PiSSA, writing the residual over w when inPlace.
-func pissa(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions, inPlace bool) (*AdapterInit, error) {
+// pissaFactors is PiSSA without the residual.
+func pissaFactors(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*AdapterInit, error) {
 	f, k, total, err := topTriplets(w, m, n, rule, o)
 	if err != nil {
 		return nil, err
@@ -138,7 +129,6 @@ func pissa(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions, in
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w, inPlace)
 	return a, nil
 }
 
@@ -149,7 +139,7 @@ func energyOf(kept, total float64) float64 {
 	return math.Min(1, kept/total)
 }
 
-func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions, inPlace bool) (*AdapterInit, error) {
+func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
 	f, k, total, err := topTriplets(w, m, n, rule, o)
 	if err != nil {
 		return nil, err
@@ -165,7 +155,6 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions, inPlace bool) 
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w, inPlace)
 	return a, nil
 }
 
@@ -174,7 +163,11 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions, inPlace bool) 
 // orthonormal regulariser of training keeps A and B near orthonormal) and the
 // residual W_r frozen.
 func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o, false)
+	a, err := svdStyle(w, m, n, rule, o)
+	if err == nil {
+		a.setResidual(w)
+	}
+	return a, err
 }
 
 // SVFit initialises an SVFit adapter: the same split as SORSA, but only the
@@ -182,5 +175,22 @@ func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, er
 // stored (SVD signs are not unique, so recomputing them at load time would not
 // reproduce the adapter).
 func SVFit(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o, false)
+	a, err := svdStyle(w, m, n, rule, o)
+	if err == nil {
+		a.setResidual(w)
+	}
+	return a, err
+}
+
+// scales returns the per-rank scale of the low-rank part: B diag(scale) A.
+func (a *AdapterInit) scales() []float64 {
+	s := make([]float64, a.Rank)
+	for k := range s {
+		if a.Orthonormal {
+			s[k] = a.S[k]
+		} else {
+			s[k] = a.Scaling
+		}
+	}
+	return s
 }

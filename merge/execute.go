@@ -65,6 +65,7 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
+	opts.AllowNonFinite = opts.AllowNonFinite || p.AllowNonFinite
 	j := &job{p: p, report: &Report{Method: p.Method}}
 	defer j.close()
 	if err := j.open(); err != nil {
@@ -77,6 +78,9 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 		return nil, err
 	}
 	opts, err := j.models[0].DefaultWriteOptions(opts)
+	if err == nil {
+		opts, err = j.models[0].WithDType(opts, j.outDType) // config.json's torch_dtype
+	}
 	if err != nil {
 		return nil, err
 	}

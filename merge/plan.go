@@ -104,7 +104,7 @@ type Plan struct {
 	Width      float64 // pleas: merged width as a multiple of the original (1..2)
 	Ridge      float64 // pleas/regmean: ridge term
 	Match      string  // pleas: activation (default) or weight
-	Alpha      float64 // regmean: scale of the Gram matrices' off-diagonal entries
+	Alpha      float64 // regmean: scale of the Gram matrices' off-diagonal entries (0: DefaultRegMeanAlpha)
 	// Restarts of weight matching (wm, pleas --match weight); 0 means 3
 	// for pleas and permute.AutoRestarts for wm (3 for small models, 1 for
 	// large ones).

@@ -461,6 +461,9 @@ func (j *job) writeNetwork(ctx context.Context, n *mlp.Network, out string, opts
 			return nil, err
 		}
 	}
+	if opts, err = first.WithDType(opts, dt); err != nil { // config.json's torch_dtype
+		return nil, err
+	}
 	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
 		return byName[e.Name], nil, nil
 	}

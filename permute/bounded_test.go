@@ -26,6 +26,12 @@ import (
 // shards of at most shard bytes, or one file when path ends in
 // .safetensors).
 func writeModel(t *testing.T, path string, w weights, dt tensors.DType, shard int64) *checkpoint.Model {
+	return writeModelOpts(t, path, w, dt, checkpoint.WriteOptions{MaxShardSize: shard})
+}
+
+// writeModelOpts is writeModel with explicit write options (NaN and Inf
+// weights need AllowNonFinite).
+func writeModelOpts(t *testing.T, path string, w weights, dt tensors.DType, opts checkpoint.WriteOptions) *checkpoint.Model {
 	t.Helper()
 	var entries []safetensors.Entry
 	for n, x := range w {
@@ -35,7 +41,7 @@ func writeModel(t *testing.T, path string, w weights, dt tensors.DType, shard in
 		x, err := w[e.Name].ConvertTo(dt)
 		return x, nil, err
 	}
-	if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{MaxShardSize: shard}); err != nil {
+	if _, err := checkpoint.Write(context.Background(), path, entries, produce, opts); err != nil {
 		t.Fatal(err)
 	}
 	m, err := checkpoint.Open(path)
@@ -227,7 +233,7 @@ func TestNonFiniteWeights(t *testing.T) {
 				v[17] = tc.value
 			}
 			w["model.layers.1.mlp.up_proj.weight"], _ = tensors.FromFloat32("model.layers.1.mlp.up_proj.weight", tensors.F32, []int64{48, 32}, v)
-			bad := writeModel(t, filepath.Join(dir, tc.name), w, tc.dt, 6000)
+			bad := writeModelOpts(t, filepath.Join(dir, tc.name), w, tc.dt, checkpoint.WriteOptions{MaxShardSize: 6000, AllowNonFinite: true})
 			info, _ := bad.Info("model.layers.1.mlp.up_proj.weight")
 			for _, run := range []func() error{
 				func() error {

@@ -44,7 +44,8 @@ Linear layers), 'llama' (Llama/Mistral/Qwen2 naming: residual stream, MLP
 units and whole attention heads per layer, grouped-query aware; head shapes
 from config.json), 'auto' (the one that fits), or a JSON file
 (docs/permutation-spec.md). The L2 distance to REFERENCE before and after is
-printed.
+printed. --save-perm is an output like OUTPUT: written atomically, never over
+an input or inside OUTPUT.
 
 Weight matching reads the checkpoints in their own dtype, a block at a time,
 in memory that does not depend on the model's size (about two float32 cost
@@ -54,7 +55,8 @@ changed. --restarts defaults to 3 for models whose sweep costs under 1e12
 floating-point operations (up to about 100M parameters) and 1 above: an 8B
 model's sweep is about 2e14 operations (tens of minutes on two cores), and
 each restart repeats every sweep. --cache-size is how much of each model's
-tensors stays mapped between uses (file-backed, reclaimable memory).`,
+tensors stays mapped between uses (file-backed, reclaimable memory).
+` + outputHelp,
 		Example: `  wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-aligned
   wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-act --method activation \
       --calib testdata/demo/digits_train.safetensors --save-perm /tmp/perm.safetensors`,
@@ -70,12 +72,33 @@ tensors stays mapped between uses (file-backed, reclaimable memory).`,
 			if method == "activation" && (statsPath == "") == (mf.calib == "") {
 				return usageErrorf("--method activation needs exactly one of --stats or --calib")
 			}
-			ref, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "REFERENCE", args[0]); err != nil {
+				return err
+			}
+			if err := declareModel(reg, "MODEL", args[1]); err != nil {
+				return err
+			}
+			if err := reg.Input("--stats", statsPath); err != nil {
+				return err
+			}
+			if err := reg.Input("--calib", mf.calib); err != nil {
+				return err
+			}
+			if err := declareSpec(reg, specName); err != nil {
+				return err
+			}
+			reg.Output("--save-perm", savePerm)
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			ref, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			defer ref.Close()
-			model, err := checkpoint.Open(args[1])
+			model, err := checkpoint.OpenContext(cmd.Context(), args[1])
 			if err != nil {
 				return err
 			}
@@ -115,16 +138,16 @@ tensors stays mapped between uses (file-backed, reclaimable memory).`,
 			if err != nil {
 				return err
 			}
-			opts.Inputs = append(opts.Inputs, args[0])
 			update, finish := g.byteProgress("writing")
 			opts.Progress = update
 			written, err := permute.ApplyCheckpoint(cmd.Context(), model, spec, res.Perms, of.out, opts)
 			finish()
+			g.notes(written)
 			if err != nil {
 				return err
 			}
 			if savePerm != "" {
-				if err := permute.WritePerms(cmd.Context(), savePerm, res.Perms, checkpoint.WriteOptions{Force: of.force, Inputs: []string{args[0], args[1], of.out}}); err != nil {
+				if err := permute.WritePerms(cmd.Context(), savePerm, res.Perms, checkpoint.WriteOptions{Force: of.force, Inputs: reg.Inputs()}); err != nil {
 					return err
 				}
 			}
@@ -199,15 +222,18 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 	if method == "weight" {
 		fmt.Fprintf(out, ", %d sweeps, %d group solves, %d skipped", res.Sweeps, res.Solved, res.Skipped)
 	}
-	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%.1f%% lower)\n",
-		res.DistanceBefore, res.DistanceAfter, 100*(1-res.DistanceAfter/res.DistanceBefore))
+	lower := "identical"
+	if res.DistanceBefore > 0 {
+		lower = fmt.Sprintf("%.1f%% lower", 100*(1-res.DistanceAfter/res.DistanceBefore))
+	}
+	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%s)\n", res.DistanceBefore, res.DistanceAfter, lower)
 	for _, c := range res.Correlations {
 		fmt.Fprintf(out, "  %s: mean correlation %.3f -> %.3f\n", c.Group, c.Before, c.After)
 	}
 	if method == "weight" && res.Stats.GEMMFLOPs >= 1e12 {
 		g.info("%s", statsLine(res.Stats))
 	}
-	g.info("wrote %s", w.Path)
+	g.wrote(w, "")
 	return nil
 }
 
