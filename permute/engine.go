@@ -59,7 +59,6 @@ type engine struct {
 	minA, minB []float32 // minor K-blocks
 	bfA, bfB   []uint16  // bf16 K-blocks
 	bfTiles    [][]uint16
-	noBF16     bool // tests: widen bf16 to float32 like other dtypes
 	// cpus holds a token per core in use: the bf16 GEMM's blocks and the
 	// assignment solves running beside it take one each (nil: no limit).
 	cpus     chan struct{}
@@ -227,7 +226,7 @@ type bfBlock struct {
 // sides single bf16 tensors (a mean of several models is not a bf16
 // value), the kernel available, and a group large enough for its tiles.
 func (e *engine) useBF16(n int, oa, ob *opened) bool {
-	if e.noBF16 || !bfgemm.Available() || n < 32 || len(oa.terms) != 1 {
+	if !bfgemm.Available() || n < 32 || len(oa.terms) != 1 {
 		return false
 	}
 	ta, tb := oa.terms[0].t, ob.terms[0].t
