@@ -20,6 +20,9 @@
 #   LOCK    a lock file each step holds while it reads the checkpoints
 #           (default /work/ckpt8b/.lock when it exists; empty: none)
 #   DROP    0: do not drop the page cache before each step
+#   TIMEOUT stop each step with SIGINT (Ctrl-C) after this many seconds (a
+#           three-model MergeMany of 8B models takes hours: its memory is
+#           the same after the first minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:-/work/ckpt8b/a}
@@ -51,12 +54,16 @@ measure() {
 	"${lockcmd[@]}" bash -c '
 		[ "'"${DROP:-1}"'" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 		start=$(date +%s.%N)
-		"$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
+		to=()
+		[ -n "'"${TIMEOUT:-}"'" ] && to=(timeout --signal=INT "'"${TIMEOUT:-}"'")
+		"${to[@]}" "$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
 		pid=$!
 		peak=0
 		while kill -0 $pid 2>/dev/null; do
-			v=$(awk "/RssAnon/{print \$2}" /proc/$pid/status 2>/dev/null || true)
-			[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+			for q in $pid $(pgrep -P $pid); do # the command, or the one timeout runs
+				v=$(awk "/RssAnon/{print \$2}" /proc/$q/status 2>/dev/null || true)
+				[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+			done
 			sleep 0.5
 		done
 		wait $pid; rc=$?
