@@ -1,0 +1,265 @@
+package merge
+
+import (
+	"context"
+	"fmt"
+	"math"
+)
+
+// Sparsify is how a task vector is thinned before merging.
+type Sparsify int
+
+// Sparsification methods.
+const (
+	NoSparsify Sparsify = iota
+	Magnitude           // keep the int(density*n) largest magnitudes (TIES)
+	Random              // keep each entry with probability density (DARE)
+)
+
+// Rescale is how kept entries of a randomly sparsified task vector are
+// scaled.
+type Rescale int
+
+// Rescaling rules for DARE.
+const (
+	// RescaleInverse divides kept entries by the density, as in the DARE
+	// paper: the expected task vector is unchanged.
+	RescaleInverse Rescale = iota
+	// RescaleL1 scales the kept entries so that the task vector keeps its L1
+	// norm, as mergekit does today.
+	RescaleL1
+	// RescaleNone keeps kept entries as they are.
+	RescaleNone
+)
+
+var rescaleNames = map[Rescale]string{RescaleInverse: "inverse", RescaleL1: "l1", RescaleNone: "none"}
+
+// TaskVectorOptions describe a task-vector merge: with d_i = x_i - base,
+// each d_i is optionally sparsified, weighted by w_i, optionally filtered by
+// sign election (TIES), summed, optionally normalized by the weights, scaled
+// by Lambda and added to the base.
+type TaskVectorOptions struct {
+	Weights   []float64 // per model
+	Densities []float64 // per model, for sparsification (1 keeps everything)
+	Sparsify  Sparsify
+	Rescale   Rescale // for Random sparsification
+	// Consensus elects a sign per entry by the sign of the sum of the
+	// weighted (sparsified) task vectors, ties counting as positive, and
+	// keeps only the entries that agree (TIES).
+	Consensus bool
+	// Normalize divides the merged task vector by the sum of the weights
+	// (with Consensus: of the weights of the agreeing entries; a zero sum
+	// counts as 1).
+	Normalize bool
+	Lambda    float64 // 0 means 1
+	// Seed and Name key Random sparsification's masks (see MaskKey): each
+	// model's mask depends on them and on the model's own values, not on
+	// the other models or their order.
+	Seed uint64
+	Name string
+}
+
+// TaskVectors merges models into dst relative to base (mergekit's
+// generalized task arithmetic; see TaskVectorOptions). It computes in
+// float64 and rounds once to float32; Execute streams the same computation
+// over checkpoints chunk by chunk, with the same result.
+func TaskVectors(dst, base []float32, models [][]float32, o TaskVectorOptions) error {
+	t := memJob(o.Name, len(dst))
+	if len(base) != len(dst) {
+		return fmt.Errorf("the base has %d values, want %d", len(base), len(dst))
+	}
+	var ins []*Input
+	for i, x := range models {
+		if len(x) != len(dst) {
+			return fmt.Errorf("tensor %d has %d values, want %d", i, len(x), len(dst))
+		}
+		ins = append(ins, memInput(o.Name, x))
+	}
+	lambda := o.Lambda
+	if lambda == 0 {
+		lambda = 1
+	}
+	k, err := taskVectorKernel(context.Background(), t, ins, memInput(o.Name, base), o, lambda)
+	if err != nil {
+		return err
+	}
+	return runWhole(context.Background(), k, len(dst), dst)
+}
+
+// taskVectorKernel prepares a task-vector merge of one tensor: the passes
+// its sparsification needs (top-k selection for Magnitude; mask keys and,
+// for RescaleL1, the L1 norms for Random), then the elementwise kernel.
+func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *Input, o TaskVectorOptions, lambda float64) (*Kernel, error) {
+	n := len(models)
+	if n == 0 {
+		return &Kernel{Inputs: []*Input{base}, Fn: func(_ int, in [][]float64, out []float64) { copy(out, in[0]) }}, nil
+	}
+	if len(o.Weights) != n {
+		return nil, fmt.Errorf("%d models, %d weights", n, len(o.Weights))
+	}
+	if o.Sparsify != NoSparsify && len(o.Densities) != n {
+		return nil, fmt.Errorf("%d models, %d densities", n, len(o.Densities))
+	}
+	ins := append(append([]*Input{}, models...), base)
+	dens := o.Densities
+	sparse := make([]bool, n) // model i is sparsified
+	for i := range n {
+		if o.Sparsify == NoSparsify {
+			continue
+		}
+		d := o.Densities[i]
+		switch {
+		case math.IsNaN(d) || d < 0 || (o.Sparsify == Random && d == 0):
+			if o.Sparsify == Random {
+				return nil, fmt.Errorf("DARE density %g must be in (0, 1]", d)
+			}
+			return nil, fmt.Errorf("density %g must be in [0, 1]", d)
+		case d < 1:
+			sparse[i] = true
+		}
+	}
+	thr := make([]Threshold, n)
+	keys := make([]uint64, n)
+	scale := make([]float64, n) // L1 rescaling; 0 = none
+	switch o.Sparsify {
+	case Magnitude:
+		var sels []*selection
+		var fns []func(in [][]float64, keys []uint64)
+		var which []int
+		for i := range n {
+			if !sparse[i] {
+				continue
+			}
+			s := newSelection(int(o.Densities[i]*float64(t.N)), t.N)
+			sels = append(sels, s)
+			which = append(which, i)
+			fns = append(fns, func(in [][]float64, keys []uint64) {
+				x, b := in[i], in[n]
+				for e := range keys {
+					keys[e] = math.Float64bits(math.Abs(x[e] - b[e]))
+				}
+			})
+		}
+		if err := selectTop(ctx, t, ins, sels, fns); err != nil {
+			return nil, err
+		}
+		for s, i := range which {
+			thr[i] = sels[s].res
+		}
+	case Random:
+		var hashed []*Input
+		var which []int
+		for i := range n {
+			if sparse[i] {
+				hashed = append(hashed, models[i])
+				which = append(which, i)
+			}
+		}
+		hs, err := valuesHashes(ctx, t, hashed)
+		if err != nil {
+			return nil, err
+		}
+		for s, i := range which {
+			keys[i] = MaskKey(o.Seed, t.Name, hs[s])
+		}
+		if o.Rescale == RescaleL1 && len(which) > 0 {
+			// L1 norms of the task vectors before and after dropping
+			sums, err := t.Sums(ctx, ins, 2*len(which), func(lo int, in [][]float64, acc []float64) error {
+				b := in[n]
+				for s, i := range which {
+					var before, after float64
+					for k, x := range in[i] {
+						a := math.Abs(x - b[k])
+						before += a
+						if Uniform(keys[i], lo+k) < dens[i] {
+							after += a
+						}
+					}
+					acc[2*s], acc[2*s+1] = before, after
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			for s, i := range which {
+				before, after := sums[2*s], sums[2*s+1]
+				if before > 1e-7 && after > 1e-7 {
+					scale[i] = before / after
+				}
+			}
+		}
+	}
+	w := o.Weights
+	var wsum float64
+	for _, x := range w {
+		wsum += x
+	}
+	fn := func(lo int, in [][]float64, out []float64) {
+		var dbuf [8]float64
+		d := dbuf[:0]
+		if n > len(dbuf) {
+			d = make([]float64, n)
+		}
+		d = d[:n]
+		b := in[n]
+		for k := range out {
+			e := lo + k
+			bv := b[k]
+			for i := range n {
+				di := in[i][k] - bv
+				if sparse[i] {
+					switch o.Sparsify {
+					case Magnitude:
+						if !thr[i].Keep(math.Float64bits(math.Abs(di)), e) {
+							di = 0
+						}
+					case Random:
+						if Uniform(keys[i], e) >= dens[i] {
+							di = 0
+						}
+						switch o.Rescale {
+						case RescaleInverse:
+							di /= dens[i]
+						case RescaleL1:
+							if scale[i] != 0 {
+								di *= scale[i]
+							}
+						}
+					}
+				}
+				d[i] = di * w[i]
+			}
+			var mixed, divisor float64
+			if o.Consensus {
+				var total float64
+				for _, di := range d {
+					total += di
+				}
+				neg := total < 0
+				for i, di := range d {
+					if di != 0 && math.Signbit(di) == neg {
+						mixed += di
+						divisor += w[i]
+					}
+				}
+				if divisor == 0 {
+					divisor = 1
+				}
+			} else {
+				for _, di := range d {
+					mixed += di
+				}
+				divisor = wsum
+				if math.Abs(divisor) < 1e-8 {
+					divisor = 1
+				}
+			}
+			if o.Normalize {
+				mixed /= divisor
+			}
+			out[k] = bv + lambda*mixed
+		}
+	}
+	return &Kernel{Inputs: ins, Fn: fn}, nil
+}
