@@ -153,18 +153,27 @@ func (in *Input) Decode(dst []float64, lo int) error {
 			dst[k] = float64(v)
 		}
 	} else {
+		fin := false
 		err := safetensors.Guard(in.File, in.Tensor, func() error {
 			if in.index != nil {
 				return in.gather(dst, lo)
 			}
 			es := in.DType.Bits() / 8
-			return tensors.DecodeFloat64(dst, in.Data[lo*es:(lo+len(dst))*es], in.DType)
+			src := in.Data[lo*es : (lo+len(dst))*es]
+			var ok bool
+			if fin, ok = decodeFast(dst, src, in.DType); ok {
+				return nil
+			}
+			return tensors.DecodeFloat64(dst, src, in.DType)
 		})
 		if err != nil {
 			if _, ok := err.(*safetensors.FaultError); ok {
 				return err
 			}
 			return fmt.Errorf("%s: tensor %q: %w", in.File, in.Tensor, err)
+		}
+		if fin {
+			return nil
 		}
 	}
 	if !in.allowNonFinite {

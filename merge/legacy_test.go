@@ -100,20 +100,26 @@ func legacyTaskVectors(base []float32, models [][]float32, o TaskVectorOptions, 
 }
 
 // legacyDARE is the old whole-tensor DARE drop with the new per-element
-// masks: d[e] is kept when Uniform(key, e) < density, and the L1 sums are
-// taken sequentially over the whole tensor.
+// masks: d[e] is kept when Uniform(key, e) < density; the L1 sums are taken
+// block by block (BlockSize elements), then over the blocks in order.
 func legacyDARE(d []float64, density float64, rescale Rescale, key uint64) {
 	if density >= 1 {
 		return
 	}
 	var before, after float64
-	for i, v := range d {
-		before += math.Abs(v)
-		if Uniform(key, i) >= density {
-			d[i] = 0
-		} else {
-			after += math.Abs(v)
+	for lo := 0; lo < len(d); lo += BlockSize {
+		var b, a float64
+		for i := lo; i < min(lo+BlockSize, len(d)); i++ {
+			v := d[i]
+			b += math.Abs(v)
+			if Uniform(key, i) >= density {
+				d[i] = 0
+			} else {
+				a += math.Abs(v)
+			}
 		}
+		before += b
+		after += a
 	}
 	switch rescale {
 	case RescaleInverse:

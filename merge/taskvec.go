@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 )
 
 // Sparsify is how a task vector is thinned before merging.
@@ -195,71 +196,127 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 	for _, x := range w {
 		wsum += x
 	}
-	fn := func(lo int, in [][]float64, out []float64) {
-		var dbuf [8]float64
-		d := dbuf[:0]
-		if n > len(dbuf) {
-			d = make([]float64, n)
+	divisor := wsum
+	if math.Abs(divisor) < 1e-8 {
+		divisor = 1
+	}
+	dbufs := sync.Pool{New: func() any {
+		d := make([][]float64, n)
+		for i := range d {
+			d[i] = make([]float64, BlockSize)
 		}
-		d = d[:n]
-		b := in[n]
-		for k := range out {
-			e := lo + k
-			bv := b[k]
-			for i := range n {
-				di := in[i][k] - bv
-				if sparse[i] {
-					switch o.Sparsify {
-					case Magnitude:
-						if !thr[i].Keep(math.Float64bits(math.Abs(di)), e) {
-							di = 0
-						}
-					case Random:
-						if Uniform(keys[i], e) >= dens[i] {
-							di = 0
-						}
-						switch o.Rescale {
-						case RescaleInverse:
-							di /= dens[i]
-						case RescaleL1:
-							if scale[i] != 0 {
-								di *= scale[i]
-							}
-						}
-					}
+		return &d
+	}}
+	// The kernel works model by model on a block (branch-free loops: the
+	// keep/drop and sign decisions are data, not jumps), then combines the
+	// weighted deltas element by element in model order, with exactly the
+	// float64 operations of the whole-tensor formula.
+	fn := func(lo int, in [][]float64, out []float64) {
+		dp := dbufs.Get().(*[][]float64)
+		defer dbufs.Put(dp)
+		m := len(out)
+		b := in[n][:m]
+		d := *dp
+		for i := range n {
+			x, di := in[i][:m], d[i][:m]
+			switch {
+			case !sparse[i]:
+				for k := range di {
+					di[k] = (x[k] - b[k]) * w[i]
 				}
-				d[i] = di * w[i]
+			case o.Sparsify == Magnitude:
+				keepMagnitude(di, x, b, thr[i], lo, w[i])
+			default:
+				keepRandom(di, x, b, keys[i], lo, dens[i], o.Rescale, scale[i], w[i])
 			}
-			var mixed, divisor float64
-			if o.Consensus {
-				var total float64
-				for _, di := range d {
-					total += di
+		}
+		switch {
+		case o.Consensus:
+			consensus(out, d, b, w, o.Normalize, lambda)
+		default:
+			for k := range out {
+				var mixed float64
+				for i := range n {
+					mixed += d[i][k]
 				}
-				neg := total < 0
-				for i, di := range d {
-					if di != 0 && math.Signbit(di) == neg {
-						mixed += di
-						divisor += w[i]
-					}
+				if o.Normalize {
+					mixed /= divisor
 				}
-				if divisor == 0 {
-					divisor = 1
-				}
-			} else {
-				for _, di := range d {
-					mixed += di
-				}
-				divisor = wsum
-				if math.Abs(divisor) < 1e-8 {
-					divisor = 1
-				}
+				out[k] = b[k] + lambda*mixed
 			}
-			if o.Normalize {
-				mixed /= divisor
-			}
-			out[k] = bv + lambda*mixed
 		}
 	}
 	return &Kernel{Inputs: ins, Fn: fn}, nil
+}
+
+// mask64 is all ones when b, else zero (a branch-free select).
+func mask64(b bool) uint64 { return -b2u(b) }
+
+// b2u is 1 for true, 0 for false, without a jump.
+func b2u(b bool) uint64 {
+	var x uint64
+	if b {
+		x = 1
+	}
+	return x
+}
+
+// keepMagnitude writes w (x - b), or +0 where |x - b| is not among the top
+// (see Threshold), for elements lo, lo+1, ...
+func keepMagnitude(d, x, b []float64, t Threshold, lo int, w float64) {
+	x, b = x[:len(d)], b[:len(d)]
+	for k := range d {
+		v := x[k] - b[k]
+		u := math.Float64bits(v)
+		key := u &^ (1 << 63)
+		keep := b2u(key > t.Key) | (b2u(key == t.Key) & b2u(lo+k <= t.Cutoff))
+		d[k] = math.Float64frombits(u&-keep) * w
+	}
+}
+
+// keepRandom writes DARE's kept, rescaled and weighted deltas.
+func keepRandom(d, x, b []float64, key uint64, lo int, density float64, r Rescale, scale, w float64) {
+	x, b = x[:len(d)], b[:len(d)]
+	for k := range d {
+		v := x[k] - b[k]
+		keep := Uniform(key, lo+k) < density
+		v = math.Float64frombits(math.Float64bits(v) & mask64(keep))
+		switch r {
+		case RescaleInverse:
+			v /= density
+		case RescaleL1:
+			if scale != 0 {
+				v *= scale
+			}
+		}
+		d[k] = v * w
+	}
+}
+
+// consensus is TIES' sign election: the sign of the sum of the weighted
+// deltas (ties count as +), then the sum of the agreeing deltas over the sum
+// of their weights (a zero sum counts as 1), added to the base.
+func consensus(out []float64, d [][]float64, b, w []float64, normalize bool, lambda float64) {
+	n := len(d)
+	for k := range out {
+		var total float64
+		for i := range n {
+			total += d[i][k]
+		}
+		neg := b2u(total < 0)
+		var mixed, divisor float64
+		for i := range n {
+			u := math.Float64bits(d[i][k])
+			m := -(b2u(u<<1 != 0) & b2u(u>>63 == neg))
+			mixed += math.Float64frombits(u & m)
+			divisor += math.Float64frombits(math.Float64bits(w[i]) & m)
+		}
+		if divisor == 0 {
+			divisor = 1
+		}
+		if normalize {
+			mixed /= divisor
+		}
+		out[k] = b[k] + lambda*mixed
+	}
 }

@@ -1,0 +1,311 @@
+package merge
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/tensors"
+)
+
+// shapedModel writes a checkpoint of named float tensors with shapes.
+func shapedModel(t testing.TB, path string, dt tensors.DType, shapes map[string][]int64, vals map[string][]float32) {
+	t.Helper()
+	var entries []safetensors.Entry
+	for n, s := range shapes {
+		entries = append(entries, safetensors.Entry{Name: n, DType: dt, Shape: s})
+	}
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		x, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, vals[e.Name])
+		return x, nil, err
+	}
+	if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readRaw returns the bytes of a tensor of a checkpoint.
+func readRaw(t testing.TB, path, name string) ([]byte, tensors.DType) {
+	t.Helper()
+	m, err := checkpoint.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	x, err := m.Tensor(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]byte(nil), x.Data...), x.DType
+}
+
+// encode64 rounds float64 values once to dt.
+func encode64(t testing.TB, v []float64, dt tensors.DType) []byte {
+	b := make([]byte, len(v)*dt.Bits()/8)
+	if err := tensors.EncodeFloat64(b, v, dt); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// roundTrip returns the values as stored in dt.
+func roundTrip(v []float32, dt tensors.DType) []float32 {
+	x, _ := tensors.FromFloat32("", dt, []int64{int64(len(v))}, v)
+	out, _ := x.Float32()
+	return out
+}
+
+func firstDiff(t testing.TB, got, want []byte, dt tensors.DType) string {
+	es := dt.Bits() / 8
+	for i := 0; i < len(got); i += es {
+		if string(got[i:i+es]) != string(want[i:i+es]) {
+			g := make([]float64, 1)
+			w := make([]float64, 1)
+			tensors.DecodeFloat64(g, got[i:i+es], dt)
+			tensors.DecodeFloat64(w, want[i:i+es], dt)
+			return fmt.Sprintf("element %d: %v, want %v", i/es, g[0], w[0])
+		}
+	}
+	return fmt.Sprintf("lengths %d, %d", len(got), len(want))
+}
+
+// TestStreamingEqualsWholeTensor merges checkpoints whose largest tensor
+// spans several writer chunks, with the top-k selection forced through its
+// histogram, gather and tie-counting passes, and compares every output byte
+// with the old whole-tensor implementations (kept in legacy_test.go),
+// rounded once to the output dtype: TIES and DARE (its masks given by the
+// documented per-element generator), linear and task arithmetic (the fused
+// affine kernel), wm, Fisher. SLERP's norms are summed block by block
+// instead of sequentially; the test bounds that difference.
+func TestStreamingEqualsWholeTensor(t *testing.T) {
+	defer func(c int) { gatherCap = c }(gatherCap)
+	gatherCap = 5000 // force histogram passes
+	r := rand.New(rand.NewPCG(11, 12))
+	dir := t.TempDir()
+	shapes := map[string][]int64{
+		"layers.0.w":    {1100, 1000}, // 1.1M elements: 2 chunks in f32
+		"layers.1.w":    {300, 50},    // integers: many ties
+		"layers.1.bias": {300},        // mostly unchanged from the base: d = 0
+		"norm":          {7},
+	}
+	gen := func(shift float64) map[string][]float32 {
+		v := map[string][]float32{}
+		for n, s := range shapes {
+			k := int(s[0])
+			if len(s) > 1 {
+				k *= int(s[1])
+			}
+			x := make([]float32, k)
+			for i := range x {
+				switch n {
+				case "layers.1.w":
+					x[i] = float32(r.IntN(9) - 4)
+				case "layers.1.bias":
+					x[i] = 1
+					if r.IntN(10) == 0 {
+						x[i] = float32(r.IntN(5)) + float32(shift)
+					}
+				default:
+					x[i] = float32(r.NormFloat64() + shift)
+				}
+			}
+			v[n] = x
+		}
+		return v
+	}
+	va, vb, vc, vbase := gen(0.1), gen(-0.2), gen(0.3), gen(0)
+	for k, v := range vbase {
+		if k == "layers.1.bias" {
+			for i := range v {
+				v[i] = 1
+			}
+		}
+	}
+	pa, pb, pc, pbase := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "c"), filepath.Join(dir, "base")
+	for _, dt := range []tensors.DType{tensors.F32, tensors.BF16} {
+		shapedModel(t, pa, dt, shapes, va)
+		shapedModel(t, pb, dt, shapes, vb)
+		shapedModel(t, pc, dt, shapes, vc)
+		shapedModel(t, pbase, dt, shapes, vbase)
+		// the inputs as stored
+		in := func(v map[string][]float32, name string) []float32 { return roundTrip(v[name], dt) }
+		w := []float64{1, 0.7, 1.3}
+		dens := []float64{0.3, 0.55, 0.9}
+		models := []ModelInput{
+			{Path: pa, Params: Params{"weight": Num(w[0]), "density": Num(dens[0])}},
+			{Path: pb, Params: Params{"weight": Num(w[1]), "density": Num(dens[1])}},
+			{Path: pc, Params: Params{"weight": Num(w[2]), "density": Num(dens[2])}},
+		}
+		cases := []struct {
+			method string
+			params Params
+			want   func(name string) ([]float64, bool) // float64 values rounded once; false: the affine float32 path
+		}{
+			{"ties", Params{"lambda": Num(0.8)}, func(name string) ([]float64, bool) {
+				o := TaskVectorOptions{Weights: w, Densities: dens, Sparsify: Magnitude, Consensus: true, Normalize: true, Lambda: 0.8}
+				return legacyTaskVectors(in(vbase, name), [][]float32{in(va, name), in(vb, name), in(vc, name)}, o, nil), true
+			}},
+			{"dare-ties", Params{"seed": IntValue(5)}, func(name string) ([]float64, bool) {
+				return legacyDAREMerge(in, name, va, vb, vc, vbase, w, dens, RescaleInverse, true, 5), true
+			}},
+			{"dare-linear", Params{"seed": IntValue(6), "rescale": Text("l1")}, func(name string) ([]float64, bool) {
+				return legacyDAREMerge(in, name, va, vb, vc, vbase, w, dens, RescaleL1, false, 6), true
+			}},
+			{"linear", nil, func(name string) ([]float64, bool) { return nil, false }},
+			{"task-arithmetic", Params{"lambda": Num(0.5)}, func(name string) ([]float64, bool) { return nil, false }},
+		}
+		for _, c := range cases {
+			out := filepath.Join(dir, fmt.Sprintf("out-%s-%s.safetensors", c.method, dt))
+			p := &Plan{Method: c.method, Models: models, Base: pbase, Params: c.params}
+			if c.method == "linear" || c.method == "task-arithmetic" {
+				p.Models = nil
+				for i, m := range models {
+					p.Models = append(p.Models, ModelInput{Path: m.Path, Params: Params{"weight": Num(w[i])}})
+				}
+			}
+			if c.method == "linear" {
+				p.Base = ""
+			}
+			if _, err := Execute(context.Background(), p, out, checkpoint.WriteOptions{}); err != nil {
+				t.Fatalf("%s %s: %v", c.method, dt, err)
+			}
+			for name := range shapes {
+				got, odt := readRaw(t, out, name)
+				want, ok := c.want(name)
+				var wantBytes []byte
+				if ok {
+					wantBytes = encode64(t, want, odt)
+				} else {
+					wantBytes = affineReference(t, c.method, in, name, va, vb, vc, vbase, w, 0.5, odt)
+				}
+				if string(got) != string(wantBytes) {
+					t.Errorf("%s %s tensor %s differs from the whole-tensor result: %s", c.method, dt, name, firstDiff(t, got, wantBytes, odt))
+				}
+			}
+		}
+		// slerp: blocked sums against sequential ones
+		out := filepath.Join(dir, fmt.Sprintf("out-slerp-%s.safetensors", dt))
+		p := &Plan{Method: "slerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Params: Params{"t": Num(0.3)}}
+		if _, err := Execute(context.Background(), p, out, checkpoint.WriteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for name := range shapes {
+			got, odt := readRaw(t, out, name)
+			a, b := in(va, name), in(vb, name)
+			// the exported whole-tensor Slerp sums the same way: identical
+			same := make([]float32, len(a))
+			if err := Slerp(same, a, b, 0.3); err != nil {
+				t.Fatal(err)
+			}
+			if odt == tensors.F32 {
+				if want := f32bytes(same); string(got) != string(want) {
+					t.Errorf("slerp %s: streaming differs from Slerp: %s", name, firstDiff(t, got, want, odt))
+				}
+			}
+			// the old sequential sums: within one unit in the last place
+			want := legacySlerp(a, b, 0.3)
+			gv := make([]float64, len(want))
+			tensors.DecodeFloat64(gv, got, odt)
+			ulp := math.Pow(2, -23)
+			if odt == tensors.BF16 {
+				ulp = math.Pow(2, -7)
+			}
+			for i := range want {
+				if math.Abs(gv[i]-want[i]) > ulp*math.Abs(want[i])+1e-30 {
+					t.Fatalf("slerp %s %s element %d: %v vs sequential sums %v", dt, name, i, gv[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+func f32bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// legacyDAREMerge is the old whole-tensor DARE with the per-element masks.
+func legacyDAREMerge(in func(map[string][]float32, string) []float32, name string, va, vb, vc, vbase map[string][]float32,
+	w, dens []float64, rescale Rescale, consensus bool, seed uint64) []float64 {
+	models := [][]float32{in(va, name), in(vb, name), in(vc, name)}
+	var keys []uint64
+	for _, x := range models {
+		keys = append(keys, MaskKey(seed, name, memValuesHash(x)))
+	}
+	o := TaskVectorOptions{Weights: w, Densities: dens, Sparsify: Random, Rescale: rescale, Consensus: consensus}
+	return legacyTaskVectors(in(vbase, name), models, o, func(i int, d []float64) { legacyDARE(d, dens[i], rescale, keys[i]) })
+}
+
+// memValuesHash is ValuesHash over values in memory.
+func memValuesHash(x []float32) uint64 {
+	h := uint64(len(x))
+	v := make([]float64, BlockSize)
+	for lo := 0; lo < len(x); lo += BlockSize {
+		m := min(BlockSize, len(x)-lo)
+		for i := range m {
+			v[i] = float64(x[lo+i])
+		}
+		h = splitmix64(h ^ hashBlock(v[:m]))
+	}
+	return h
+}
+
+// affineReference is today's fused affine kernel written out: coefficients
+// c_i = w_i / sum w (linear) or lambda w_i and 1 - sum for the base (task
+// arithmetic), float32 arithmetic for 16-bit outputs, float64 otherwise.
+func affineReference(t testing.TB, method string, in func(map[string][]float32, string) []float32, name string,
+	va, vb, vc, vbase map[string][]float32, w []float64, lambda float64, dt tensors.DType) []byte {
+	xs := [][]float32{in(va, name), in(vb, name), in(vc, name)}
+	var coef []float64
+	switch method {
+	case "linear":
+		var s float64
+		for _, x := range w {
+			s += x
+		}
+		for _, x := range w {
+			coef = append(coef, x*(1/s))
+		}
+	case "task-arithmetic":
+		cb := 1.0
+		for _, x := range w {
+			c := lambda * x / 1
+			coef = append(coef, c)
+			cb -= c
+		}
+		coef = append(coef, cb)
+		xs = append(xs, in(vbase, name))
+	}
+	n := len(xs[0])
+	if dt == tensors.BF16 {
+		out := make([]float32, n)
+		for i, x := range xs {
+			for e := range out {
+				out[e] += float32(coef[i]) * x[e]
+			}
+		}
+		b := make([]byte, 2*n)
+		tensors.EncodeFloat32(b, out, dt)
+		return b
+	}
+	out := make([]float64, n)
+	for i, x := range xs {
+		for e := range out {
+			out[e] += coef[i] * float64(x[e])
+		}
+	}
+	o32 := make([]float32, n)
+	for e, v := range out {
+		o32[e] = float32(v)
+	}
+	return f32bytes(o32)
+}
