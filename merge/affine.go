@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"sync"
 	"unsafe"
 
 	"github.com/wtool/wtool/io/safetensors"
@@ -28,8 +29,12 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 	}
 	narrow := dt == tensors.BF16 || dt == tensors.F16
 	ob := dt.Bits() / 8
-	var acc64 []float64
-	var acc32, buf []float32
+	var sc *affineScratch
+	defer func() {
+		if sc != nil {
+			affinePool.Put(sc)
+		}
+	}()
 	fused := len(ins) == 2 && dt == tensors.BF16 && ins[0].DType == tensors.BF16 && ins[1].DType == tensors.BF16
 	return guardInputs(ins, func() error {
 		for b := 0; b < n; b += affineBlock {
@@ -44,12 +49,10 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 					return err
 				}
 			}
-			if acc32 == nil {
-				acc64 = make([]float64, affineBlock)
-				acc32 = make([]float32, affineBlock)
-				buf = make([]float32, affineBlock)
+			if sc == nil {
+				sc = affinePool.Get().(*affineScratch)
 			}
-			a32, a64, bb := acc32[:h-l], acc64[:h-l], buf[:h-l]
+			a32, a64, bb := sc.acc32[:h-l], sc.acc64[:h-l], sc.buf[:h-l]
 			clear(a32)
 			clear(a64)
 			for i, in := range ins {
@@ -72,7 +75,7 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 				}
 				if bad >= 0 && !in.allowNonFinite {
 					v, _ := tensorValue(in, l+bad)
-					return &NonFiniteInputError{File: in.File, Tensor: in.Tensor, Index: int64(l + bad), Value: v}
+					return &NonFiniteInputError{File: in.FileName(), Tensor: in.Tensor, Index: int64(l + bad), Value: v}
 				}
 			}
 			if !narrow {
@@ -93,6 +96,15 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 		return nil
 	})
 }
+
+type affineScratch struct {
+	acc64      []float64
+	acc32, buf []float32
+}
+
+var affinePool = sync.Pool{New: func() any {
+	return &affineScratch{acc64: make([]float64, affineBlock), acc32: make([]float32, affineBlock), buf: make([]float32, affineBlock)}
+}}
 
 // tensorValue decodes one element of a mapped input.
 func tensorValue(in *Input, i int) (float64, bool) {
@@ -121,7 +133,7 @@ func guardInputs(ins []*Input, fn func() error) error {
 			}
 			start := uintptr(unsafe.Pointer(&in.Data[0]))
 			if fe.Addr >= start-(1<<12) && fe.Addr < start+uintptr(len(in.Data))+(1<<12) {
-				fe.File = in.File
+				fe.File = in.FileName()
 				break
 			}
 		}

@@ -47,6 +47,48 @@ type Job struct {
 	MaxMemory int64
 	Report    *Report
 	opened    []*checkpoint.Model
+	baseOnly  map[string]bool // output tensors only the base has
+	nums      map[string]*numParam
+}
+
+// numParam is a Number parameter resolved for every model.
+type numParam struct {
+	model  []Setting // per model: its own, the global one or the default
+	global Setting   // the global value or the default
+	def    Setting
+}
+
+func (n *numParam) eval(s Setting, tensor string, depth float64) float64 {
+	if x, ok := s.Eval(tensor, depth); ok {
+		return x
+	}
+	x, _ := n.def.Eval(tensor, depth)
+	return x
+}
+
+// resolveNums resolves the plan's Number parameters once.
+func (j *Job) resolveNums() {
+	j.nums = map[string]*numParam{}
+	for name, prm := range j.Plan.schema {
+		if prm.Kind != Number {
+			continue
+		}
+		np := &numParam{global: j.Plan.Global(name).Num, def: prm.Default.Num}
+		if prm.Scope == PerModel {
+			for i := range j.Plan.Models {
+				np.model = append(np.model, j.Plan.ModelValue(i, name).Num)
+			}
+		}
+		j.nums[name] = np
+	}
+}
+
+// num returns a Number parameter's resolution.
+func (j *Job) num(name string) *numParam {
+	if np, ok := j.nums[name]; ok {
+		return np
+	}
+	panic(fmt.Sprintf("merge: method %s has no number parameter %q", j.Plan.Method, name))
 }
 
 // Note adds an informational line to the report.
@@ -86,14 +128,14 @@ type TensorJob struct {
 // ModelNum returns model i's value of a per-model Number parameter for
 // this tensor.
 func (t *TensorJob) ModelNum(i int, name string) float64 {
-	p := t.Job.Plan
-	return p.numAt(p.ModelValue(i, name), name, t.Name, t.Depth)
+	np := t.Job.num(name)
+	return np.eval(np.model[i], t.Name, t.Depth)
 }
 
 // Num returns a global Number parameter's value for this tensor.
 func (t *TensorJob) Num(name string) float64 {
-	p := t.Job.Plan
-	return p.numAt(p.Global(name), name, t.Name, t.Depth)
+	np := t.Job.num(name)
+	return np.eval(np.global, t.Name, t.Depth)
 }
 
 // Input is one input tensor of a merge: bytes of a mapped file (read only
@@ -101,7 +143,8 @@ func (t *TensorJob) Num(name string) float64 {
 // optionally read through a permutation of its axes, or float32 values in
 // memory.
 type Input struct {
-	// File is the file holding the tensor ("" for values in memory).
+	// File is the file holding the tensor ("" for values in memory, or
+	// until FileName looks it up).
 	File   string
 	Tensor string
 	DType  tensors.DType
@@ -113,6 +156,15 @@ type Input struct {
 	index          [][]int
 	allowNonFinite bool
 	model          *checkpoint.Model // for Prefetch/Release
+}
+
+// FileName returns the file holding the tensor.
+func (in *Input) FileName() string {
+	if in.File == "" && in.model != nil {
+		info, _ := in.model.Info(in.Tensor)
+		in.File = info.File
+	}
+	return in.File
 }
 
 // NumElements returns the number of elements.
@@ -154,7 +206,7 @@ func (in *Input) Decode(dst []float64, lo int) error {
 		}
 	} else {
 		fin := false
-		err := safetensors.Guard(in.File, in.Tensor, func() error {
+		err := safetensors.Guard("", in.Tensor, func() error {
 			if in.index != nil {
 				return in.gather(dst, lo)
 			}
@@ -167,10 +219,11 @@ func (in *Input) Decode(dst []float64, lo int) error {
 			return tensors.DecodeFloat64(dst, src, in.DType)
 		})
 		if err != nil {
-			if _, ok := err.(*safetensors.FaultError); ok {
-				return err
+			if fe, ok := err.(*safetensors.FaultError); ok {
+				fe.File = in.FileName()
+				return fe
 			}
-			return fmt.Errorf("%s: tensor %q: %w", in.File, in.Tensor, err)
+			return fmt.Errorf("%s: tensor %q: %w", in.FileName(), in.Tensor, err)
 		}
 		if fin {
 			return nil
@@ -179,7 +232,7 @@ func (in *Input) Decode(dst []float64, lo int) error {
 	if !in.allowNonFinite {
 		for k, x := range dst {
 			if math.Float64bits(x)&0x7ff0000000000000 == 0x7ff0000000000000 {
-				return &NonFiniteInputError{File: in.File, Tensor: in.Tensor, Index: int64(lo + k), Value: x}
+				return &NonFiniteInputError{File: in.FileName(), Tensor: in.Tensor, Index: int64(lo + k), Value: x}
 			}
 		}
 	}
@@ -446,5 +499,5 @@ func runWhole(ctx context.Context, k *Kernel, n int, dst []float32) error {
 
 // memJob returns a TensorJob over values in memory (the slice API).
 func memJob(name string, n int) *TensorJob {
-	return &TensorJob{Job: &Job{Report: &Report{}}, Name: name, Shape: []int64{int64(n)}, N: n, DType: tensors.F32}
+	return &TensorJob{Job: &Job{Report: &Report{}, Plan: &Plan{}}, Name: name, Shape: []int64{int64(n)}, N: n, DType: tensors.F32}
 }

@@ -116,6 +116,7 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 	for _, n := range j.Models[0].Names() {
 		j.NumLayers = max(j.NumLayers, LayerOf(n)+1)
 	}
+	j.resolveNums()
 	ok = true
 	return j, nil
 }
@@ -145,8 +146,8 @@ func (j *Job) WriteOptions(opts checkpoint.WriteOptions) (checkpoint.WriteOption
 // entries lists the output: the first model's tensors (floating ones in the
 // output dtype), then the base's tensors no model has (passed through).
 func (j *Job) entries() []safetensors.Entry {
-	var out []safetensors.Entry
 	first := j.Models[0]
+	out := make([]safetensors.Entry, 0, len(first.Names()))
 	for _, e := range first.Entries() {
 		if e.DType.IsFloat() && j.OutDType != 0 {
 			e.DType = j.OutDType
@@ -157,6 +158,10 @@ func (j *Job) entries() []safetensors.Entry {
 		for _, e := range j.Base.Entries() {
 			if !first.Has(e.Name) {
 				out = append(out, e)
+				if j.baseOnly == nil {
+					j.baseOnly = map[string]bool{}
+				}
+				j.baseOnly[e.Name] = true
 			}
 		}
 	}
@@ -169,9 +174,10 @@ func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.
 	if err != nil {
 		return nil, err
 	}
+	entries := j.entries()
 	opts.Chunks = func(e safetensors.Entry) checkpoint.ChunkFunc {
-		info, ok := j.Models[0].Info(e.Name)
-		if !ok || !info.DType.IsFloat() {
+		// the first model's floating tensors (entries keep non-float dtypes)
+		if !e.DType.IsFloat() || j.baseOnly[e.Name] {
 			return nil
 		}
 		s := &tensorState{j: j, mg: mg, e: e}
@@ -193,7 +199,7 @@ func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.
 		// a floating tensor with no elements
 		return &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: []byte{}}, nil, nil
 	}
-	return checkpoint.Write(ctx, out, j.entries(), produce, opts)
+	return checkpoint.Write(ctx, out, entries, produce, opts)
 }
 
 // tensorJob builds the TensorJob of an output entry.
@@ -228,12 +234,11 @@ func (j *Job) input(m *checkpoint.Model, name string) (*Input, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, _ := m.Info(name)
+	in := &Input{Tensor: name, DType: x.DType, Shape: x.Shape, Data: x.Data, allowNonFinite: j.Plan.AllowNonFinite, model: m}
 	if !x.DType.IsFloat() {
-		return nil, fmt.Errorf("%s: tensor %q is %s, not a floating type", info.File, name, x.DType)
+		return nil, fmt.Errorf("%s: tensor %q is %s, not a floating type", in.FileName(), name, x.DType)
 	}
-	return &Input{File: info.File, Tensor: name, DType: x.DType, Shape: x.Shape, Data: x.Data,
-		allowNonFinite: j.Plan.AllowNonFinite, model: m}, nil
+	return in, nil
 }
 
 // prefetchMin is the tensor size from which input pages are prefetched and

@@ -98,7 +98,7 @@ func (f *fisherMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error
 		for i, v := range in {
 			for k, x := range v {
 				if !(x >= 0) {
-					return fmt.Errorf("%s: tensor %q: Fisher value %g at element %d (must be finite and non-negative)", fs[i].File, t.Name, x, lo+k)
+					return fmt.Errorf("%s: tensor %q: Fisher value %g at element %d (must be finite and non-negative)", fs[i].FileName(), t.Name, x, lo+k)
 				}
 				s += x
 			}

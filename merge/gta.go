@@ -54,14 +54,19 @@ func (m gtaMethod) Check(p *Plan) error {
 }
 
 func (m gtaMethod) Start(_ context.Context, j *Job) (Merger, error) {
+	g := &gtaMerger{m: m, normalize: j.Plan.Global("normalize").Bool}
 	if m.sparsify == Random {
-		r, _ := parseRescale(j.Plan.Global("rescale").Text)
+		var err error
+		if g.rescale, err = parseRescale(j.Plan.Global("rescale").Text); err != nil {
+			return nil, err
+		}
+		g.seed = uint64(j.Plan.Global("seed").Int)
 		j.Note("DARE rescaling: %s", map[Rescale]string{
 			RescaleInverse: "kept entries divided by the density (the DARE paper's; unbiased)",
 			RescaleL1:      "kept entries scaled to keep the task vector's L1 norm (mergekit's)",
-			RescaleNone:    "none"}[r])
+			RescaleNone:    "none"}[g.rescale])
 	}
-	return gtaMerger{m}, nil
+	return g, nil
 }
 
 func parseRescale(s string) (Rescale, error) {
@@ -73,15 +78,19 @@ func parseRescale(s string) (Rescale, error) {
 	return 0, fmt.Errorf("rescale %q: want inverse, l1 or none", s)
 }
 
-type gtaMerger struct{ m gtaMethod }
+type gtaMerger struct {
+	m         gtaMethod
+	normalize bool
+	rescale   Rescale
+	seed      uint64
+}
 
 // Tensor: without sparsification or sign election (task arithmetic) an
 // affine combination (the fused kernel); otherwise the passes the
 // sparsification needs, then an elementwise kernel in float64. Memory:
 // TIES' selection holds at most gatherCap candidates and 2^18 counters per
 // goroutine and model; DARE one float64 per 4096 elements and model.
-func (g gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
-	p := t.Job.Plan
+func (g *gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
 	var idx []int // the task vectors' models: every model but the base
 	for i := range t.Models {
 		if i != t.Job.BaseIndex {
@@ -90,7 +99,7 @@ func (g gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
 	}
 	ws := t.weights(idx)
 	lambda := t.Num("lambda")
-	normalize := p.Global("normalize").Bool
+	normalize := g.normalize
 	if g.m.sparsify == NoSparsify && !g.m.consensus {
 		return taskArithmeticAffine(t, idx, ws, lambda, normalize), nil
 	}
@@ -101,11 +110,7 @@ func (g gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
 		}
 	}
 	if g.m.sparsify == Random {
-		var err error
-		if o.Rescale, err = parseRescale(p.Global("rescale").Text); err != nil {
-			return nil, err
-		}
-		o.Seed = uint64(p.Global("seed").Int)
+		o.Rescale, o.Seed = g.rescale, g.seed
 	}
 	var models []*Input
 	for _, i := range idx {

@@ -2,11 +2,11 @@ package merge
 
 import (
 	"context"
-	"syscall"
-	"time"
 	"math"
 	"math/rand/v2"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/wtool/wtool/tensors"
 )
@@ -48,7 +48,7 @@ func benchKernel(b *testing.B, sp Sparsify, consensus bool) {
 	}
 }
 
-func BenchmarkTIES(b *testing.B)     { benchKernel(b, Magnitude, true) }
+func BenchmarkTIES(b *testing.B)            { benchKernel(b, Magnitude, true) }
 func BenchmarkTaskVecNoSparse(b *testing.B) { benchKernel(b, NoSparsify, true) }
 func BenchmarkSelect(b *testing.B) {
 	const n = 1 << 22

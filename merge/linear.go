@@ -25,14 +25,16 @@ func (linearMethod) Check(p *Plan) error {
 	return nil
 }
 
-func (linearMethod) Start(context.Context, *Job) (Merger, error) { return linearMerger{}, nil }
+func (linearMethod) Start(_ context.Context, j *Job) (Merger, error) {
+	return linearMerger{normalize: j.Plan.Global("normalize").Bool}, nil
+}
 
-type linearMerger struct{}
+type linearMerger struct{ normalize bool }
 
 // Tensor is an affine combination: the fused kernel on the inputs' bytes.
 // Memory: a few 8k-element buffers per goroutine.
-func (linearMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error) {
-	ws, scale, err := linearScale(t.weights(allModels(len(t.Models))), t.Job.Plan.Global("normalize").Bool)
+func (l linearMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error) {
+	ws, scale, err := linearScale(t.weights(allModels(len(t.Models))), l.normalize)
 	if err != nil {
 		return nil, fmt.Errorf("linear: %w", err)
 	}

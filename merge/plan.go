@@ -31,6 +31,8 @@ type Plan struct {
 	// AllowNonFinite accepts NaN/Inf in the inputs and writes them in the
 	// result; otherwise either is an error.
 	AllowNonFinite bool
+
+	schema map[string]Param // the method's parameters, set by Validate
 }
 
 // Validate checks that the plan is complete and consistent: the method
@@ -55,6 +57,7 @@ func (p *Plan) validate() (Method, error) {
 	for _, prm := range m.Params() {
 		schema[prm.Name] = prm
 	}
+	p.schema = schema
 	supported := func() string {
 		names := slices.Sorted(maps.Keys(schema))
 		if len(names) == 0 {
@@ -113,6 +116,9 @@ func (p *Plan) validate() (Method, error) {
 
 // param returns the method's parameter of that name.
 func (p *Plan) param(name string) Param {
+	if prm, ok := p.schema[name]; ok {
+		return prm
+	}
 	m, err := Lookup(p.Method)
 	if err != nil {
 		panic(err)
@@ -161,16 +167,6 @@ func (p *Plan) ModelValue(i int, name string) Value {
 		return v
 	}
 	return p.Global(name)
-}
-
-// NumAt evaluates a Number parameter's setting for a tensor at a depth,
-// falling back to the parameter's default when no condition applies.
-func (p *Plan) numAt(v Value, name, tensor string, depth float64) float64 {
-	if x, ok := v.Num.Eval(tensor, depth); ok {
-		return x
-	}
-	x, _ := p.param(name).Default.Num.Eval(tensor, depth)
-	return x
 }
 
 // Inputs returns every file the plan reads: the models, the base and every

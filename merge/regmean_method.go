@@ -210,7 +210,8 @@ func (r *regmeanMerger) setup(t *TensorJob, m *regModule, mod string) error {
 		if s.Dim != m.in {
 			return fmt.Errorf("statistics have %d input features, the weight has %d", s.Dim, m.in)
 		}
-		w := j.Plan.numAt(j.Plan.ModelValue(i, "weight"), "weight", mod+".weight", depth)
+		np := j.num("weight")
+		w := np.eval(np.model[i], mod+".weight", depth)
 		g := make([]float64, d*d)
 		for a := range m.in {
 			for b := range m.in {

@@ -3,7 +3,7 @@ package merge
 import (
 	"fmt"
 	"math"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -106,25 +106,51 @@ func (s Setting) String() string {
 	return "[" + strings.Join(parts, " ") + "]"
 }
 
-var layerIndex = regexp.MustCompile(`(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.`)
-
 // MaxLayers bounds the layer index LayerOf accepts; a larger number in a
 // tensor name is not a layer index.
 const MaxLayers = 1 << 20
 
+// layerWords are the path components that precede a layer index.
+var layerWords = []string{"layers", "layer", "h", "blocks", "block"}
+
 // LayerOf returns the layer index in a tensor name such as
-// "model.layers.12.mlp.up_proj.weight", or -1 (also for an index of
-// MaxLayers or more).
+// "model.layers.12.mlp.up_proj.weight" (the first component "layers",
+// "layer", "h", "blocks" or "block" followed by a number and a dot), or -1
+// (also for an index of MaxLayers or more).
 func LayerOf(name string) int {
-	m := layerIndex.FindStringSubmatch(name)
-	if m == nil {
-		return -1
+	for start := 0; start < len(name); {
+		end := strings.IndexByte(name[start:], '.')
+		if end < 0 {
+			return -1
+		}
+		end += start
+		if slices.Contains(layerWords, name[start:end]) {
+			rest := name[end+1:]
+			dot := strings.IndexByte(rest, '.')
+			if dot > 0 {
+				if n, ok := layerNumber(rest[:dot]); ok {
+					return n
+				}
+			}
+		}
+		start = end + 1
 	}
-	n, err := strconv.Atoi(m[1])
-	if err != nil || n >= MaxLayers {
-		return -1
+	return -1
+}
+
+// layerNumber parses a decimal layer index below MaxLayers.
+func layerNumber(s string) (int, bool) {
+	n := 0
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = 10*n + int(c-'0')
+		if n >= MaxLayers {
+			return 0, false
+		}
 	}
-	return n
+	return n, true
 }
 
 // Depth returns the relative depth t mergekit gives a tensor: layer i of n

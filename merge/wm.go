@@ -40,7 +40,7 @@ func (wmMethod) Start(ctx context.Context, j *Job) (Merger, error) {
 		return nil, err
 	}
 	mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
-	w := &wmMerger{spec: spec}
+	w := &wmMerger{spec: spec, normalize: p.Global("normalize").Bool}
 	if len(j.Models) == 2 {
 		// the decoded-tensor cache of each model gets a quarter of the budget
 		a := permute.NewCheckpointSource(j.Models[0], j.MaxMemory/4)
@@ -70,14 +70,15 @@ func (wmMethod) Start(ctx context.Context, j *Job) (Merger, error) {
 }
 
 type wmMerger struct {
-	spec  *permute.Spec
-	perms []permute.Perms // per model
+	normalize bool
+	spec      *permute.Spec
+	perms     []permute.Perms // per model
 }
 
 // Tensor: the weighted average of the models read through their
 // permutations (gathered per block, never materialised).
 func (w *wmMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error) {
-	ws, scale, err := linearScale(t.weights(allModels(len(t.Models))), t.Job.Plan.Global("normalize").Bool)
+	ws, scale, err := linearScale(t.weights(allModels(len(t.Models))), w.normalize)
 	if err != nil {
 		return nil, fmt.Errorf("wm: %w", err)
 	}
