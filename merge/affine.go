@@ -44,6 +44,7 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 				}
 			}
 			l, h := lo+b, lo+min(b+affineBlock, n)
+			processed.Add(int64(h - l))
 			if fused {
 				if done, err := fuseBF16(ins, k.Coef, dst[2*b:], l, h); done || err != nil {
 					return err

@@ -25,6 +25,10 @@ const checkEvery = 1 << 20
 // runBlocks is how many consecutive blocks a pass worker takes at a time.
 const runBlocks = 64
 
+// processed counts the elements passes and kernels have processed (tests
+// check how much work happens after a cancellation).
+var processed atomic.Int64
+
 // Job is an opened merge: the plan, its models and what every tensor's
 // merge shares.
 type Job struct {
@@ -402,6 +406,7 @@ func (t *TensorJob) Pass(ctx context.Context, ins []*Input, fn func(w, lo int, i
 					fail(err)
 					return
 				}
+				processed.Add(int64(m))
 			}
 		}
 	}
@@ -471,6 +476,7 @@ func elementwise(ctx context.Context, k *Kernel, lo, n int, dt tensors.DType, ds
 		if err := s.decode(k.Inputs, lo+b, m); err != nil {
 			return err
 		}
+		processed.Add(int64(m))
 		if dst == nil {
 			k.Fn(lo+b, s.in, out64[b:b+m])
 			continue

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"time"
@@ -209,8 +210,12 @@ func (o *mergeOptions) plan(cmd *cobra.Command, args []string) (*merge.Plan, err
 			return nil, usageErrorf("%s cannot be combined with --config; set it in the configuration", strings.Join(set, ", "))
 		}
 		p, err := merge.ReadConfig(o.config)
-		if err != nil {
-			return nil, usageErrorf("%v", err)
+		var pathErr *fs.PathError
+		switch {
+		case errors.As(err, &pathErr):
+			return nil, err // the file could not be read
+		case err != nil:
+			return nil, usageErrorf("%v", err) // a bad configuration
 		}
 		return p, nil
 	}
