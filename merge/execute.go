@@ -31,6 +31,9 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 		return nil, err
 	}
 	defer j.close()
+	if testHookOpened != nil {
+		testHookOpened(j)
+	}
 	mg, err := m.Start(ctx, j)
 	if err != nil {
 		return nil, err
@@ -50,6 +53,9 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	j.Report.Output = written
 	return j.Report, nil
 }
+
+// testHookOpened, when set by a test, runs once the inputs are open.
+var testHookOpened func(*Job)
 
 func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 	j := &Job{Plan: p, Method: m, BaseIndex: -1, Report: &Report{Method: p.Method}, MaxMemory: opts.MaxMemory}

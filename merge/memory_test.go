@@ -155,3 +155,35 @@ func TestMergeMemoryBoundedAndCancellable(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncatedInput: an input truncated while it is mapped (after the
+// merge opened it) is an error naming the file and the tensor, for the
+// fused affine kernel, an elementwise kernel and a streaming pass, and
+// nothing is left behind.
+func TestTruncatedInput(t *testing.T) {
+	dir := t.TempDir()
+	for _, method := range []string{"linear", "slerp", "ties"} {
+		pa, pb, pbase := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors"), filepath.Join(dir, "base.safetensors")
+		bigModel(t, pa, 1000, 1000, 1)
+		bigModel(t, pb, 1000, 1000, 2)
+		bigModel(t, pbase, 1000, 1000, 3)
+		p := &Plan{Method: method, Models: []ModelInput{{Path: pa}, {Path: pb}}}
+		switch method {
+		case "slerp":
+			p.Params = Params{"t": Num(0.5)}
+		case "ties":
+			p.Base, p.Params = pbase, Params{"density": Num(0.5)}
+		}
+		testHookOpened = func(*Job) { os.Truncate(pb, 4096) }
+		out := filepath.Join(dir, "out.safetensors")
+		_, err := Execute(context.Background(), p, out, checkpoint.WriteOptions{})
+		testHookOpened = nil
+		var fe *safetensors.FaultError
+		if !errors.As(err, &fe) || fe.File != pb || fe.Tensor != "model.layers.0.mlp.w" {
+			t.Errorf("%s: %v (%#v), want a fault in %s", method, err, fe, pb)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%s: output left behind", method)
+		}
+	}
+}

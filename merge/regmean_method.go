@@ -249,7 +249,10 @@ func (r *regmeanMerger) setup(t *TensorJob, m *regModule, mod string) error {
 
 // rowBlock is how many output rows are solved together: about a million
 // values of the augmented weights per model.
-func (m *regModule) rowBlock() int { return max(1, min(m.out, (1<<20)/(m.in+1))) }
+func (m *regModule) rowBlock() int { return max(1, min(m.out, regmeanBlockValues/(m.in+1))) }
+
+// regmeanBlockValues bounds the augmented weights solved at a time, per model.
+var regmeanBlockValues = 1 << 20
 
 // solveBlock returns the merged augmented rows [r0, r1) (row-major, width
 // in+1 with a bias, else in).

@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/wtool/wtool/fisher"
+	"github.com/wtool/wtool/fisher/mlp"
+	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
+	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -308,4 +313,160 @@ func affineReference(t testing.TB, method string, in func(map[string][]float32, 
 		o32[e] = float32(v)
 	}
 	return f32bytes(o32)
+}
+
+const demoDir = "../testdata/demo"
+
+// TestStreamingAlignedFisherRegMean: wm reads the models through their
+// permutations block by block; the result is the old one (each tensor
+// permuted whole, then averaged) byte for byte. Fisher's floor comes from
+// sums taken block by block, RegMean solves fixed blocks of output rows
+// (forced down to one row each here): both equal the whole-tensor results
+// to float32 rounding.
+func TestStreamingAlignedFisherRegMean(t *testing.T) {
+	if _, err := os.Stat(demoDir + "/mlp-a"); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	ctx := context.Background()
+	a, b := demoDir+"/mlp-a", demoDir+"/mlp-b"
+	two := []ModelInput{{Path: a, Params: Params{"weight": Num(1)}}, {Path: b, Params: Params{"weight": Num(3)}}}
+	ma, _ := checkpoint.Open(a)
+	defer ma.Close()
+	mb, _ := checkpoint.Open(b)
+	defer mb.Close()
+	floats := func(m *checkpoint.Model, name string) []float32 {
+		x, err := m.Tensor(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := x.Float32()
+		return v
+	}
+
+	// wm
+	out := filepath.Join(dir, "wm.safetensors")
+	if _, err := Execute(ctx, &Plan{Method: "wm", Models: two}, out, checkpoint.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := permute.BuiltinSpec("auto", ma, nil)
+	res, err := permute.WeightMatching(ctx, spec, permute.NewCheckpointSource(ma, 0), permute.NewCheckpointSource(mb, 0), permute.MatchOptions{Restarts: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range ma.Names() {
+		tb, _ := mb.Tensor(name)
+		pb, err := spec.Apply(tb, res.Perms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vb, _ := pb.Float32()
+		want := encode64(t, legacyLinear([][]float32{floats(ma, name), vb}, []float64{1, 3}, true), tensors.F32)
+		if got, dt := readRaw(t, out, name); string(got) != string(want) {
+			t.Errorf("wm %s: %s", name, firstDiff(t, got, want, dt))
+		}
+	}
+
+	// fisher, with random Fisher files (some entries zero)
+	r := rand.New(rand.NewPCG(3, 4))
+	fishers := map[string][][]float32{}
+	var fpaths []string
+	for i, m := range []*checkpoint.Model{ma, mb} {
+		var ts []*tensors.Tensor
+		for _, name := range m.Names() {
+			info, _ := m.Info(name)
+			n, _ := tensors.NumElements(info.Shape)
+			v := make([]float32, n)
+			for k := range v {
+				if r.IntN(4) > 0 {
+					v[k] = float32(r.ExpFloat64())
+				}
+			}
+			fishers[name] = append(fishers[name], v)
+			x, _ := tensors.FromFloat32(name, tensors.F32, info.Shape, v)
+			ts = append(ts, x)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("f%d.safetensors", i))
+		if err := fisher.Write(ctx, p, ts, fisher.Meta{}, checkpoint.WriteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		fpaths = append(fpaths, p)
+	}
+	out = filepath.Join(dir, "fisher.safetensors")
+	fm := []ModelInput{{Path: a, Params: Params{"fisher": Text(fpaths[0]), "weight": Num(1)}}, {Path: b, Params: Params{"fisher": Text(fpaths[1]), "weight": Num(2)}}}
+	if _, err := Execute(ctx, &Plan{Method: "fisher", Models: fm}, out, checkpoint.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range ma.Names() {
+		want := legacyFisher([][]float32{floats(ma, name), floats(mb, name)}, fishers[name], []float64{1, 2})
+		got := read(t, out, name)
+		for i := range want {
+			if math.Abs(float64(got[i])-want[i]) > 1.2e-7*math.Abs(want[i])+1e-30 {
+				t.Fatalf("fisher %s element %d: %v, whole-tensor %v", name, i, got[i], want[i])
+			}
+		}
+	}
+
+	// regmean, one output row per solve
+	defer func(v int) { regmeanBlockValues = v }(regmeanBlockValues)
+	regmeanBlockValues = 1
+	out = filepath.Join(dir, "regmean.safetensors")
+	calib := demoDir + "/digits_train.safetensors"
+	if _, err := Execute(ctx, &Plan{Method: "regmean", Models: two, Params: Params{"calib": Text(calib)}}, out, checkpoint.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := mlp.OpenInputs(calib, "")
+	defer in.Close()
+	var sts []*stats.Stats
+	for _, m := range []*checkpoint.Model{ma, mb} {
+		n, _ := mlp.Load(m, nil, mlp.ReLU)
+		s, err := mlp.CollectStats(ctx, []*mlp.Network{n}, in, mlp.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sts = append(sts, s)
+	}
+	for _, mod := range []string{"fc1", "fc2", "fc5"} {
+		info, _ := ma.Info(mod + ".weight")
+		o, d := int(info.Shape[0]), int(info.Shape[1])
+		var ws, gs [][]float64
+		for i, m := range []*checkpoint.Model{ma, mb} {
+			w, bias := floats(m, mod+".weight"), floats(m, mod+".bias")
+			st := sts[i].Module(mod)
+			wa := make([]float64, o*(d+1))
+			ga := make([]float64, (d+1)*(d+1))
+			wt := []float64{1, 3}[i]
+			for r := range o {
+				for c := range d {
+					wa[r*(d+1)+c] = float64(w[r*d+c])
+				}
+				wa[r*(d+1)+d] = float64(bias[r])
+			}
+			for x := range d {
+				for y := range d {
+					ga[x*(d+1)+y] = wt * st.Gram[x*d+y]
+				}
+				ga[x*(d+1)+d], ga[d*(d+1)+x] = wt*st.Sum[x], wt*st.Sum[x]
+			}
+			ga[d*(d+1)+d] = wt * float64(st.Count)
+			ws, gs = append(ws, wa), append(gs, ga)
+		}
+		sol, err := RegMean(ws, gs, o, d+1, 1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw, gb := read(t, out, mod+".weight"), read(t, out, mod+".bias")
+		for r := range o {
+			for c := range d + 1 {
+				want := sol[r*(d+1)+c]
+				got := float64(gb[r])
+				if c < d {
+					got = float64(gw[r*d+c])
+				}
+				if math.Abs(got-want) > 1e-6*(1+math.Abs(want)) {
+					t.Fatalf("regmean %s row %d column %d: %v, whole-layer solve %v", mod, r, c, got, want)
+				}
+			}
+		}
+	}
 }
