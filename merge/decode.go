@@ -18,53 +18,42 @@ func decodeFast(dst []float64, src []byte, dt tensors.DType) (finite, ok bool) {
 			return false, len(dst) == 0
 		}
 		s = s[:len(dst)]
+		// (h & exp) + lowest exponent bit carries into bit 15 exactly when
+		// the exponent is all ones (NaN, Inf)
+		var acc uint32
 		for i, h := range s {
-			dst[i] = float64(math.Float32frombits(uint32(h) << 16))
+			u := uint32(h)
+			acc |= u&0x7f80 + 0x80
+			dst[i] = float64(math.Float32frombits(u << 16))
 		}
-		return !hasAllOnes16(s, 0x7f80), true
+		return acc&0x8000 == 0, true
 	case tensors.F32:
 		s := u32(src)
 		if s == nil || len(s) < len(dst) {
 			return false, len(dst) == 0
 		}
 		s = s[:len(dst)]
-		fin := true
+		var acc uint64
 		for i, u := range s {
-			fin = fin && u&0x7f800000 != 0x7f800000
+			acc |= uint64(u&0x7f800000) + 0x800000
 			dst[i] = float64(math.Float32frombits(u))
 		}
-		return fin, true
+		return acc&(1<<31) == 0, true
 	case tensors.F16:
 		s := u16(src)
 		if s == nil || len(s) < len(dst) {
 			return false, len(dst) == 0
 		}
 		s = s[:len(dst)]
+		var acc uint32
 		for i, h := range s {
+			u := uint32(h)
+			acc |= u&0x7c00 + 0x400
 			dst[i] = float64(tensors.F16ToFloat32(h))
 		}
-		return !hasAllOnes16(s, 0x7c00), true
+		return acc&0x8000 == 0, true
 	}
 	return false, false
-}
-
-// hasAllOnes16 reports whether any value has all the mask's bits set (an
-// exponent of all ones: NaN or Inf).
-func hasAllOnes16(s []uint16, mask uint16) bool {
-	var any uint16
-	for _, h := range s {
-		// zero iff every mask bit is set
-		v := ^h & mask
-		any |= b2u16(v == 0)
-	}
-	return any != 0
-}
-
-func b2u16(b bool) uint16 {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // u32 views little-endian bytes as uint32 values when they are 4-byte

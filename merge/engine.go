@@ -345,10 +345,14 @@ func getScratch(n int) *scratch {
 	return s
 }
 
-// decode fills s.in[i] with elements [lo, lo+m) of each input.
+// decode fills s.in[i] with elements [lo, lo+m) of each input (nil inputs
+// are skipped: nothing reads them).
 func (s *scratch) decode(ins []*Input, lo, m int) error {
 	for i, in := range ins {
 		s.in[i] = s.bufs[i][:m]
+		if in == nil {
+			continue
+		}
 		if err := in.Decode(s.in[i], lo); err != nil {
 			return err
 		}

@@ -70,7 +70,7 @@ func BenchmarkSelect(b *testing.B) {
 				}
 			})
 		}
-		if err := selectTop(context.Background(), t, ins, sels, fns); err != nil {
+		if err := selectTop(context.Background(), t, ins, [][]int{{0, 2}, {1, 2}}, sels, fns); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -169,5 +169,23 @@ func BenchmarkCalibrateSum(b *testing.B) {
 			s3 += x[i+3]
 		}
 		sinkF = s0 + s1 + s2 + s3
+	}
+}
+
+func TestDecodeFastFinite(t *testing.T) {
+	for _, c := range []struct {
+		dt   tensors.DType
+		v    float32
+		fine bool
+	}{{tensors.BF16, 1, true}, {tensors.BF16, float32(math.Inf(-1)), false}, {tensors.BF16, float32(math.NaN()), false},
+		{tensors.BF16, 3e38, true}, {tensors.F16, 65504, true}, {tensors.F16, float32(math.Inf(1)), false},
+		{tensors.F32, 3.4e38, true}, {tensors.F32, float32(math.NaN()), false}, {tensors.F32, -0, true}} {
+		v := []float32{1, 2, c.v, 4}
+		x, _ := tensors.FromFloat32("", c.dt, []int64{4}, v)
+		dst := make([]float64, 4)
+		fin, ok := decodeFast(dst, x.Data, c.dt)
+		if !ok || fin != c.fine {
+			t.Errorf("%s %v: finite %v ok %v", c.dt, c.v, fin, ok)
+		}
 	}
 }

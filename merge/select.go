@@ -328,8 +328,10 @@ func kthSmallestInt(v []int, k int) int {
 
 // selectTop runs the selections sels (one per key function) over a tensor:
 // keyFns[i](in, keys) computes selection i's keys of one block from the
-// decoded inputs ins. It returns when every selection is done.
-func selectTop(ctx context.Context, t *TensorJob, ins []*Input, sels []*selection, keyFns []func(in [][]float64, keys []uint64)) error {
+// decoded inputs ins; uses[i] lists the inputs it reads (a pass decodes
+// only the inputs of unfinished selections). It returns when every
+// selection is done.
+func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, sels []*selection, keyFns []func(in [][]float64, keys []uint64)) error {
 	workers := t.Workers()
 	keyBufs := make([][]uint64, workers)
 	for {
@@ -343,7 +345,20 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, sels []*selectio
 		if len(active) == 0 {
 			return nil
 		}
-		err := t.Pass(ctx, ins, func(w, lo int, in [][]float64) error {
+		// the inputs this pass decodes; the others are given as nil
+		need := make([]bool, len(ins))
+		for _, i := range active {
+			for _, k := range uses[i] {
+				need[k] = true
+			}
+		}
+		pass := make([]*Input, len(ins))
+		for k, in := range ins {
+			if need[k] {
+				pass[k] = in
+			}
+		}
+		err := t.Pass(ctx, pass, func(w, lo int, in [][]float64) error {
 			if keyBufs[w] == nil {
 				keyBufs[w] = make([]uint64, BlockSize)
 			}

@@ -127,6 +127,7 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		var sels []*selection
 		var fns []func(in [][]float64, keys []uint64)
 		var which []int
+		var uses [][]int
 		for i := range n {
 			if !sparse[i] {
 				continue
@@ -134,6 +135,7 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 			s := newSelection(int(o.Densities[i]*float64(t.N)), t.N)
 			sels = append(sels, s)
 			which = append(which, i)
+			uses = append(uses, []int{i, n})
 			fns = append(fns, func(in [][]float64, keys []uint64) {
 				x, b := in[i], in[n]
 				for e := range keys {
@@ -141,7 +143,7 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 				}
 			})
 		}
-		if err := selectTop(ctx, t, ins, sels, fns); err != nil {
+		if err := selectTop(ctx, t, ins, uses, sels, fns); err != nil {
 			return nil, err
 		}
 		for s, i := range which {
@@ -298,6 +300,10 @@ func keepRandom(d, x, b []float64, key uint64, lo int, density float64, r Rescal
 // of their weights (a zero sum counts as 1), added to the base.
 func consensus(out []float64, d [][]float64, b, w []float64, normalize bool, lambda float64) {
 	n := len(d)
+	if n == 2 {
+		consensus2(out, d[0], d[1], b, w[0], w[1], normalize, lambda)
+		return
+	}
 	for k := range out {
 		var total float64
 		for i := range n {
@@ -314,6 +320,30 @@ func consensus(out []float64, d [][]float64, b, w []float64, normalize bool, lam
 		if divisor == 0 {
 			divisor = 1
 		}
+		if normalize {
+			mixed /= divisor
+		}
+		out[k] = b[k] + lambda*mixed
+	}
+}
+
+// one is the bits of 1.0.
+const one = 0x3ff0000000000000
+
+// consensus2 is consensus for two models.
+func consensus2(out, d0, d1, b []float64, w0, w1 float64, normalize bool, lambda float64) {
+	d0, d1, b = d0[:len(out)], d1[:len(out)], b[:len(out)]
+	wb0, wb1 := math.Float64bits(w0), math.Float64bits(w1)
+	for k := range out {
+		x, y := d0[k], d1[k]
+		neg := b2u(x+y < 0)
+		u, v := math.Float64bits(x), math.Float64bits(y)
+		mu := -(b2u(u<<1 != 0) & b2u(u>>63 == neg))
+		mv := -(b2u(v<<1 != 0) & b2u(v>>63 == neg))
+		mixed := 0 + math.Float64frombits(u&mu) + math.Float64frombits(v&mv)
+		divisor := 0 + math.Float64frombits(wb0&mu) + math.Float64frombits(wb1&mv)
+		// a zero divisor (never -0: the sum starts at +0) counts as 1
+		divisor = math.Float64frombits(math.Float64bits(divisor) | -b2u(divisor == 0)&one)
 		if normalize {
 			mixed /= divisor
 		}
