@@ -377,9 +377,15 @@ func (t *TensorJob) Workers() int {
 // in no particular order. The first error (from fn, from decoding, or the
 // context's) stops the pass.
 func (t *TensorJob) Pass(ctx context.Context, ins []*Input, fn func(w, lo int, in [][]float64) error) error {
+	return t.pass(ctx, ins, 1, fn)
+}
+
+// pass visits every stride-th block (a sample of the tensor when stride >
+// 1).
+func (t *TensorJob) pass(ctx context.Context, ins []*Input, stride int, fn func(w, lo int, in [][]float64) error) error {
 	n := t.N
 	workers := t.Workers()
-	run := runBlocks * BlockSize
+	run := runBlocks * BlockSize * stride
 	var next atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -400,7 +406,7 @@ func (t *TensorJob) Pass(ctx context.Context, ins []*Input, fn func(w, lo int, i
 				fail(err)
 				return
 			}
-			for lo := start; lo < min(start+run, n); lo += BlockSize {
+			for lo := start; lo < min(start+run, n); lo += BlockSize * stride {
 				m := min(BlockSize, n-lo)
 				if err := s.decode(ins, lo, m); err != nil {
 					fail(err)

@@ -127,7 +127,7 @@ func TestMergeMemoryBoundedAndCancellable(t *testing.T) {
 	// Ctrl-C: cancelled in a pass and in the final kernel, the merge stops
 	// after at most a million elements per goroutine (each loop checks its
 	// context every 2^20 elements) and leaves nothing behind.
-	for _, at := range []int64{20e6, 120e6} {
+	for _, at := range []int64{20e6, 80e6} {
 		ctx, cancel := context.WithCancel(context.Background())
 		start := processed.Load()
 		var after atomic.Int64

@@ -287,3 +287,39 @@ func ExampleTaskVectors() {
 	fmt.Println(out)
 	// Output: [3 5 0 -4]
 }
+
+// TestTopMagnitudeSampling: the sampling route of the top-k selection and
+// its fallback (a sample that misleads: every sampled block holds small
+// values) both give the old implementation's exact result.
+func TestTopMagnitudeSampling(t *testing.T) {
+	defer func(c int) { gatherCap = c }(gatherCap)
+	gatherCap = 200000 // below the 2.6M elements: no direct gather
+	const n = sampleEvery * BlockSize * 40
+	r := rand.New(rand.NewPCG(9, 9))
+	base := make([]float32, n)
+	for _, misleading := range []bool{false, true} {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(r.NormFloat64())
+			if misleading && (i/BlockSize)%sampleEvery == 0 {
+				x[i] *= 1e-3
+			}
+		}
+		hits, misses := sampleHits.Load(), sampleMisses.Load()
+		o := TaskVectorOptions{Weights: []float64{1}, Densities: []float64{0.37}, Sparsify: Magnitude}
+		got := make([]float32, n)
+		if err := TaskVectors(got, base, [][]float32{x}, o); err != nil {
+			t.Fatal(err)
+		}
+		want := legacyTaskVectors(base, [][]float32{x}, o, nil)
+		for i := range got {
+			if got[i] != float32(want[i]) {
+				t.Fatalf("misleading %v: element %d = %v, legacy %v", misleading, i, got[i], want[i])
+			}
+		}
+		h, m := sampleHits.Load()-hits, sampleMisses.Load()-misses
+		if misleading && m != 1 || !misleading && h != 1 {
+			t.Errorf("misleading %v: %d sample hits, %d misses", misleading, h, m)
+		}
+	}
+}

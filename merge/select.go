@@ -5,6 +5,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Exact top-k selection in bounded memory.
@@ -13,14 +14,23 @@ import (
 // needs, per tensor, the k-th largest of n keys computed on the fly from
 // the inputs (|x - base| as float64 bits: non-negative floats order like
 // their bits). Sorting a copy needs n keys in memory; instead, streaming
-// passes narrow the candidates: a histogram pass over the next digit of
+// passes narrow the candidates.
+//
+// A large tensor is first sampled (a histogram of every sampleEvery-th
+// block, a sixteenth of the data), which predicts a narrow range of keys
+// around the threshold; one full pass then counts the keys above the range
+// and gathers those in it. If the threshold is in the range (it nearly
+// always is: the range is the estimate plus six standard errors) it is
+// selected in memory from the gathered keys: a large tensor costs 1/16 of a
+// pass more than the merge itself. Otherwise, and for tensors too small to
+// sample, radix passes take over: a histogram pass over the next digit of
 // the keys' bits keeps only the bucket that holds the k-th largest, until
-// the candidates fit a gather buffer (then they are selected in memory) or
-// all equal one value. Ties at the threshold are kept in index order (the
-// first ones), which needs one more counting pass when the ties were not
-// gathered. Memory: the histograms (2^18 counters per goroutine) and at most
-// gatherCap (key, index) pairs, whatever n is; typically three passes for a
-// large tensor (histogram, gather, and the merge itself).
+// the candidates fit the gather buffer (then they are selected in memory)
+// or all equal one value. Ties at the threshold are kept in index order
+// (the first ones), which needs one more counting pass when the ties were
+// not gathered. The result is exact whatever the sample. Memory: the
+// histograms (2^20 32-bit or 2^18 64-bit counters per goroutine) and at
+// most gatherCap (key, index) pairs, whatever n is.
 
 // Threshold is the result of a top-k selection: an element with key v at
 // index e is among the k largest when v > Key, or v == Key and e <= Cutoff.
@@ -44,6 +54,12 @@ var gatherCap = 1 << 21
 const (
 	firstDigit = 18 // bits of the first histogram (keys have 63 significant bits)
 	laterDigit = 16
+	// sampleEvery is the stride, in blocks, of the sample pass.
+	sampleEvery = 16
+	// sampleDigit is the bits of the sample's histogram (uint32 counters).
+	sampleDigit = 20
+	// minSample is the smallest sample (in elements) worth taking.
+	minSample = 1 << 16
 )
 
 // selection is the search state of one top-k selection.
@@ -58,10 +74,20 @@ type selection struct {
 	done   bool
 	res    Threshold
 
+	// the sampling route: after the sample pass, a range pass gathers the
+	// keys in [rLo, rHi] and counts those above
+	sampled  bool
+	ranged   bool
+	rLo, rHi uint64
+	rAbove   []int
+	rCount   []int
+	stored   atomic.Int64
+
 	// pass state
-	op      int // opHist, opGather, opTies
+	op      int // opHist, opGather, opTies, opSample, opRange
 	bits    uint
 	hist    [][]uint64 // per worker
+	shist   [][]uint32 // per worker, the sample's
 	lo, hi  []uint64   // per worker: smallest and largest candidate
 	seen    []bool
 	gath    [][]keyIndex // per worker
@@ -77,6 +103,8 @@ const (
 	opHist = iota
 	opGather
 	opTies
+	opSample
+	opRange
 )
 
 var histPool = sync.Pool{}
@@ -88,6 +116,20 @@ func getHist(n int) []uint64 {
 		return s
 	}
 	return make([]uint64, n)
+}
+
+var hist32Pool = sync.Pool{}
+
+// sampleHits and sampleMisses count the sampling route's outcomes (tests).
+var sampleHits, sampleMisses atomic.Int64
+
+func getHist32(n int) []uint32 {
+	if h, ok := hist32Pool.Get().(*[]uint32); ok && cap(*h) >= n {
+		s := (*h)[:n]
+		clear(s)
+		return s
+	}
+	return make([]uint32, n)
 }
 
 func newSelection(k, n int) *selection {
@@ -112,6 +154,16 @@ func (s *selection) plan(workers, n int) {
 	case s.known:
 		s.op = opTies
 		s.tieCnts = make([]int32, (n+BlockSize-1)/BlockSize)
+	case s.ranged:
+		s.op = opRange
+		s.gath = make([][]keyIndex, workers)
+		s.rAbove = make([]int, workers)
+		s.rCount = make([]int, workers)
+		s.stored.Store(0)
+	case !s.sampled && s.count == n && n > gatherCap && n/sampleEvery >= minSample:
+		s.op = opSample
+		s.bits = sampleDigit
+		s.shist = make([][]uint32, workers)
 	case s.count <= gatherCap:
 		s.op = opGather
 		s.gath = make([][]keyIndex, workers)
@@ -132,6 +184,34 @@ func (s *selection) plan(workers, n int) {
 // visit processes the keys of one block (element lo + i has key keys[i]).
 func (s *selection) visit(w, lo int, keys []uint64) {
 	switch s.op {
+	case opSample:
+		if (lo/BlockSize)%sampleEvery != 0 {
+			return
+		}
+		h := s.shist[w]
+		if h == nil {
+			h = getHist32(1 << s.bits)
+			s.shist[w] = h
+		}
+		low := 63 - s.bits
+		for _, key := range keys {
+			h[key>>low]++
+		}
+	case opRange:
+		g := s.gath[w]
+		var above, count int
+		for i, key := range keys {
+			above += int(b2u(key > s.rHi))
+			if key >= s.rLo && key <= s.rHi {
+				count++
+				if s.stored.Add(1) <= int64(gatherCap) {
+					g = append(g, keyIndex{key, lo + i})
+				}
+			}
+		}
+		s.gath[w] = g
+		s.rAbove[w] += above
+		s.rCount[w] += count
 	case opHist:
 		h := s.hist[w]
 		if h == nil {
@@ -175,6 +255,64 @@ func (s *selection) visit(w, lo int, keys []uint64) {
 // pass, the index of the need-th tie (1-based) within one block.
 func (s *selection) finishPass(n int, tieIndex func(block, need int) (int, error)) error {
 	switch s.op {
+	case opSample:
+		s.sampled = true
+		size := 1 << s.bits
+		total := getHist(size)
+		for _, h := range s.shist {
+			if h != nil {
+				for d, c := range h {
+					total[d] += uint64(c)
+				}
+				hist32Pool.Put(&h)
+			}
+		}
+		s.shist = nil
+		var m uint64
+		for _, c := range total {
+			m += c
+		}
+		// the sample's ranks (from the top) around the threshold's
+		p := float64(s.k) / float64(n)
+		r := p * float64(m)
+		delta := 6*math.Sqrt(float64(m)*p*(1-p)) + 32
+		lo, hi := r-delta, r+delta
+		low := 63 - s.bits
+		s.rLo, s.rHi = 0, math.MaxUint64
+		var cum float64
+		hiSet := false
+		for d := size - 1; d >= 0; d-- {
+			c := float64(total[d])
+			if !hiSet && cum+c > lo && lo > 0 {
+				s.rHi, hiSet = uint64(d+1)<<low-1, true
+			}
+			cum += c
+			if cum >= hi {
+				s.rLo = uint64(d) << low
+				break
+			}
+		}
+		histPool.Put(&total)
+		s.ranged = true
+	case opRange:
+		s.ranged = false
+		above, count := 0, 0
+		for w := range s.rAbove {
+			above += s.rAbove[w]
+			count += s.rCount[w]
+		}
+		var all []keyIndex
+		for _, g := range s.gath {
+			all = append(all, g...)
+		}
+		s.gath, s.rAbove, s.rCount = nil, nil, nil
+		if above >= s.k || above+count < s.k || len(all) != count {
+			sampleMisses.Add(1)
+			return nil // the threshold is outside the range: radix passes from the start
+		}
+		sampleHits.Add(1)
+		s.above = above
+		return s.selectGathered(n, all)
 	case opHist:
 		size := 1 << s.bits
 		total := s.hist[0]
@@ -226,24 +364,7 @@ func (s *selection) finishPass(n int, tieIndex func(block, need int) (int, error
 			all = append(all, g...)
 		}
 		s.gath = nil
-		keys := make([]uint64, len(all))
-		for i, ki := range all {
-			keys[i] = ki.key
-		}
-		s.thr = kthLargestKey(keys, s.k-s.above)
-		s.known = true
-		var ties []int
-		above := s.above
-		for _, ki := range all {
-			switch {
-			case ki.key > s.thr:
-				above++
-			case ki.key == s.thr:
-				ties = append(ties, ki.idx)
-			}
-		}
-		s.above = above
-		return s.settle(n, len(ties), ties)
+		return s.selectGathered(n, all)
 	case opTies:
 		need := s.k - s.above
 		for b, c := range s.tieCnts {
@@ -358,7 +479,13 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 				pass[k] = in
 			}
 		}
-		err := t.Pass(ctx, pass, func(w, lo int, in [][]float64) error {
+		stride := sampleEvery
+		for _, i := range active {
+			if sels[i].op != opSample {
+				stride = 1
+			}
+		}
+		err := t.pass(ctx, pass, stride, func(w, lo int, in [][]float64) error {
 			if keyBufs[w] == nil {
 				keyBufs[w] = make([]uint64, BlockSize)
 			}
@@ -398,4 +525,27 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 			}
 		}
 	}
+}
+
+// selectGathered finishes with every candidate gathered (s.above counts
+// the keys above them).
+func (s *selection) selectGathered(n int, all []keyIndex) error {
+	keys := make([]uint64, len(all))
+	for i, ki := range all {
+		keys[i] = ki.key
+	}
+	s.thr = kthLargestKey(keys, s.k-s.above)
+	s.known = true
+	var ties []int
+	above := s.above
+	for _, ki := range all {
+		switch {
+		case ki.key > s.thr:
+			above++
+		case ki.key == s.thr:
+			ties = append(ties, ki.idx)
+		}
+	}
+	s.above = above
+	return s.settle(n, len(ties), ties)
 }
