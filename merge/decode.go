@@ -11,13 +11,22 @@ import (
 // whether every value is finite; ok is false for other dtypes or unaligned
 // data (the caller uses the general decoder).
 func decodeFast(dst []float64, src []byte, dt tensors.DType) (finite, ok bool) {
+	if len(dst) == 0 {
+		return true, true
+	}
 	switch dt {
 	case tensors.BF16:
 		s := u16(src)
 		if s == nil || len(s) < len(dst) {
-			return false, len(dst) == 0
+			return false, false
 		}
 		s = s[:len(dst)]
+		if haveAVX512 && len(s) >= 16 {
+			n := len(s) &^ 15
+			bad := decodeBF16x512(&dst[0], &s[0], n)
+			fin, _ := decodeFast(dst[n:], src[2*n:], dt)
+			return bad == 0 && fin, true
+		}
 		// (h & exp) + lowest exponent bit carries into bit 15 exactly when
 		// the exponent is all ones (NaN, Inf)
 		var acc uint32
@@ -30,9 +39,15 @@ func decodeFast(dst []float64, src []byte, dt tensors.DType) (finite, ok bool) {
 	case tensors.F32:
 		s := u32(src)
 		if s == nil || len(s) < len(dst) {
-			return false, len(dst) == 0
+			return false, false
 		}
 		s = s[:len(dst)]
+		if haveAVX512 && len(s) >= 16 {
+			n := len(s) &^ 15
+			bad := decodeF32x512(&dst[0], &s[0], n)
+			fin, _ := decodeFast(dst[n:], src[4*n:], dt)
+			return bad == 0 && fin, true
+		}
 		var acc uint64
 		for i, u := range s {
 			acc |= uint64(u&0x7f800000) + 0x800000
@@ -42,7 +57,7 @@ func decodeFast(dst []float64, src []byte, dt tensors.DType) (finite, ok bool) {
 	case tensors.F16:
 		s := u16(src)
 		if s == nil || len(s) < len(dst) {
-			return false, len(dst) == 0
+			return false, false
 		}
 		s = s[:len(dst)]
 		var acc uint32

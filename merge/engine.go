@@ -493,7 +493,7 @@ func elementwise(ctx context.Context, k *Kernel, lo, n int, dt tensors.DType, ds
 		}
 		out := s.out[:m]
 		k.Fn(lo+b, s.in, out)
-		if err := tensors.EncodeFloat64(dst[b*es:(b+m)*es], out, dt); err != nil {
+		if err := encode64(dst[b*es:(b+m)*es], out, dt); err != nil {
 			return err
 		}
 	}

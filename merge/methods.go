@@ -139,10 +139,7 @@ func slerpKernel(ctx context.Context, t *TensorJob, a, b *Input, tt float64) (*K
 	}
 	s0, s1 := slerpFactors(sums[0], sums[1], sums[2], tt)
 	return &Kernel{Inputs: ins, Fn: func(_ int, in [][]float64, out []float64) {
-		x, y := in[0], in[1][:len(in[0])]
-		for i := range out {
-			out[i] = s0*x[i] + s1*y[i]
-		}
+		lerp(out, in[0], in[1], s0, s1)
 	}}, nil
 }
 

@@ -50,8 +50,8 @@ func readRaw(t testing.TB, path, name string) ([]byte, tensors.DType) {
 	return append([]byte(nil), x.Data...), x.DType
 }
 
-// encode64 rounds float64 values once to dt.
-func encode64(t testing.TB, v []float64, dt tensors.DType) []byte {
+// encodeOnce rounds float64 values once to dt (tensors.EncodeFloat64).
+func encodeOnce(t testing.TB, v []float64, dt tensors.DType) []byte {
 	b := make([]byte, len(v)*dt.Bits()/8)
 	if err := tensors.EncodeFloat64(b, v, dt); err != nil {
 		t.Fatal(err)
@@ -185,7 +185,7 @@ func TestStreamingEqualsWholeTensor(t *testing.T) {
 				want, ok := c.want(name)
 				var wantBytes []byte
 				if ok {
-					wantBytes = encode64(t, want, odt)
+					wantBytes = encodeOnce(t, want, odt)
 				} else {
 					wantBytes = affineReference(t, c.method, in, name, va, vb, vc, vbase, w, 0.5, odt)
 				}
@@ -361,7 +361,7 @@ func TestStreamingAlignedFisherRegMean(t *testing.T) {
 			t.Fatal(err)
 		}
 		vb, _ := pb.Float32()
-		want := encode64(t, legacyLinear([][]float32{floats(ma, name), vb}, []float64{1, 3}, true), tensors.F32)
+		want := encodeOnce(t, legacyLinear([][]float32{floats(ma, name), vb}, []float64{1, 3}, true), tensors.F32)
 		if got, dt := readRaw(t, out, name); string(got) != string(want) {
 			t.Errorf("wm %s: %s", name, firstDiff(t, got, want, dt))
 		}

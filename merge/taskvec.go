@@ -235,6 +235,8 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		switch {
 		case o.Consensus:
 			consensus(out, d, b, w, o.Normalize, lambda)
+		case n == 2:
+			linear2(out, d[0], d[1], b, divisor, o.Normalize, lambda)
 		default:
 			for k := range out {
 				var mixed float64
@@ -249,104 +251,4 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		}
 	}
 	return &Kernel{Inputs: ins, Fn: fn}, nil
-}
-
-// mask64 is all ones when b, else zero (a branch-free select).
-func mask64(b bool) uint64 { return -b2u(b) }
-
-// b2u is 1 for true, 0 for false, without a jump.
-func b2u(b bool) uint64 {
-	var x uint64
-	if b {
-		x = 1
-	}
-	return x
-}
-
-// keepMagnitude writes w (x - b), or +0 where |x - b| is not among the top
-// (see Threshold), for elements lo, lo+1, ...
-func keepMagnitude(d, x, b []float64, t Threshold, lo int, w float64) {
-	x, b = x[:len(d)], b[:len(d)]
-	for k := range d {
-		v := x[k] - b[k]
-		u := math.Float64bits(v)
-		key := u &^ (1 << 63)
-		keep := b2u(key > t.Key) | (b2u(key == t.Key) & b2u(lo+k <= t.Cutoff))
-		d[k] = math.Float64frombits(u&-keep) * w
-	}
-}
-
-// keepRandom writes DARE's kept, rescaled and weighted deltas.
-func keepRandom(d, x, b []float64, key uint64, lo int, density float64, r Rescale, scale, w float64) {
-	x, b = x[:len(d)], b[:len(d)]
-	for k := range d {
-		v := x[k] - b[k]
-		keep := Uniform(key, lo+k) < density
-		v = math.Float64frombits(math.Float64bits(v) & mask64(keep))
-		switch r {
-		case RescaleInverse:
-			v /= density
-		case RescaleL1:
-			if scale != 0 {
-				v *= scale
-			}
-		}
-		d[k] = v * w
-	}
-}
-
-// consensus is TIES' sign election: the sign of the sum of the weighted
-// deltas (ties count as +), then the sum of the agreeing deltas over the sum
-// of their weights (a zero sum counts as 1), added to the base.
-func consensus(out []float64, d [][]float64, b, w []float64, normalize bool, lambda float64) {
-	n := len(d)
-	if n == 2 {
-		consensus2(out, d[0], d[1], b, w[0], w[1], normalize, lambda)
-		return
-	}
-	for k := range out {
-		var total float64
-		for i := range n {
-			total += d[i][k]
-		}
-		neg := b2u(total < 0)
-		var mixed, divisor float64
-		for i := range n {
-			u := math.Float64bits(d[i][k])
-			m := -(b2u(u<<1 != 0) & b2u(u>>63 == neg))
-			mixed += math.Float64frombits(u & m)
-			divisor += math.Float64frombits(math.Float64bits(w[i]) & m)
-		}
-		if divisor == 0 {
-			divisor = 1
-		}
-		if normalize {
-			mixed /= divisor
-		}
-		out[k] = b[k] + lambda*mixed
-	}
-}
-
-// one is the bits of 1.0.
-const one = 0x3ff0000000000000
-
-// consensus2 is consensus for two models.
-func consensus2(out, d0, d1, b []float64, w0, w1 float64, normalize bool, lambda float64) {
-	d0, d1, b = d0[:len(out)], d1[:len(out)], b[:len(out)]
-	wb0, wb1 := math.Float64bits(w0), math.Float64bits(w1)
-	for k := range out {
-		x, y := d0[k], d1[k]
-		neg := b2u(x+y < 0)
-		u, v := math.Float64bits(x), math.Float64bits(y)
-		mu := -(b2u(u<<1 != 0) & b2u(u>>63 == neg))
-		mv := -(b2u(v<<1 != 0) & b2u(v>>63 == neg))
-		mixed := 0 + math.Float64frombits(u&mu) + math.Float64frombits(v&mv)
-		divisor := 0 + math.Float64frombits(wb0&mu) + math.Float64frombits(wb1&mv)
-		// a zero divisor (never -0: the sum starts at +0) counts as 1
-		divisor = math.Float64frombits(math.Float64bits(divisor) | -b2u(divisor == 0)&one)
-		if normalize {
-			mixed /= divisor
-		}
-		out[k] = b[k] + lambda*mixed
-	}
 }
