@@ -43,17 +43,27 @@ func MaskKey(seed uint64, tensor string, values uint64) uint64 {
 	return splitmix64(splitmix64(seed^h.Sum64()) ^ values)
 }
 
-// hashBlock hashes the float64 bits of one block of values (FNV-1a over
-// 64-bit words, then a final mix).
+// hashBlock hashes the float64 bits of one block of values: four FNV-1a
+// chains over 64-bit words (element i feeds chain i mod 4, so the chains
+// run in parallel), -0 counted as +0, mixed together at the end.
 func hashBlock(v []float64) uint64 {
-	h := uint64(0xcbf29ce484222325)
-	for _, x := range v {
-		if x == 0 {
-			x = 0 // -0 and +0 hash alike
-		}
-		h = (h ^ math.Float64bits(x)) * 0x100000001b3
+	const prime = 0x100000001b3
+	h := [4]uint64{0xcbf29ce484222325, 0x84222325cbf29ce4, 0xcbf29ce484222326, 0x84222326cbf29ce4}
+	bits := func(x float64) uint64 {
+		u := math.Float64bits(x)
+		return u & -b2u(u<<1 != 0) // -0 and +0 hash alike
 	}
-	return splitmix64(h ^ uint64(len(v)))
+	i := 0
+	for ; i+4 <= len(v); i += 4 {
+		h[0] = (h[0] ^ bits(v[i])) * prime
+		h[1] = (h[1] ^ bits(v[i+1])) * prime
+		h[2] = (h[2] ^ bits(v[i+2])) * prime
+		h[3] = (h[3] ^ bits(v[i+3])) * prime
+	}
+	for k := 0; i < len(v); i, k = i+1, k+1 {
+		h[k] = (h[k] ^ bits(v[i])) * prime
+	}
+	return splitmix64(splitmix64(splitmix64(h[0]^uint64(len(v)))^h[1]^h[2]<<1) ^ h[3])
 }
 
 // ValuesHash hashes the values of a tensor block by block (combined in

@@ -199,10 +199,11 @@ func (s *selection) visit(w, lo int, keys []uint64) {
 		}
 	case opRange:
 		g := s.gath[w]
+		rLo, width, rHi := s.rLo, s.rHi-s.rLo, s.rHi
 		var above, count int
 		for i, key := range keys {
-			above += int(b2u(key > s.rHi))
-			if key >= s.rLo && key <= s.rHi {
+			above += int(b2u(key > rHi))
+			if key-rLo <= width { // rLo <= key <= rHi, in one (rarely true) test
 				count++
 				if s.stored.Add(1) <= int64(gatherCap) {
 					g = append(g, keyIndex{key, lo + i})
