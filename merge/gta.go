@@ -11,13 +11,17 @@ import (
 // d_i = x_i - base, optionally sparsified (by magnitude, or at random),
 // weighted, optionally sign-elected, summed, normalized, scaled by lambda
 // and added to the base. task-arithmetic, ties, dare-linear and dare-ties
-// are instances (one file each); breadcrumbs and della are more sparsifiers
-// of the same shape.
+// are instances (one file each). A method with its own sparsification
+// (mergekit's breadcrumbs, della) is another instance, in its own file,
+// with custom (a sparsifier built from the plan, see sparsify.go) and the
+// parameters it adds in extra.
 type gtaMethod struct {
 	about
 	sparsify  Sparsify
 	consensus bool
 	normalize bool // default
+	custom    func(*Job) (sparsifier, error)
+	extra     []Param
 }
 
 func (m gtaMethod) Params() []Param {
@@ -43,7 +47,7 @@ func (m gtaMethod) Params() []Param {
 				}},
 			seedParam(seedDoc))
 	}
-	return ps
+	return append(ps, m.extra...)
 }
 
 func (m gtaMethod) Check(p *Plan) error {
@@ -55,6 +59,12 @@ func (m gtaMethod) Check(p *Plan) error {
 
 func (m gtaMethod) Start(_ context.Context, j *Job) (Merger, error) {
 	g := &gtaMerger{m: m, normalize: j.Plan.Global("normalize").Bool}
+	if m.custom != nil {
+		var err error
+		if g.custom, err = m.custom(j); err != nil {
+			return nil, err
+		}
+	}
 	if m.sparsify == Random {
 		var err error
 		if g.rescale, err = parseRescale(j.Plan.Global("rescale").Text); err != nil {
@@ -80,6 +90,7 @@ func parseRescale(s string) (Rescale, error) {
 
 type gtaMerger struct {
 	m         gtaMethod
+	custom    sparsifier
 	normalize bool
 	rescale   Rescale
 	seed      uint64
@@ -100,11 +111,11 @@ func (g *gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
 	ws := t.weights(idx)
 	lambda := t.Num("lambda")
 	normalize := g.normalize
-	if g.m.sparsify == NoSparsify && !g.m.consensus {
+	if g.m.sparsify == NoSparsify && g.custom == nil && !g.m.consensus {
 		return taskArithmeticAffine(t, idx, ws, lambda, normalize), nil
 	}
-	o := TaskVectorOptions{Weights: ws, Sparsify: g.m.sparsify, Consensus: g.m.consensus, Normalize: normalize, Name: t.Name}
-	if g.m.sparsify != NoSparsify {
+	o := TaskVectorOptions{Weights: ws, Sparsify: g.m.sparsify, Consensus: g.m.consensus, Normalize: normalize, Name: t.Name, sparsifier: g.custom}
+	if g.m.sparsify != NoSparsify || g.custom != nil {
 		for _, i := range idx {
 			o.Densities = append(o.Densities, t.ModelNum(i, "density"))
 		}

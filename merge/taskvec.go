@@ -58,6 +58,8 @@ type TaskVectorOptions struct {
 	// the other models or their order.
 	Seed uint64
 	Name string
+
+	sparsifier sparsifier // set by a method with its own sparsification
 }
 
 // TaskVectors merges models into dst relative to base (mergekit's
@@ -98,99 +100,15 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 	if len(o.Weights) != n {
 		return nil, fmt.Errorf("%d models, %d weights", n, len(o.Weights))
 	}
-	if o.Sparsify != NoSparsify && len(o.Densities) != n {
+	if o.Sparsify != NoSparsify && o.sparsifier == nil && len(o.Densities) != n {
 		return nil, fmt.Errorf("%d models, %d densities", n, len(o.Densities))
 	}
 	ins := append(append([]*Input{}, models...), base)
-	dens := o.Densities
-	sparse := make([]bool, n) // model i is sparsified
-	for i := range n {
-		if o.Sparsify == NoSparsify {
-			continue
-		}
-		d := o.Densities[i]
-		switch {
-		case math.IsNaN(d) || d < 0 || (o.Sparsify == Random && d == 0):
-			if o.Sparsify == Random {
-				return nil, fmt.Errorf("DARE density %g must be in (0, 1]", d)
-			}
-			return nil, fmt.Errorf("density %g must be in [0, 1]", d)
-		case d < 1:
-			sparse[i] = true
-		}
-	}
-	thr := make([]Threshold, n)
-	keys := make([]uint64, n)
-	scale := make([]float64, n) // L1 rescaling; 0 = none
-	switch o.Sparsify {
-	case Magnitude:
-		var sels []*selection
-		var fns []func(in [][]float64, keys []uint64)
-		var which []int
-		var uses [][]int
-		for i := range n {
-			if !sparse[i] {
-				continue
-			}
-			s := newSelection(int(o.Densities[i]*float64(t.N)), t.N)
-			sels = append(sels, s)
-			which = append(which, i)
-			uses = append(uses, []int{i, n})
-			fns = append(fns, func(in [][]float64, keys []uint64) {
-				x, b := in[i], in[n]
-				for e := range keys {
-					keys[e] = math.Float64bits(math.Abs(x[e] - b[e]))
-				}
-			})
-		}
-		if err := selectTop(ctx, t, ins, uses, sels, fns); err != nil {
+	var trim trimmer
+	if sp := builtinSparsifier(o); sp != nil {
+		var err error
+		if trim, err = sp.prepare(ctx, t, ins, o.Densities); err != nil {
 			return nil, err
-		}
-		for s, i := range which {
-			thr[i] = sels[s].res
-		}
-	case Random:
-		var hashed []*Input
-		var which []int
-		for i := range n {
-			if sparse[i] {
-				hashed = append(hashed, models[i])
-				which = append(which, i)
-			}
-		}
-		hs, err := valuesHashes(ctx, t, hashed)
-		if err != nil {
-			return nil, err
-		}
-		for s, i := range which {
-			keys[i] = MaskKey(o.Seed, t.Name, hs[s])
-		}
-		if o.Rescale == RescaleL1 && len(which) > 0 {
-			// L1 norms of the task vectors before and after dropping
-			sums, err := t.Sums(ctx, ins, 2*len(which), func(lo int, in [][]float64, acc []float64) error {
-				b := in[n]
-				for s, i := range which {
-					var before, after float64
-					for k, x := range in[i] {
-						a := math.Abs(x - b[k])
-						before += a
-						if Uniform(keys[i], lo+k) < dens[i] {
-							after += a
-						}
-					}
-					acc[2*s], acc[2*s+1] = before, after
-				}
-				return nil
-			})
-			if err != nil {
-				return nil, err
-			}
-			for s, i := range which {
-				before, after := sums[2*s], sums[2*s+1]
-				if before > 1e-7 && after > 1e-7 {
-					scale[i] = before / after
-				}
-			}
 		}
 	}
 	w := o.Weights
@@ -221,15 +139,10 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		d := *dp
 		for i := range n {
 			x, di := in[i][:m], d[i][:m]
-			switch {
-			case !sparse[i]:
+			if trim == nil || !trim.trim(i, di, x, b, lo, w[i]) {
 				for k := range di {
 					di[k] = (x[k] - b[k]) * w[i]
 				}
-			case o.Sparsify == Magnitude:
-				keepMagnitude(di, x, b, thr[i], lo, w[i])
-			default:
-				keepRandom(di, x, b, keys[i], lo, dens[i], o.Rescale, scale[i], w[i])
 			}
 		}
 		switch {
