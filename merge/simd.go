@@ -184,6 +184,52 @@ func consensus(out []float64, d [][]float64, b, w []float64, normalize bool, lam
 		consensus2(out, d[0], d[1], b, w[0], w[1], normalize, lambda)
 		return
 	}
+	if haveAVX512 {
+		if m := len(out) &^ 7; m > 0 {
+			var pb [8]*float64
+			var tb [8][]float64
+			ptrs, tail := pb[:0], tb[:0]
+			for i := range d {
+				ptrs = append(ptrs, &d[i][0])
+				tail = append(tail, d[i][m:])
+			}
+			consensusNx512(&out[0], &ptrs[0], &w[0], n, &b[0], m, &combineParams{lambda: lambda, norm: b2i(normalize)})
+			consensusGo(out[m:], tail, b[m:], w, normalize, lambda)
+			return
+		}
+	}
+	consensusGo(out, d, b, w, normalize, lambda)
+}
+
+// linearN is b + lambda (0 + d_0 + ... ) [/ divisor] for any number of
+// models.
+func linearN(out []float64, d [][]float64, b []float64, divisor float64, normalize bool, lambda float64) {
+	m := 0
+	if haveAVX512 {
+		if m = len(out) &^ 7; m > 0 {
+			var pb [8]*float64
+			ptrs := pb[:0]
+			for i := range d {
+				ptrs = append(ptrs, &d[i][0])
+			}
+			linearNx512(&out[0], &ptrs[0], len(d), &b[0], m, &combineParams{lambda: lambda, norm: b2i(normalize), div: divisor})
+		}
+	}
+	for k := m; k < len(out); k++ {
+		var mixed float64
+		for i := range d {
+			mixed += d[i][k]
+		}
+		if normalize {
+			mixed /= divisor
+		}
+		out[k] = b[k] + lambda*mixed
+	}
+}
+
+// consensusGo is consensus in Go.
+func consensusGo(out []float64, d [][]float64, b, w []float64, normalize bool, lambda float64) {
+	n := len(d)
 	for k := range out {
 		var total float64
 		for i := range n {

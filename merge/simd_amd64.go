@@ -30,3 +30,9 @@ func linear2x512(out, d0, d1, b *float64, n int, p *combineParams)
 
 //go:noescape
 func lerpx512(out, x, y *float64, n int, s0, s1 float64)
+
+//go:noescape
+func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, n int, p *combineParams)
+
+//go:noescape
+func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams)

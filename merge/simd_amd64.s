@@ -380,3 +380,104 @@ lerploop:
 	JNZ lerploop
 	VZEROUPPER
 	RET
+
+// func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, n int, p *combineParams)
+// consensus of m >= 1 weighted deltas ds[0..m-1] (n > 0, a multiple of 8).
+TEXT ·consensusNx512(SB), NOSPLIT, $0-56
+	MOVQ out+0(FP), DI
+	MOVQ ds+8(FP), R8
+	MOVQ ws+16(FP), R9
+	MOVQ m+24(FP), R13
+	MOVQ b+32(FP), R10
+	MOVQ n+40(FP), CX
+	MOVQ p+48(FP), R11
+	VBROADCASTSD CMB_LAMBDA(R11), Z27
+	MOVQ CMB_NORM(R11), R12
+	MOVQ $0x7fffffffffffffff, AX
+	VPBROADCASTQ AX, Z18
+	MOVQ $0x8000000000000000, AX
+	VPBROADCASTQ AX, Z17
+	MOVQ $0x3ff0000000000000, AX
+	VPBROADCASTQ AX, Z16
+	VPXORQ Z15, Z15, Z15
+	XORQ BX, BX                  // byte offset into the blocks
+
+cnloop:
+	VMOVAPD Z15, Z5              // total = 0
+	XORQ SI, SI
+cnsum:
+	MOVQ (R8)(SI*8), DX
+	VADDPD (DX)(BX*1), Z5, Z5
+	INCQ SI
+	CMPQ SI, R13
+	JL cnsum
+	VCMPPD $0x11, Z15, Z5, K4    // total < 0
+	VMOVAPD Z15, Z6              // mixed = 0
+	VMOVAPD Z15, Z8              // divisor = 0
+	XORQ SI, SI
+cnmix:
+	MOVQ (R8)(SI*8), DX
+	VMOVUPD (DX)(BX*1), Z1
+	VPTESTMQ Z18, Z1, K1
+	VPTESTMQ Z17, Z1, K2
+	KXNORW K2, K4, K2
+	KANDW K2, K1, K1             // agrees
+	VMOVAPD.Z Z1, K1, Z1
+	VADDPD Z1, Z6, Z6
+	VBROADCASTSD (R9)(SI*8), Z2
+	VMOVAPD.Z Z2, K1, Z2
+	VADDPD Z2, Z8, Z8
+	INCQ SI
+	CMPQ SI, R13
+	JL cnmix
+	VCMPPD $0x00, Z15, Z8, K5
+	VMOVAPD Z16, K5, Z8
+	CMPQ R12, $0
+	JE cnnonorm
+	VDIVPD Z8, Z6, Z6
+cnnonorm:
+	VMULPD Z27, Z6, Z6
+	VADDPD (R10)(BX*1), Z6, Z6
+	VMOVUPD Z6, (DI)(BX*1)
+	ADDQ $64, BX
+	SUBQ $8, CX
+	JNZ cnloop
+	VZEROUPPER
+	RET
+
+// func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams)
+// b + lambda * (0 + d_0 + ... + d_m-1) [/ divisor].
+TEXT ·linearNx512(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), DI
+	MOVQ ds+8(FP), R8
+	MOVQ m+16(FP), R13
+	MOVQ b+24(FP), R10
+	MOVQ n+32(FP), CX
+	MOVQ p+40(FP), R11
+	VBROADCASTSD CMB_LAMBDA(R11), Z27
+	VBROADCASTSD CMB_DIV(R11), Z28
+	MOVQ CMB_NORM(R11), R12
+	VPXORQ Z15, Z15, Z15
+	XORQ BX, BX
+
+lnloop:
+	VMOVAPD Z15, Z6
+	XORQ SI, SI
+lnsum:
+	MOVQ (R8)(SI*8), DX
+	VADDPD (DX)(BX*1), Z6, Z6
+	INCQ SI
+	CMPQ SI, R13
+	JL lnsum
+	CMPQ R12, $0
+	JE lnnonorm
+	VDIVPD Z28, Z6, Z6
+lnnonorm:
+	VMULPD Z27, Z6, Z6
+	VADDPD (R10)(BX*1), Z6, Z6
+	VMOVUPD Z6, (DI)(BX*1)
+	ADDQ $64, BX
+	SUBQ $8, CX
+	JNZ lnloop
+	VZEROUPPER
+	RET

@@ -13,3 +13,9 @@ func keepRandx512(d, x, b *float64, n int, p *keepRandParams)         { panic("n
 func consensus2x512(out, d0, d1, b *float64, n int, p *combineParams) { panic("no AVX-512") }
 func linear2x512(out, d0, d1, b *float64, n int, p *combineParams)    { panic("no AVX-512") }
 func lerpx512(out, x, y *float64, n int, s0, s1 float64)              { panic("no AVX-512") }
+func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, n int, p *combineParams) {
+	panic("no AVX-512")
+}
+func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams) {
+	panic("no AVX-512")
+}

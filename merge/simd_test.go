@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -119,6 +120,38 @@ func TestSIMDKernelsMatchGo(t *testing.T) {
 				want[i] = b[i] + 0.9*mixed
 			}
 			sameBits(t, "linear2", got, want)
+		}
+		for _, models := range []int{1, 3, 4, 9} {
+			var ds [][]float64
+			var ws []float64
+			for i := range models {
+				v := randomBlock(r, n, i != 1)
+				for k := range v {
+					if (k+i)%3 == 0 {
+						v[k] = 0
+					}
+				}
+				ds = append(ds, v)
+				ws = append(ws, float64(i)-0.5)
+			}
+			for _, norm := range []bool{true, false} {
+				got, want := make([]float64, n), make([]float64, n)
+				consensus(got, ds, b, ws, norm, 1.3)
+				consensusGo(want, ds, b, ws, norm, 1.3)
+				sameBits(t, fmt.Sprintf("consensus of %d", models), got, want)
+				linearN(got, ds, b, 0.7, norm, 1.3)
+				for k := range want {
+					var mixed float64
+					for i := range ds {
+						mixed += ds[i][k]
+					}
+					if norm {
+						mixed /= 0.7
+					}
+					want[k] = b[k] + 1.3*mixed
+				}
+				sameBits(t, fmt.Sprintf("linear of %d", models), got, want)
+			}
 		}
 		got2, want2 := make([]float64, n), make([]float64, n)
 		lerp(got2, x, y, 0.3, 0.7000000001)

@@ -151,16 +151,7 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		case n == 2:
 			linear2(out, d[0], d[1], b, divisor, o.Normalize, lambda)
 		default:
-			for k := range out {
-				var mixed float64
-				for i := range n {
-					mixed += d[i][k]
-				}
-				if o.Normalize {
-					mixed /= divisor
-				}
-				out[k] = b[k] + lambda*mixed
-			}
+			linearN(out, d, b, divisor, o.Normalize, lambda)
 		}
 	}
 	return &Kernel{Inputs: ins, Fn: fn}, nil
