@@ -70,19 +70,46 @@ func Write(ctx context.Context, path string, ts []*tensors.Tensor, meta Meta, op
 type File struct {
 	Path string
 	Meta Meta
-	m    *checkpoint.Model
+	// Foreign is set for a file without wtool's metadata (written by
+	// another tool); its Meta is empty.
+	Foreign bool
+	m       *checkpoint.Model
 }
 
 // Open opens a Fisher file and checks its format, version and dtypes.
+//
+// Files other tools write are accepted too: a plain safetensors file (no
+// __metadata__ format, or PyTorch's "pt") with one floating tensor, of any
+// float dtype, per parameter, named and shaped like the parameter — what
+// FWSVD scripts and a five-line PyTorch loop save. Such a file is Foreign;
+// CheckAgainst then decides whether it belongs to the model (every tensor's
+// name and shape must match; a mismatch is refused, naming the tensor).
 func Open(path string) (*File, error) {
-	m, err := checkpoint.OpenFormat(path, Format, Version, "Fisher")
+	m, err := checkpoint.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	md := m.Metadata()
+	foreign := false
+	switch md["format"] {
+	case Format:
+		if md["version"] != Version {
+			m.Close()
+			return nil, fmt.Errorf("%s: Fisher file version %q is not supported (this wtool reads version %s)", path, md["version"], Version)
+		}
+	case "", "pt":
+		foreign = true
+	default:
+		m.Close()
+		return nil, fmt.Errorf("%s: not a Fisher file (__metadata__ format is %q; want %q, or a plain safetensors file of one tensor per parameter)", path, md["format"], Format)
 	}
 	f, err := newFile(path, m)
 	if err != nil {
 		m.Close()
 		return nil, err
+	}
+	if f.Foreign = foreign; foreign {
+		f.Meta.Source = "a Fisher file without wtool metadata"
 	}
 	return f, nil
 }

@@ -37,15 +37,7 @@ func (a *AdapterInit) LowRank() []float64 {
 }
 
 func (a *AdapterInit) lowRank(fn func(i0 int, block []float64)) {
-	scale := make([]float64, a.Rank)
-	for k := range scale {
-		if a.Orthonormal {
-			scale[k] = a.S[k]
-		} else {
-			scale[k] = a.Scaling
-		}
-	}
-	lowRankRows(a.B, a.A, a.M, a.Rank, a.N, scale, fn)
+	lowRankRows(a.B, a.A, a.M, a.Rank, a.N, a.scales(), fn)
 }
 
 // topTriplets is the shared first step: the top-rank SVD of W (the rank
@@ -106,6 +98,16 @@ func (a *AdapterInit) setResidual(w []float32) {
 // residual W - scaling * B A, so that residual + (alpha/r) B A = W. alpha <= 0
 // means alpha = r (scaling 1).
 func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*AdapterInit, error) {
+	a, err := pissaFactors(w, m, n, rule, alpha, o)
+	if err != nil {
+		return nil, err
+	}
+	a.setResidual(w)
+	return a, nil
+}
+
+// pissaFactors is PiSSA without the residual.
+func pissaFactors(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*AdapterInit, error) {
 	f, k, total, err := topTriplets(w, m, n, rule, o)
 	if err != nil {
 		return nil, err
@@ -127,7 +129,6 @@ func PiSSA(w []float32, m, n int, rule RankRule, alpha float64, o SVDOptions) (*
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w)
 	return a, nil
 }
 
@@ -154,7 +155,6 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit,
 		}
 	}
 	a.Energy = energyOf(kept, total)
-	a.setResidual(w)
 	return a, nil
 }
 
@@ -163,7 +163,11 @@ func svdStyle(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit,
 // orthonormal regulariser of training keeps A and B near orthonormal) and the
 // residual W_r frozen.
 func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o)
+	a, err := svdStyle(w, m, n, rule, o)
+	if err == nil {
+		a.setResidual(w)
+	}
+	return a, err
 }
 
 // SVFit initialises an SVFit adapter: the same split as SORSA, but only the
@@ -171,5 +175,22 @@ func SORSA(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, er
 // stored (SVD signs are not unique, so recomputing them at load time would not
 // reproduce the adapter).
 func SVFit(w []float32, m, n int, rule RankRule, o SVDOptions) (*AdapterInit, error) {
-	return svdStyle(w, m, n, rule, o)
+	a, err := svdStyle(w, m, n, rule, o)
+	if err == nil {
+		a.setResidual(w)
+	}
+	return a, err
+}
+
+// scales returns the per-rank scale of the low-rank part: B diag(scale) A.
+func (a *AdapterInit) scales() []float64 {
+	s := make([]float64, a.Rank)
+	for k := range s {
+		if a.Orthonormal {
+			s[k] = a.S[k]
+		} else {
+			s[k] = a.Scaling
+		}
+	}
+	return s
 }

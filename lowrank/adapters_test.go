@@ -29,7 +29,7 @@ func TestPiSSACheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(reports) != 5 {
+	if len(reports) != 4 { // fc5 is the MLP's output head: not a default target
 		t.Fatalf("%d modules adapted", len(reports))
 	}
 	res := open(t, out)
@@ -44,7 +44,7 @@ func TestPiSSACheckpoint(t *testing.T) {
 	var cfg map[string]any
 	json.Unmarshal(raw, &cfg)
 	if cfg["peft_type"] != "LORA" || cfg["init_lora_weights"] != true || cfg["r"] != 8.0 || cfg["lora_alpha"] != 16.0 ||
-		strings.Join(ad.Config.TargetModules, ",") != "fc1,fc2,fc3,fc4,fc5" || cfg["bias"] != "none" || cfg["use_rslora"] != false {
+		strings.Join(ad.Config.TargetModules, ",") != "fc1,fc2,fc3,fc4" || cfg["bias"] != "none" || cfg["use_rslora"] != false {
 		t.Errorf("adapter_config.json: %s", raw)
 	}
 	for _, r := range reports {
@@ -236,5 +236,22 @@ func TestAdapterRefusals(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, ".wtool-spill-*")); len(left) > 0 {
 		t.Errorf("spill files left: %v", left)
+	}
+}
+
+// TestAdapterCreatesParents (issue item 6): an output whose parent
+// directories do not exist yet is created, as every other command does.
+func TestAdapterCreatesParents(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "new", "dir", "pissa")
+	m := open(t, demo+"/mlp-a")
+	if _, _, err := InitAdapters(context.Background(), m, out, AdapterOptions{Method: "pissa", Rule: RankRule{Rank: 4}}, checkpoint.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "adapter", peft.WeightsFile)); err != nil {
+		t.Error(err)
+	}
+	left, _ := os.ReadDir(filepath.Dir(out))
+	if len(left) != 1 {
+		t.Errorf("left behind beside the output: %v", left)
 	}
 }

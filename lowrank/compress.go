@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/wtool/wtool/fisher"
 	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -39,7 +41,7 @@ type CompressOptions struct {
 	Method    string           // svd, fwsvd, asvd or whiten
 	Rule      RankRule         // the rank rule
 	Overrides []Override       // per-tensor rules; the first match wins
-	Targets   []*regexp.Regexp // tensors to factorise (default: DefaultTargets)
+	Targets   []*regexp.Regexp // weight tensors to factorise (default: the architecture's default targets)
 	// Format is "factored" (M.0.weight, M.1.weight, M.1.bias) or "dense"
 	// (the rank-r reconstruction in M.weight).
 	Format string
@@ -49,40 +51,29 @@ type CompressOptions struct {
 	PerRow bool         // fwsvd: weight output rows instead of input features
 	Stats  InputStats   // asvd, whiten
 	Alpha  float64      // asvd exponent (default 0.5)
+	// Arch describes the model (nil: arch.Open(m)): which weights are
+	// matrices, in which orientation, and the default targets.
+	Arch *arch.Arch
 	// Progress, if set, is called as tensors are written.
 	Progress func(done, total int64)
 }
 
-// DefaultTargets match every weight of rank >= 2 except embeddings and
-// output heads.
-var DefaultTargets = []*regexp.Regexp{regexp.MustCompile(`\.weight$`)}
-
-var excludedByDefault = regexp.MustCompile(`(^|\.)(embed_tokens|embeddings?|wte|wpe|lm_head|embed_out|output)\.weight$`)
-
 // TensorReport says what happened to one target tensor.
 type TensorReport struct {
-	Name      string  `json:"name"`
-	Shape     []int64 `json:"shape"`
-	Rank      int     `json:"rank"`
-	Params    int64   `json:"params"`      // parameters of the original matrix
-	Kept      int64   `json:"kept_params"` // parameters after (factors, or the matrix if left dense)
-	RelError  float64 `json:"rel_error"`   // ||W - W'||_F / ||W||_F
-	Energy    float64 `json:"energy"`      // kept fraction of the (scaled) squared singular values
-	LeftDense bool    `json:"left_dense"`  // factorising would not have saved parameters
-	Note      string  `json:"note,omitempty"`
-}
-
-// target describes a tensor to factorise.
-type target struct {
-	name, module string
-	shape        []int64
-	m, n         int
-	rule         RankRule
-	fixedRank    int  // 0 for energy rules
-	dense        bool // known in advance to be left dense
-	hasBias      bool
-	dtype        tensors.DType // of the weight
-	biasDType    tensors.DType
+	Name        string  `json:"name"`
+	Module      string  `json:"module"`
+	Kind        string  `json:"kind"` // the module's kind: linear, conv1d, conv, embedding
+	Shape       []int64 `json:"shape"`
+	InFeatures  int     `json:"in_features"`  // the matrix in the module's orientation: [out, in]
+	OutFeatures int     `json:"out_features"` //
+	Bias        bool    `json:"bias"`
+	Rank        int     `json:"rank"`
+	Params      int64   `json:"params"`      // parameters of the original matrix
+	Kept        int64   `json:"kept_params"` // parameters after (factors, or the matrix if left dense)
+	RelError    float64 `json:"rel_error"`   // ||W - W'||_F / ||W||_F
+	Energy      float64 `json:"energy"`      // kept fraction of the (scaled) squared singular values
+	LeftDense   bool    `json:"left_dense"`  // left as it was: factorising would not have saved parameters, or the rank does not fit
+	Note        string  `json:"note,omitempty"`
 }
 
 // result of one module, computed once for all its output tensors
@@ -94,9 +85,17 @@ type moduleResult struct {
 	parts int
 }
 
+// an output tensor of a target: which part of it
+type outRef struct {
+	t     *target
+	field string // "weight" (dense or kept), "bias" (kept), "A", "B", "Bbias" (factors)
+}
+
 // Compress factorises the target weights of m and writes the compressed
 // checkpoint to out, streaming one matrix at a time; every other tensor
-// passes through. It returns a report per target.
+// passes through. It returns a report per target. Each target is factorised
+// in its module's own orientation [out, in] (a GPT-2 Conv1D's [in, out]
+// weight is transposed first, and back for the dense format).
 func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOptions, wopts checkpoint.WriteOptions) ([]TensorReport, *checkpoint.Written, error) {
 	if !slices.Contains(Methods, o.Method) {
 		return nil, nil, fmt.Errorf("unknown compression method %q (want %s)", o.Method, strings.Join(Methods, ", "))
@@ -126,54 +125,64 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 			return nil, nil, fmt.Errorf("%s needs input statistics (--stats or --calib)", o.Method)
 		}
 	}
-	targets, err := findTargets(m, o)
+	a, err := openArch(m, o.Arch)
 	if err != nil {
 		return nil, nil, err
 	}
-	if o.Method == "fwsvd" {
-		for _, t := range targets {
-			if !o.Fisher.Has(t.name) {
-				return nil, nil, fmt.Errorf("%s: no Fisher information for %q", o.Fisher.Path, t.name)
-			}
-		}
+	targets, err := findTargets(m, a, targetSelection{patterns: o.Targets, rule: o.Rule, overrides: o.Overrides, what: "factorise"})
+	if err != nil {
+		return nil, nil, err
 	}
-	if o.Method == "asvd" || o.Method == "whiten" {
-		for _, t := range targets {
-			if !o.Stats.Has(t.module) {
-				return nil, nil, fmt.Errorf("no input statistics for module %q (%s needs them for every target)", t.module, o.Method)
-			}
-		}
+	if !slices.ContainsFunc(targets, func(t *target) bool { return !t.skip }) {
+		return nil, nil, fmt.Errorf("%s: no target can be factorised: %s: %s", m.Path, targets[0].name, targets[0].note)
 	}
-	byName := map[string]*target{}
-	byModule := map[string]*target{}
 	for _, t := range targets {
-		byName[t.name] = t
-		byModule[t.module] = t
+		switch {
+		case t.skip:
+		case o.Method == "fwsvd" && !o.Fisher.Has(t.name):
+			return nil, nil, fmt.Errorf("%s: no Fisher information for %q", o.Fisher.Path, t.name)
+		case (o.Method == "asvd" || o.Method == "whiten") && !o.Stats.Has(t.module):
+			return nil, nil, fmt.Errorf("no input statistics for module %q (%s needs them for every target)", t.module, o.Method)
+		}
 	}
-	// entries of the output
-	var entries []safetensors.Entry
+	// the output tensors, and which part of which target each one is
+	refs := map[string]outRef{}
+	factorOf := map[string]string{} // factor tensor -> module
+	replaced := map[string]bool{}   // model tensors the factored format leaves out
 	results := map[string]*moduleResult{}
+	byWeight, byBias := map[string]*target{}, map[string]*target{}
+	for _, t := range targets {
+		if t.skip {
+			continue
+		}
+		byWeight[t.name] = t
+		if t.hasBias {
+			byBias[t.mod.Bias().Tensor] = t
+		}
+	}
+	var entries []safetensors.Entry
+	names := map[string]bool{}
 	for _, e := range m.Entries() {
+		names[e.Name] = true
 		if o.DType != 0 && e.DType.IsFloat() {
 			e.DType = o.DType
 		}
-		mod, isBias := strings.CutSuffix(e.Name, ".bias")
-		t, isTarget := byName[e.Name]
-		if isBias {
-			t, isTarget = byModule[mod]
+		if t := byBias[e.Name]; t != nil && o.Format == "factored" {
+			continue // emitted with the weight
 		}
-		if !isTarget || o.Format == "dense" {
-			if isTarget && !isBias {
-				results[t.module] = &moduleResult{parts: 1}
-			}
+		t := byWeight[e.Name]
+		if t == nil {
 			entries = append(entries, e)
 			continue
 		}
-		if isBias {
-			continue // emitted with the weight
+		if o.Format == "dense" {
+			results[t.module] = &moduleResult{parts: 1}
+			refs[e.Name] = outRef{t, "weight"}
+			entries = append(entries, e)
+			continue
 		}
-		results[t.module] = &moduleResult{}
-		wdt := e.DType
+		r := &moduleResult{}
+		results[t.module] = r
 		bdt := t.biasDType
 		if o.DType != 0 {
 			bdt = o.DType
@@ -185,26 +194,55 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		}
 		keepDense := energy || t.dense
 		factored := energy || !t.dense
+		bias := ""
+		if t.hasBias {
+			bias = t.mod.Bias().Tensor
+		}
 		if keepDense {
-			entries = append(entries, safetensors.Entry{Name: t.name, DType: wdt, Shape: t.shape, Optional: energy})
-			if t.hasBias {
-				entries = append(entries, safetensors.Entry{Name: t.module + ".bias", DType: bdt, Shape: []int64{int64(t.m)}, Optional: energy})
+			entries = append(entries, safetensors.Entry{Name: t.name, DType: e.DType, Shape: t.shape, Optional: energy})
+			refs[t.name] = outRef{t, "weight"}
+			if bias != "" {
+				entries = append(entries, safetensors.Entry{Name: bias, DType: bdt, Shape: []int64{int64(t.m)}, Optional: energy})
+				refs[bias] = outRef{t, "bias"}
 			}
-			results[t.module].parts += 1 + btoi(t.hasBias)
+			r.parts += 1 + btoi(t.hasBias)
 		}
 		if factored {
-			s0, s1 := factorShapes(t.shape, k)
-			entries = append(entries,
-				safetensors.Entry{Name: t.module + ".0.weight", DType: wdt, Shape: s0, Bounded: energy, Optional: energy},
-				safetensors.Entry{Name: t.module + ".1.weight", DType: wdt, Shape: s1, Bounded: energy, Optional: energy})
-			if t.hasBias {
-				entries = append(entries, safetensors.Entry{Name: t.module + ".1.bias", DType: bdt, Shape: []int64{int64(t.m)}, Optional: energy})
+			if !keepDense {
+				replaced[t.name] = true
+				if bias != "" {
+					replaced[bias] = true
+				}
 			}
-			results[t.module].parts += 2 + btoi(t.hasBias)
+			an, bn, biasn := factorNames(t.module)
+			s0, s1 := factorShapes(t.mod, t.shape, k)
+			entries = append(entries,
+				safetensors.Entry{Name: an, DType: e.DType, Shape: s0, Bounded: energy, Optional: energy},
+				safetensors.Entry{Name: bn, DType: e.DType, Shape: s1, Bounded: energy, Optional: energy})
+			refs[an], refs[bn] = outRef{t, "A"}, outRef{t, "B"}
+			factorOf[an], factorOf[bn] = t.module, t.module
+			if bias != "" {
+				entries = append(entries, safetensors.Entry{Name: biasn, DType: bdt, Shape: []int64{int64(t.m)}, Optional: energy})
+				refs[biasn] = outRef{t, "Bbias"}
+				factorOf[biasn] = t.module
+			}
+			r.parts += 2 + btoi(t.hasBias)
+		}
+	}
+	if o.Format == "factored" {
+		if err := checkCollisions(names, factorOf, replaced); err != nil {
+			return nil, nil, err
 		}
 	}
 	var mu sync.Mutex
 	reports := map[string]*TensorReport{}
+	for _, t := range targets {
+		if t.skip {
+			reports[t.name] = baseReport(t)
+			reports[t.name].LeftDense = true
+			reports[t.name].Kept = reports[t.name].Params
+		}
+	}
 	compute := func(t *target) (*moduleResult, error) {
 		mu.Lock()
 		r := results[t.module]
@@ -215,8 +253,9 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 				r.err = fmt.Errorf("%s: tensor %q: %w", m.Path, t.name, r.err)
 				return
 			}
-			rep := &TensorReport{Name: t.name, Shape: t.shape, Params: int64(t.m) * int64(t.n), Note: r.note,
-				Rank: r.f.Rank, RelError: r.f.RelError, Energy: r.f.Energy}
+			rep := baseReport(t)
+			rep.Note = joinNotes(r.note, t.note)
+			rep.Rank, rep.RelError, rep.Energy = r.f.Rank, r.f.RelError, r.f.Energy
 			rep.LeftDense = o.Format == "factored" && !SavesParameters(t.m, t.n, r.f.Rank)
 			if o.Format == "dense" || rep.LeftDense {
 				rep.Kept = rep.Params
@@ -243,9 +282,8 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	}
 	pass := m.Passthrough()
 	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
-		mod, field := splitModule(e.Name)
-		t := byModule[mod]
-		if t == nil || (o.Format == "dense" && field == ".bias") {
+		ref, ok := refs[e.Name]
+		if !ok {
 			x, done, err := pass(ctx, e)
 			if err != nil || x.DType == e.DType {
 				return x, done, err
@@ -254,6 +292,7 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 			done()
 			return c, nil, err
 		}
+		t := ref.t
 		r, err := compute(t)
 		if err != nil {
 			return nil, nil, err
@@ -261,35 +300,42 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		defer release(t)
 		f := r.f
 		leftDense := !SavesParameters(t.m, t.n, f.Rank)
-		switch field {
-		case ".weight":
-			if o.Format == "factored" && !leftDense {
-				return nil, nil, nil // optional: the factors are written instead
-			}
+		switch ref.field {
+		case "weight":
 			if o.Format == "factored" {
+				if !leftDense {
+					return nil, nil, nil // optional: the factors are written instead
+				}
 				return convertedView(m, e)
 			}
-			x, err := tensors.FromFloat32(e.Name, e.DType, t.shape, f.Dense())
+			x, err := tensors.New(e.Name, e.DType, t.shape)
+			if err != nil {
+				return nil, nil, err
+			}
+			err = encodeProduct(x.Data, e.DType, t.mod, f.B, f.A, t.m, f.Rank, t.n, nil)
 			return x, nil, err
-		case ".bias":
+		case "bias":
 			if leftDense {
 				return convertedView(m, e)
 			}
 			return nil, nil, nil
-		case ".0.weight", ".1.weight", ".1.bias":
+		case "A", "B":
 			if leftDense {
 				return nil, nil, nil
 			}
-			s0, s1 := factorShapes(t.shape, f.Rank)
-			switch field {
-			case ".0.weight":
-				x, err := tensors.FromFloat32(e.Name, e.DType, s0, f.A)
-				return x, nil, err
-			case ".1.weight":
-				x, err := tensors.FromFloat32(e.Name, e.DType, s1, f.B)
+			s0, s1 := factorShapes(t.mod, t.shape, f.Rank)
+			da, db := factorData(t.mod, f)
+			if ref.field == "A" {
+				x, err := tensors.FromFloat32(e.Name, e.DType, s0, da)
 				return x, nil, err
 			}
-			b, err := m.Tensor(mod + ".bias")
+			x, err := tensors.FromFloat32(e.Name, e.DType, s1, db)
+			return x, nil, err
+		case "Bbias":
+			if leftDense {
+				return nil, nil, nil
+			}
+			b, err := m.Tensor(t.mod.Bias().Tensor)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -303,6 +349,9 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	}
 	wopts, err = m.DefaultWriteOptions(wopts)
 	if err != nil {
+		return nil, nil, err
+	}
+	if wopts, err = m.WithDType(wopts, o.DType); err != nil {
 		return nil, nil, err
 	}
 	wopts.Progress = o.Progress
@@ -322,24 +371,94 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	}
 	if o.Format == "factored" {
 		wopts.Metadata = withCompressionMetadata(wopts.Metadata, o)
-		wopts.MetadataFor = rankMetadata
+		wopts.MetadataFor = rankMetadata(factorOf)
 		if !checkpoint.IsSingleFile(out) {
-			wopts.Finalize = func(dir string) error {
-				collect()
-				b, err := CompressionJSON(o, list)
+			// compression.json is written from the reports each shard's
+			// state holds, so parts and resumed runs give the same file
+			wopts.State = &checkpoint.State{Finalizer: compressFinalizer, Save: func(dir string, shard []safetensors.Entry) error {
+				st := compressState{Method: o.Method}
+				mu.Lock()
+				for _, e := range shard {
+					name := e.Name // a target left as it is keeps its name
+					if ref, ok := refs[e.Name]; ok {
+						name = ref.t.name
+					}
+					if rep := reports[name]; rep != nil && !slices.ContainsFunc(st.Reports, func(r TensorReport) bool { return r.Name == name }) {
+						r := *rep
+						r.RelError, r.Energy = jsonSafe(r.RelError), jsonSafe(r.Energy)
+						st.Reports = append(st.Reports, r)
+					}
+				}
+				mu.Unlock()
+				b, err := json.Marshal(st)
 				if err != nil {
 					return err
 				}
-				return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
-			}
+				return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+			}}
 		}
 	}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, checkpoint.ExplainNonFinite(err, m)
 	}
 	collect()
 	return list, written, nil
+}
+
+// compressState is what a shard of a factored directory output keeps for
+// compression.json: the reports of the modules it holds.
+type compressState struct {
+	Method  string         `json:"method"`
+	Reports []TensorReport `json:"reports"`
+}
+
+const compressFinalizer = "lowrank.compress"
+
+// jsonSafe replaces a NaN or Inf (which JSON cannot hold; only possible
+// with --allow-nonfinite) by -1 in what a shard's state records.
+func jsonSafe(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return -1
+	}
+	return x
+}
+
+func init() { checkpoint.RegisterFinalizer(compressFinalizer, finalizeCompress) }
+
+// finalizeCompress writes compression.json from every shard's reports.
+func finalizeCompress(dir, _ string, states []string) error {
+	var method string
+	var list []TensorReport
+	for _, s := range states {
+		var st compressState
+		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			return fmt.Errorf("compression state %s: %w", s, err)
+		}
+		method = st.Method
+		for _, r := range st.Reports {
+			if !slices.ContainsFunc(list, func(x TensorReport) bool { return x.Name == r.Name }) {
+				list = append(list, r)
+			}
+		}
+	}
+	slices.SortFunc(list, func(a, b TensorReport) int { return strings.Compare(a.Name, b.Name) })
+	b, err := CompressionJSON(CompressOptions{Method: method}, list)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
+}
+
+// baseReport fills in what a report says about a target before its
+// factorisation.
+func baseReport(t *target) *TensorReport {
+	return &TensorReport{Name: t.name, Module: t.module, Kind: string(t.mod.Kind), Shape: t.shape, InFeatures: t.n, OutFeatures: t.m,
+		Bias: t.hasBias, Params: int64(t.m) * int64(t.n), Note: t.note}
 }
 
 func btoi(b bool) int {
@@ -358,98 +477,9 @@ func convertedView(m *checkpoint.Model, e safetensors.Entry) (*tensors.Tensor, f
 	return c, nil, err
 }
 
-// splitModule splits an output tensor name into its module and the field
-// (".weight", ".bias", ".0.weight", ".1.weight", ".1.bias").
-func splitModule(name string) (string, string) {
-	for _, f := range []string{".0.weight", ".1.weight", ".1.bias", ".weight", ".bias"} {
-		if m, ok := strings.CutSuffix(name, f); ok {
-			return m, f
-		}
-	}
-	return name, ""
-}
-
-// factorShapes returns the shapes of the two factors of a weight of the
-// given shape at rank k: Linear [out, in] -> [k, in], [out, k]; a conv
-// kernel [out, in, kh, kw] -> [k, in, kh, kw] (a conv to k channels) and
-// [out, k, 1, 1] (a 1x1 conv).
-func factorShapes(shape []int64, k int) ([]int64, []int64) {
-	s0 := append([]int64{int64(k)}, shape[1:]...)
-	s1 := []int64{shape[0], int64(k)}
-	for range len(shape) - 2 {
-		s1 = append(s1, 1)
-	}
-	return s0, s1
-}
-
-func findTargets(m *checkpoint.Model, o CompressOptions) ([]*target, error) {
-	patterns := o.Targets
-	explicit := len(patterns) > 0
-	if !explicit {
-		patterns = DefaultTargets
-	}
-	matched := make([]int, len(patterns))
-	var out []*target
-	for _, name := range m.Names() {
-		info, _ := m.Info(name)
-		hit := false
-		for i, p := range patterns {
-			if p.MatchString(name) {
-				if len(info.Shape) >= 2 && info.DType.IsFloat() {
-					matched[i]++
-				}
-				hit = true
-			}
-		}
-		if !hit || len(info.Shape) < 2 || !info.DType.IsFloat() || !strings.HasSuffix(name, ".weight") {
-			continue
-		}
-		if !explicit && excludedByDefault.MatchString(name) {
-			continue
-		}
-		rows, cols, err := tensors.MatrixShape(info.Shape)
-		if err != nil {
-			return nil, err
-		}
-		t := &target{name: name, module: strings.TrimSuffix(name, ".weight"), shape: info.Shape, m: rows, n: cols, rule: o.Rule, dtype: info.DType}
-		for _, ov := range o.Overrides {
-			if ov.Pattern.MatchString(name) {
-				t.rule = ov.Rule
-				break
-			}
-		}
-		k, fixed, err := t.rule.Fixed(rows, cols)
-		if err != nil {
-			return nil, fmt.Errorf("tensor %q %v: %w (choose the tensors with --target, or set its rank with --override)", name, info.Shape, err)
-		}
-		if fixed {
-			t.fixedRank = k
-			t.dense = !SavesParameters(rows, cols, k)
-		}
-		if bi, ok := m.Info(t.module + ".bias"); ok && len(bi.Shape) == 1 && int(bi.Shape[0]) == rows {
-			t.hasBias, t.biasDType = true, bi.DType
-		}
-		out = append(out, t)
-	}
-	for i, c := range matched {
-		if explicit && c == 0 {
-			return nil, fmt.Errorf("--target %q matches no floating weight of rank 2 or more in %s", patterns[i], m.Path)
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no weight to factorise", m.Path)
-	}
-	return out, nil
-}
-
 // factorTarget loads one weight and factorises it with the chosen method.
 func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factorization, string, error) {
-	x, err := m.Tensor(t.name)
-	if err != nil {
-		return nil, "", err
-	}
-	w, _, _, err := x.Matrix()
-	m.Release(t.name)
+	w, err := readMatrix(m, t) // [out, in], whatever the storage order
 	if err != nil {
 		return nil, "", err
 	}
@@ -460,6 +490,9 @@ func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factoriza
 	case "fwsvd":
 		fv, err := o.Fisher.Get(t.name)
 		if err != nil {
+			return nil, "", err
+		}
+		if fv, err = arch.ToMatrix(t.mod, fv); err != nil { // the weight's orientation
 			return nil, "", err
 		}
 		var imp []float64
@@ -498,22 +531,6 @@ func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factoriza
 	return nil, "", fmt.Errorf("unknown method %q", o.Method)
 }
 
-// rankMetadata records, in a weight file's __metadata__, the rank of every
-// factored module whose factors the file holds: {"wtool_ranks": "{\"M\": r}"}.
-func rankMetadata(entries []safetensors.Entry) map[string]string {
-	ranks := map[string]int64{}
-	for _, e := range entries {
-		if m, ok := strings.CutSuffix(e.Name, ".0.weight"); ok && len(e.Shape) > 0 {
-			ranks[m] = e.Shape[0]
-		}
-	}
-	if len(ranks) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(ranks) // sorted keys
-	return map[string]string{"wtool_ranks": string(b)}
-}
-
 // withCompressionMetadata records the method in __metadata__.
 func withCompressionMetadata(md map[string]string, o CompressOptions) map[string]string {
 	out := map[string]string{}
@@ -522,35 +539,4 @@ func withCompressionMetadata(md map[string]string, o CompressOptions) map[string
 	}
 	out["wtool_compression"] = o.Method
 	return out
-}
-
-// CompressionJSON describes a factored checkpoint for the program that
-// loads it: for each factored module its rank and original shape (and, for
-// convolutions, the kernel), and the modules left dense.
-func CompressionJSON(o CompressOptions, reports []TensorReport) ([]byte, error) {
-	type mod struct {
-		Rank     int     `json:"rank"`
-		Shape    []int64 `json:"shape"`
-		RelError float64 `json:"rel_error"`
-		Energy   float64 `json:"energy"`
-	}
-	doc := struct {
-		Format  string         `json:"format"`
-		Method  string         `json:"method"`
-		Layout  string         `json:"layout"`
-		Modules map[string]mod `json:"modules"`
-		Dense   []string       `json:"left_dense"`
-	}{Format: "wtool-compression", Method: o.Method,
-		Layout:  "module M: M.0.weight [rank, in(, kh, kw)] then M.1.weight [out, rank(, 1, 1)] and M.1.bias, i.e. nn.Sequential(Linear(in, rank, bias=False), Linear(rank, out))",
-		Modules: map[string]mod{}, Dense: []string{}}
-	for _, r := range reports {
-		name := strings.TrimSuffix(r.Name, ".weight")
-		if r.LeftDense {
-			doc.Dense = append(doc.Dense, name)
-			continue
-		}
-		doc.Modules[name] = mod{Rank: r.Rank, Shape: r.Shape, RelError: r.RelError, Energy: r.Energy}
-	}
-	b, err := json.MarshalIndent(doc, "", "  ")
-	return append(b, '\n'), err
 }

@@ -235,7 +235,7 @@ func TestCompressRefusals(t *testing.T) {
 		o    CompressOptions
 		want string
 	}{
-		{"rank too large", CompressOptions{Method: "svd", Rule: RankRule{Rank: 65}}, "larger than min"},
+		{"rank too large everywhere", CompressOptions{Method: "svd", Rule: RankRule{Rank: 65}}, "larger than min"},
 		{"regex matches nothing", CompressOptions{Method: "svd", Rule: RankRule{Rank: 4}, Targets: []*regexp.Regexp{regexp.MustCompile("attn")}}, `"attn" matches no`},
 		{"regex matches only biases", CompressOptions{Method: "svd", Rule: RankRule{Rank: 4}, Targets: []*regexp.Regexp{regexp.MustCompile(`bias$`)}}, "matches no"},
 		{"fisher of another model", CompressOptions{Method: "fwsvd", Rule: RankRule{Rank: 4}, Fisher: of}, "another model"},

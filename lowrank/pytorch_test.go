@@ -62,7 +62,7 @@ else:
         for i in range(1, 6):
             m = "fc%d" % i
             w = state[m + ".weight"].clone()
-            if adapter:
+            if adapter and "base_model.model." + m + ".lora_A.weight" in ad:
                 r = cfg["rank_pattern"].get(m, cfg["r"])
                 alpha = cfg["alpha_pattern"].get(m, cfg["lora_alpha"])
                 A = torch.from_numpy(ad["base_model.model." + m + ".lora_A.weight"])

@@ -14,6 +14,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
 
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 )
 
@@ -40,13 +41,23 @@ func (s *Spectrum) RankFor(e float64) int {
 	return 0
 }
 
-// Spectra computes the singular values of the matching weights of m (rank
-// >= 2, conv kernels as [out, in*kh*kw]), all of them exactly, or with top >
+// Spectra computes the singular values of the matching weights of m (the
+// architecture's default targets without patterns; every matrix in its
+// module's orientation, conv kernels as [out, in*kh*kw]), all of them exactly, or with top >
 // 0 only the largest top by randomized SVD (the energy fractions stay exact:
 // the total is the squared Frobenius norm).
 func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp, top int, o SVDOptions) ([]Spectrum, error) {
-	co := CompressOptions{Targets: targets, Rule: RankRule{Rank: 1}}
-	ts, err := findTargets(m, co)
+	return SpectraOf(ctx, m, nil, targets, top, o)
+}
+
+// SpectraOf is Spectra with the model's architecture already described (nil:
+// described here).
+func SpectraOf(ctx context.Context, m *checkpoint.Model, a *arch.Arch, targets []*regexp.Regexp, top int, o SVDOptions) ([]Spectrum, error) {
+	a, err := openArch(m, a)
+	if err != nil {
+		return nil, err
+	}
+	ts, err := findTargets(m, a, targetSelection{patterns: targets, rule: RankRule{Rank: 1}, what: "analyse"})
 	if err != nil {
 		return nil, err
 	}
@@ -55,12 +66,7 @@ func Spectra(ctx context.Context, m *checkpoint.Model, targets []*regexp.Regexp,
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		x, err := m.Tensor(t.name)
-		if err != nil {
-			return nil, err
-		}
-		w, _, _, err := x.Matrix()
-		m.Release(t.name)
+		w, err := readMatrix(m, t) // [out, in]
 		if err != nil {
 			return nil, err
 		}

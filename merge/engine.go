@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/wtool/wtool/internal/fault"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -423,15 +424,14 @@ func (t *TensorJob) pass(ctx context.Context, ins []*Input, stride int, fn func(
 	if workers == 1 {
 		work(0)
 	} else {
-		var wg sync.WaitGroup
+		// a fault or panic in a worker (reads of the mapped inputs run
+		// inside Guard; anything else is a bug) is raised again here, on
+		// the caller's goroutine, where the writer turns it into an error
+		var g fault.Group
 		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				work(w)
-			}()
+			g.Go(func() { work(w) })
 		}
-		wg.Wait()
+		g.Wait()
 	}
 	return first
 }

@@ -177,6 +177,9 @@ func (j *Job) entries() []safetensors.Entry {
 // write streams the merge of every tensor into out.
 func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
 	opts, err := j.WriteOptions(opts)
+	if err == nil {
+		opts, err = j.Models[0].WithDType(opts, j.OutDType) // config.json's torch_dtype
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -37,7 +37,7 @@ func (pleasMethod) Params() []Param {
 		{Name: "match", Kind: String, Default: Text("activation"), Choices: []string{"activation", "weight"},
 			Doc: "pleas: activation (default) or weight matching"},
 		seedParam(seedDoc),
-		{Name: "restarts", Kind: Int, Default: IntValue(3), Check: InRange(1, 1000, false, false),
+		{Name: "restarts", Kind: Int, Default: IntValue(3), Check: AtLeast(1),
 			Doc: "weight matching runs with seeds seed, seed+1, ...; the closest result is kept (default 3)"},
 	}
 }
@@ -174,6 +174,9 @@ func writeNetwork(ctx context.Context, j *Job, n *mlp.Network, out string, opts 
 		} else if err != nil {
 			return nil, err
 		}
+	}
+	if opts, err = first.WithDType(opts, dt); err != nil { // config.json's torch_dtype
+		return nil, err
 	}
 	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
 		return byName[e.Name], nil, nil

@@ -8,13 +8,29 @@ import (
 	_ "github.com/wtool/wtool/tensors/linalg" // fast GEMM kernels for gonum
 )
 
+// DefaultRegMeanAlpha is the default scale of the Gram matrices'
+// off-diagonal entries in a RegMean merge. The RegMean paper (Jin et al.,
+// 2023) merges with G~ = alpha G + (1 - alpha) diag(G), alpha < 1: with
+// alpha = 1 the solution fits the calibration data exactly in the
+// directions the data spans and, in the directions no model's data spans
+// (fewer calibration samples than input features, dead features), falls
+// back to the plain average through a small ridge toward it. The diagonal
+// share (1 - alpha) regularises every direction toward a feature-weighted
+// average instead; how close that is to the plain average depends on the
+// features (near for isotropic ones; about half the average's norm away for
+// a ViT classifier's LayerNorm features in wtool's conformance test).
+const DefaultRegMeanAlpha = 0.9
+
 // RegMean returns the RegMean merge (Jin et al., 2023) of Linear layers that
 // see inputs with Gram matrices grams[i] (in x in, row-major, float64):
 // W* = (sum_i W_i G_i)(sum_i G_i)^-1, the W minimising
 // sum_i ||W X_i - W_i X_i||^2. ws[i] are the layers' weights (out x in,
-// row-major). alpha in (0, 1] scales the Gram matrices' off-diagonal entries
-// (1 leaves them). ridge > 0 adds ridge * mean(diag) to the diagonal of the
-// sum; with ridge 0 it is added (1e-8) only if the sum is singular.
+// row-major, the layer's own orientation). alpha in (0, 1] scales the Gram
+// matrices' off-diagonal entries (1 leaves them; see DefaultRegMeanAlpha).
+// ridge > 0 regularises the solution toward the plain average of the ws with
+// weight ridge * mean(diag) (W* = (sum_i W_i G_i + r W_avg)(sum_i G_i + r I)^-1);
+// with ridge 0 a small one (from 1e-8) is used only if the sum is singular,
+// so that directions no Gram matrix sees take the average, never zero.
 func RegMean(ws [][]float64, grams [][]float64, out, in int, alpha, ridge float64) ([]float64, error) {
 	if len(ws) == 0 || len(ws) != len(grams) {
 		return nil, fmt.Errorf("regmean: %d weights, %d Gram matrices", len(ws), len(grams))
@@ -42,6 +58,7 @@ type regmeanSystem struct {
 	in    int
 	grams []*mat.Dense
 	ch    mat.Cholesky
+	pull  float64 // ridge * mean(diag): the weight of the average in the right-hand side
 }
 
 func newRegmeanSystem(grams [][]float64, in int, alpha, ridge float64) (*regmeanSystem, error) {
@@ -76,6 +93,10 @@ func newRegmeanSystem(grams [][]float64, in int, alpha, ridge float64) (*regmean
 		for i := range in {
 			a.SetSym(i, i, a.At(i, i)+r*meanDiag)
 		}
+		s.pull = 0
+		if r > 0 {
+			s.pull = r * meanDiag
+		}
 		// a near-singular factor (the solve would report a Condition
 		// error) counts as a failure, and more ridge is tried
 		return s.ch.Factorize(a) && s.ch.Cond() <= mat.ConditionTolerance
@@ -99,6 +120,17 @@ func (s *regmeanSystem) solveRows(w [][]float64, rows int) ([]float64, error) {
 		var t mat.Dense
 		t.Mul(g, mat.NewDense(rows, in, w[k]).T())
 		rhs.Add(rhs, &t)
+	}
+	if s.pull > 0 { // the ridge pulls toward the plain average
+		avgT := mat.NewDense(in, rows, nil)
+		for k := range w {
+			avgT.Add(avgT, mat.NewDense(rows, in, w[k]).T())
+		}
+		avgT.Scale(1/float64(len(w)), avgT)
+		var br mat.Dense
+		br.Scale(s.pull, avgT)
+		br.Add(&br, rhs)
+		rhs = &br
 	}
 	var x mat.Dense
 	if err := s.ch.SolveTo(&x, rhs); err != nil {

@@ -3,11 +3,13 @@ package merge
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -29,8 +31,8 @@ func (regmeanMethod) Params() []Param {
 		{Name: "act", Kind: String, Default: Text("relu"), Choices: []string{"relu", "gelu", "silu", "tanh"},
 			Doc: "MLP activation: relu (default), gelu, silu, tanh (pleas, regmean with calib)"},
 		{Name: "layers", Kind: List, Doc: "MLP layer order, comma-separated (mlp spec; pleas, regmean with calib)"},
-		{Name: "alpha", Kind: Number, Default: Num(1), Check: InRange(0, 1, true, false),
-			Doc: "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1] (default 1)"},
+		{Name: "alpha", Kind: Number, Default: Num(DefaultRegMeanAlpha), Check: InRange(0, 1, true, false),
+			Doc: "regmean: scale of the Gram matrices' off-diagonal entries, in (0, 1] (default 0.9, as the RegMean paper recommends alpha < 1; 1 is the unscaled solution)"},
 		{Name: "ridge", Kind: Number, Default: Num(0), Check: AtLeast(0),
 			Doc: "ridge added to the least-squares systems, relative to their mean diagonal (pleas, regmean)"},
 	}
@@ -55,6 +57,11 @@ func (regmeanMethod) Check(p *Plan) error {
 // the calibration inputs.
 func (regmeanMethod) Start(ctx context.Context, j *Job) (Merger, error) {
 	r := &regmeanMerger{mods: map[string]*regModule{}}
+	a, err := arch.Open(j.Models[0])
+	if err != nil {
+		return nil, err
+	}
+	r.arch = a
 	p := j.Plan
 	if calib := p.Global("calib").Text; calib != "" {
 		in, err := mlp.OpenInputs(calib, p.Global("calib_key").Text)
@@ -77,7 +84,7 @@ func (regmeanMethod) Start(ctx context.Context, j *Job) (Merger, error) {
 			}
 			r.mem = append(r.mem, s)
 		}
-		return r, nil
+		return r, r.notes(j)
 	}
 	for i := range p.Models {
 		path := p.ModelValue(i, "stats").Text
@@ -92,12 +99,81 @@ func (regmeanMethod) Start(ctx context.Context, j *Job) (Merger, error) {
 			return nil, fmt.Errorf("%s: regmean needs each model's own (single) statistics, not %s ones", path, f.Kind)
 		}
 	}
+	if err := r.notes(j); err != nil {
+		r.Close()
+		return nil, err
+	}
 	return r, nil
+}
+
+// regmeanModule reports whether RegMean merges the module: a Linear, a
+// Conv1D or a convolution (on unfolded patches), whose inputs the
+// statistics describe.
+func regmeanModule(m *arch.Module) bool {
+	return m.Kind == arch.Linear || m.Kind == arch.Conv1D || m.Kind == arch.Conv
+}
+
+// notes says, once and in module order, which alpha is used and which
+// modules' Gram matrices are rank-deficient (fewer calibration samples than
+// input features): there RegMean relies on alpha < 1.
+func (r *regmeanMerger) notes(j *Job) error {
+	alpha := j.Plan.Float("alpha")
+	if !j.Plan.Has("alpha") {
+		j.Note("regmean: off-diagonal Gram entries scaled by alpha = %g (the default; --alpha 1 for the unscaled solution)", alpha)
+	}
+	var short []string
+	for _, m := range r.arch.Modules {
+		if !regmeanModule(m) || !r.hasAll(m.Name) {
+			continue
+		}
+		dim := m.InFeatures + int(b2u(m.Bias() != nil))
+		for i := range j.Models {
+			n, err := r.count(i, m.Name)
+			if err != nil {
+				return err
+			}
+			if n < int64(dim) {
+				short = append(short, fmt.Sprintf("%s (model %d: %d samples for %d features)", m.Name, i+1, n, dim))
+				break
+			}
+		}
+	}
+	if len(short) > 0 {
+		shown := short
+		if len(shown) > 4 {
+			shown = append(slices.Clone(shown[:4]), fmt.Sprintf("... %d modules in all", len(short)))
+		}
+		msg := fmt.Sprintf("regmean: warning: the Gram matrix of %d module(s) has rank below its size: %s", len(short), strings.Join(shown, ", "))
+		if alpha >= 1 {
+			msg += "; the directions the calibration data never saw take the plain average"
+		} else {
+			msg += fmt.Sprintf("; alpha = %g pulls the directions the calibration data never saw toward the feature-weighted average", alpha)
+		}
+		j.Note("%s", msg)
+	}
+	return nil
+}
+
+func (r *regmeanMerger) hasAll(name string) bool {
+	for i := range max(len(r.mem), len(r.files)) {
+		if !r.has(i, name) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *regmeanMerger) count(i int, name string) (int64, error) {
+	if r.mem != nil {
+		return r.mem[i].Module(name).Count, nil
+	}
+	return r.files[i].Count(name)
 }
 
 type regmeanMerger struct {
 	files []*stats.File  // per model, when read from files
 	mem   []*stats.Stats // per model, when computed with the MLP engine
+	arch  *arch.Arch     // which weights are Linear/Conv1D/conv, in which orientation
 	mu    sync.Mutex
 	mods  map[string]*regModule // modules whose weight or bias is being written
 }
@@ -128,11 +204,18 @@ func (r *regmeanMerger) module(i int, name string) (*stats.Module, error) {
 type regModule struct {
 	once    sync.Once
 	err     error
+	mod     *arch.Module
 	sys     *regmeanSystem
 	out, in int
 	hasBias bool
 	w, b    []*Input // per model
 	parts   int      // tensors of the module still to be written
+	// full is the whole solution of a module that stores its weight
+	// transposed (Conv1D: a chunk of the stored weight needs every output
+	// row), computed once
+	fullOnce sync.Once
+	full     []float64
+	fullErr  error
 }
 
 // Tensor: a Linear module's weight and bias with statistics are solved
@@ -140,13 +223,6 @@ type regModule struct {
 // layer's Gram matrices and one block of rows); anything else is the
 // weighted average.
 func (r *regmeanMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error) {
-	j := t.Job
-	mod, isWeight := strings.CutSuffix(t.Name, ".weight")
-	isBias := false
-	if !isWeight {
-		mod, isBias = strings.CutSuffix(t.Name, ".bias")
-	}
-	info, _ := j.Models[0].Info(mod + ".weight")
 	average := func() (*Kernel, error) {
 		ws, scale, err := linearScale(t.weights(allModels(len(t.Models))), true)
 		if err != nil {
@@ -154,34 +230,32 @@ func (r *regmeanMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error)
 		}
 		return &Kernel{Inputs: t.Models, Fn: linearFn(ws, scale)}, nil
 	}
-	if (!isWeight && !isBias) || len(info.Shape) != 2 {
-		return average()
+	p, ok := r.arch.Param(t.Name)
+	if !ok || !regmeanModule(p.Module) || (p.Name != "weight" && p.Name != "bias") || !r.hasAll(p.Module.Name) {
+		return average() // no statistics, or not a Linear-like module: plain average
 	}
-	for i := range j.Models {
-		if !r.has(i, mod) {
-			return average() // no statistics: plain average
-		}
-	}
-	hasBias := j.Models[0].Has(mod + ".bias")
+	mod := p.Module
+	isWeight := p.Name == "weight"
 	r.mu.Lock()
-	m, ok := r.mods[mod]
+	m, ok := r.mods[mod.Name]
 	if !ok {
-		m = &regModule{parts: 1, hasBias: hasBias, out: int(info.Shape[0]), in: int(info.Shape[1])}
-		if hasBias {
+		out, in := mod.MatrixShape()
+		m = &regModule{mod: mod, parts: 1, hasBias: mod.Bias() != nil, out: out, in: in}
+		if m.hasBias {
 			m.parts = 2
 		}
-		r.mods[mod] = m
+		r.mods[mod.Name] = m
 	}
 	r.mu.Unlock()
-	m.once.Do(func() { m.err = r.setup(t, m, mod) })
+	m.once.Do(func() { m.err = r.setup(t, m) })
 	if m.err != nil {
-		return nil, fmt.Errorf("module %q: %w", mod, m.err)
+		return nil, fmt.Errorf("module %q: %w", mod.Name, m.err)
 	}
 	ins := append(append([]*Input{}, m.w...), m.b...)
 	done := func() {
 		r.mu.Lock()
 		if m.parts--; m.parts == 0 {
-			delete(r.mods, mod)
+			delete(r.mods, mod.Name)
 		}
 		r.mu.Unlock()
 	}
@@ -194,24 +268,25 @@ func (r *regmeanMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error)
 // setup builds a module's system: per model the augmented Gram
 // [[G, s], [s^T, n]] (the bias is the weight of a constant input 1) scaled
 // by the model's weight.
-func (r *regmeanMerger) setup(t *TensorJob, m *regModule, mod string) error {
+func (r *regmeanMerger) setup(t *TensorJob, m *regModule) error {
 	j := t.Job
 	d := m.in
 	if m.hasBias {
 		d++
 	}
-	depth := Depth(mod+".weight", j.NumLayers)
+	wname := m.mod.Weight().Tensor
+	depth := Depth(wname, j.NumLayers)
 	var grams [][]float64
 	for i, model := range j.Models {
-		s, err := r.module(i, mod)
+		s, err := r.module(i, m.mod.Name)
 		if err != nil {
 			return err
 		}
 		if s.Dim != m.in {
-			return fmt.Errorf("statistics have %d input features, the weight has %d", s.Dim, m.in)
+			return fmt.Errorf("statistics have %d input features, the %s weight has %d", s.Dim, m.mod.Kind, m.in)
 		}
 		np := j.num("weight")
-		w := np.eval(np.model[i], mod+".weight", depth)
+		w := np.eval(np.model[i], wname, depth)
 		g := make([]float64, d*d)
 		for a := range m.in {
 			for b := range m.in {
@@ -226,13 +301,13 @@ func (r *regmeanMerger) setup(t *TensorJob, m *regModule, mod string) error {
 			g[m.in*d+m.in] = w * float64(s.Count)
 		}
 		grams = append(grams, g)
-		wi, err := j.input(model, mod+".weight")
+		wi, err := j.input(model, wname)
 		if err != nil {
 			return err
 		}
 		m.w = append(m.w, wi)
 		if m.hasBias {
-			bi, err := j.input(model, mod+".bias")
+			bi, err := j.input(model, m.mod.Bias().Tensor)
 			if err != nil {
 				return err
 			}
@@ -255,7 +330,7 @@ func (m *regModule) rowBlock() int { return max(1, min(m.out, regmeanBlockValues
 var regmeanBlockValues = 1 << 20
 
 // solveBlock returns the merged augmented rows [r0, r1) (row-major, width
-// in+1 with a bias, else in).
+// in+1 with a bias, else in), in the module's own orientation.
 func (m *regModule) solveBlock(r0, r1 int) ([]float64, error) {
 	d := m.sys.in
 	rows := r1 - r0
@@ -263,7 +338,7 @@ func (m *regModule) solveBlock(r0, r1 int) ([]float64, error) {
 	wv := make([]float64, rows*m.in)
 	bv := make([]float64, rows)
 	for k := range m.w {
-		if err := m.w[k].Decode(wv, r0*m.in); err != nil {
+		if err := m.readRows(m.w[k], r0, r1, wv); err != nil {
 			return nil, err
 		}
 		if m.hasBias {
@@ -283,18 +358,79 @@ func (m *regModule) solveBlock(r0, r1 int) ([]float64, error) {
 	return m.sys.solveRows(w, rows)
 }
 
+// readRows decodes rows [r0, r1) of a weight in the module's orientation
+// [out, in]; a transposed weight (stored [in, out]) is read one stored row
+// segment at a time.
+func (m *regModule) readRows(in *Input, r0, r1 int, dst []float64) error {
+	if !m.mod.Transposed() {
+		return in.Decode(dst, r0*m.in)
+	}
+	rows := r1 - r0
+	seg := make([]float64, rows)
+	for c := range m.in {
+		if err := in.Decode(seg, c*m.out+r0); err != nil {
+			return err
+		}
+		for o, v := range seg {
+			dst[o*m.in+c] = v
+		}
+	}
+	return nil
+}
+
+// solution returns the whole solution, computed once (transposed modules).
+func (m *regModule) solution(ctx context.Context) ([]float64, error) {
+	m.fullOnce.Do(func() {
+		rb := m.rowBlock()
+		d := m.sys.in
+		full := make([]float64, 0, m.out*d)
+		for b0 := 0; b0 < m.out; b0 += rb {
+			if err := ctx.Err(); err != nil {
+				m.fullErr = err
+				return
+			}
+			x, err := m.solveBlock(b0, min(b0+rb, m.out))
+			if err != nil {
+				m.fullErr = err
+				return
+			}
+			full = append(full, x...)
+		}
+		m.full = full
+	})
+	return m.full, m.fullErr
+}
+
 // chunk returns the ChunkFunc of the weight (or the bias): the fixed row
 // blocks overlapping the chunk are solved and the chunk's values taken
-// from them, rounded once to the output dtype.
+// from them, rounded once to the output dtype. A transposed weight takes
+// its values from the whole solution.
 func (m *regModule) chunk(dt tensors.DType, bias bool) func(ctx context.Context, off int64, dst []byte) error {
 	return func(ctx context.Context, off int64, dst []byte) error {
 		es := dt.Bits() / 8
 		lo, n := int(off)/es, len(dst)/es
+		d := m.sys.in
+		if m.mod.Transposed() {
+			x, err := m.solution(ctx)
+			if err != nil {
+				return err
+			}
+			vals := make([]float64, n)
+			for k := range vals {
+				e := lo + k
+				if bias {
+					vals[k] = x[e*d+m.in]
+				} else { // stored [in, out]: element e is (c, o)
+					c, o := e/m.out, e%m.out
+					vals[k] = x[o*d+c]
+				}
+			}
+			return encode64(dst, vals, dt)
+		}
 		width := m.in // elements per output row in this tensor
 		if bias {
 			width = 1
 		}
-		d := m.sys.in
 		rb := m.rowBlock()
 		vals := make([]float64, 0, min(n, rb*width))
 		first, last := lo/width, (lo+n-1)/width
@@ -317,7 +453,7 @@ func (m *regModule) chunk(dt tensors.DType, bias bool) func(ctx context.Context,
 				}
 				vals = append(vals, x[(o-b0)*d+c])
 			}
-			if err := tensors.EncodeFloat64(dst[(eLo-lo)*es:(eHi-lo)*es], vals, dt); err != nil {
+			if err := encode64(dst[(eLo-lo)*es:(eHi-lo)*es], vals, dt); err != nil {
 				return err
 			}
 		}

@@ -451,7 +451,7 @@ func TestStreamingAlignedFisherRegMean(t *testing.T) {
 			ga[d*(d+1)+d] = wt * float64(st.Count)
 			ws, gs = append(ws, wa), append(gs, ga)
 		}
-		sol, err := RegMean(ws, gs, o, d+1, 1, 0)
+		sol, err := RegMean(ws, gs, o, d+1, DefaultRegMeanAlpha, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -21,7 +21,7 @@ func (wmMethod) Params() []Param {
 		{Name: "spec", Kind: String, Default: Text("auto"), Doc: "permutation spec for wm: auto (default), mlp, llama or a JSON file"},
 		{Name: "layers", Kind: List, Doc: "MLP layer order, comma-separated (mlp spec; pleas, regmean with calib)"},
 		seedParam(seedDoc),
-		{Name: "restarts", Kind: Int, Default: IntValue(3), Check: InRange(1, 1000, false, false),
+		{Name: "restarts", Kind: Int, Default: IntValue(3), Check: AtLeast(1),
 			Doc: "weight matching runs with seeds seed, seed+1, ...; the closest result is kept (default 3)"},
 	}
 }

@@ -130,10 +130,12 @@ func (t *Tensor) ConvertTo(dt DType) (*Tensor, error) {
 	return out, nil
 }
 
-// MatrixShape returns the 2-D (rows, cols) view wtool uses for weight
-// operations: a Linear weight (out, in) as is, a convolution kernel
-// (out, in, kh, kw) — or any tensor of rank >= 2 — as (out, in*kh*kw).
-// Tensors of rank 0 or 1 have no matrix view.
+// MatrixShape returns the 2-D (rows, cols) view of a shape: its first axis
+// by the product of the others, (out, in) for a Linear weight and
+// (out, in*kh*kw) for a convolution kernel. It knows nothing of the module:
+// a GPT-2 Conv1D weight is [in, out] and an embedding [num, dim]; the
+// matrix of a module in its own orientation [out, in] comes from io/arch
+// (Module.Matrix, arch.ToMatrix). Tensors of rank 0 or 1 have no matrix view.
 func MatrixShape(shape []int64) (rows, cols int, err error) {
 	if len(shape) < 2 {
 		return 0, 0, fmt.Errorf("shape %v has no matrix view (rank %d < 2)", shape, len(shape))

@@ -200,6 +200,83 @@ class TestStatsFormulas(Tmp):
         self.assertEqual(arrays["head.count"], 7)
 
 
+class TestFamilies(Tmp):
+    """Statistics of the families' tiny models (testdata/families)."""
+
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, os.path.join(ROOT, "testdata", "families"))
+        import families
+        cls.fam = families
+
+    def test_gpt2_conv1d_inputs(self):
+        # transformers' Conv1D (weight [in, out]) is collected like a Linear:
+        # its input vectors, of length weight.shape[0]
+        m = self.fam.build("gpt2", 1)[0].double()
+        ids = self.fam.inputs("gpt2", self.fam.config("gpt2"), 1, batch=3)
+        out = self.path("g.safetensors")
+        wc.collect_stats(m, [ids], out)
+        arrays, meta = wc.read_safetensors(out)
+        self.assertIn("h.0.attn.c_attn", meta["modules"].split(","))
+        x = m.wte(ids) + m.wpe(torch.arange(ids.shape[1]))
+        a = np64(m.h[0].ln_1(x)).reshape(-1, 128)
+        np.testing.assert_allclose(arrays["h.0.attn.c_attn.gram"], a.T @ a, rtol=1e-12, atol=1e-12)
+        self.assertEqual(arrays["h.0.attn.c_attn.count"], 24)
+        self.assertEqual(arrays["h.0.mlp.c_proj.gram"].shape, (512, 512))
+        self.assertEqual(arrays["h.1.attn.c_proj.sum"].shape, (128,))
+
+    def moe_inputs(self, m, ids):
+        """Layer 0's mixture-of-experts input rows [N, d]."""
+        h = m.model.embed_tokens(ids)
+        layer = m.model.layers[0]
+        h = h + layer.self_attn(layer.input_layernorm(h))
+        return layer.post_attention_layernorm(h).reshape(-1, h.shape[-1])
+
+    def test_mixtral_joint_experts(self):
+        # joint statistics of an expert are over the tokens model A routes to
+        # it; B's expert runs on B's hidden states at those positions
+        a, b = self.fam.build("mixtral", 1)[0].double(), self.fam.build("mixtral", 2)[0].double()
+        c = self.fam.config("mixtral")
+        batches = [self.fam.inputs("mixtral", c, s, batch=2) for s in (1, 2)]
+        joint, single = self.path("j.safetensors"), self.path("s.safetensors")
+        wc.collect_joint_stats(a, b, batches, joint)
+        wc.collect_stats(a, batches, single)
+        j, jm = wc.read_safetensors(joint)
+        s, _ = wc.read_safetensors(single)
+        names = jm["modules"].split(",")
+        self.assertEqual(names[:4], ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                                     "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.o_proj"])
+        gate = names.index("model.layers.0.block_sparse_moe.gate")
+        self.assertTrue(names[gate + 1].startswith("model.layers.0.block_sparse_moe.experts.0."), names[gate:gate + 3])
+        tol = dict(rtol=1e-10, atol=1e-10)
+        xa = torch.cat([self.moe_inputs(a, ids) for ids in batches]).detach()
+        xb = torch.cat([self.moe_inputs(b, ids) for ids in batches]).detach()
+        blk_a, blk_b = a.model.layers[0].block_sparse_moe, b.model.layers[0].block_sparse_moe
+        top = torch.topk(blk_a.gate(xa), 2, dim=-1).indices
+        total = 0
+        for e in range(4):
+            p = f"model.layers.0.block_sparse_moe.experts.{e}."
+            rows = (top == e).any(-1).nonzero().flatten()
+            total += rows.numel()
+            self.assertEqual(j[p + "w1.count"], rows.numel())
+            # A's side is exactly A's own statistics
+            for w in ("w1", "w2", "w3"):
+                np.testing.assert_allclose(j[p + w + ".gram_a"], s[p + w + ".gram"], **tol)
+                self.assertEqual(j[p + w + ".count"], s[p + w + ".count"])
+            ra, rb = np64(xa[rows]), np64(xb[rows])
+            np.testing.assert_allclose(j[p + "w1.cross"], ra.T @ rb, **tol)
+            np.testing.assert_allclose(j[p + "w3.gram_b"], rb.T @ rb, **tol)
+            ea, eb = blk_a.experts[e], blk_b.experts[e]
+            ha = np64(F.silu(ea.w1(xa[rows])) * ea.w3(xa[rows]))
+            hb = np64(F.silu(eb.w1(xb[rows])) * eb.w3(xb[rows]))
+            np.testing.assert_allclose(j[p + "w2.cross"], ha.T @ hb, **tol)
+            np.testing.assert_allclose(j[p + "w2.sum_b"], hb.sum(0), **tol)
+        self.assertEqual(total, 2 * xa.shape[0])  # top-2: each token reaches two experts
+        # the router sees every token in both models
+        self.assertEqual(j["model.layers.0.block_sparse_moe.gate.count"], xa.shape[0])
+        np.testing.assert_allclose(j["model.layers.0.block_sparse_moe.gate.cross"], np64(xa).T @ np64(xb), **tol)
+
+
 class TestFisher(Tmp):
     @staticmethod
     def manual_grads(w1, b1, w2, b2, x, y):

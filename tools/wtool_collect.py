@@ -9,7 +9,8 @@ model and writes the files specified in docs/stats.md (``wtool-stats`` v1,
 kinds ``single`` and ``joint``, and ``wtool-fisher`` v1).
 
 Use from Python with your own model (any nn.Module; statistics are kept for
-its nn.Linear and nn.Conv2d modules, under their ``named_modules()`` names)::
+its nn.Linear, nn.Conv2d and transformers Conv1D (GPT-2) modules, under their
+``named_modules()`` names)::
 
     import torch, wtool_collect as wc
     model = MyModel(); model.load_state_dict(torch.load("weights.pt"))
@@ -277,14 +278,32 @@ def write_safetensors(path, tensors, metadata=None):
 # ---------------------------------------------------------------------------
 
 
+def _is_conv1d(module):
+    """transformers' Conv1D (GPT-2 and kin): weight [in, out], y = x W + b.
+
+    Recognised by its class name and layout, so that transformers need not
+    be installed (nor imported) to collect statistics of such a model.
+    """
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+            and isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[1] == module.nf)
+
+
+def _collected(module):
+    return isinstance(module, (nn.Linear, nn.Conv2d)) or _is_conv1d(module)
+
+
 def _input_dim(name, module):
-    """Length of the input vector of a Linear or Conv2d module (docs/stats.md)."""
+    """Length of the input vector of a Linear, Conv1D or Conv2d module (docs/stats.md)."""
     if isinstance(module, nn.Linear):
         return module.in_features
+    if _is_conv1d(module):
+        return module.weight.shape[0]  # [in, out]
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return module.in_channels * kh * kw
-    raise TypeError(f"module {name!r} is a {type(module).__name__}; statistics are collected for nn.Linear and nn.Conv2d only")
+    raise TypeError(f"module {name!r} is a {type(module).__name__}; statistics are collected for nn.Linear, "
+                    "Conv1D and nn.Conv2d only")
 
 
 def _conv_pad(module):
@@ -305,13 +324,13 @@ def _conv_pad(module):
 def _rows(name, module, x):
     """Yield the sample rows [n, d] of one call's input x, in bounded chunks.
 
-    Linear: all leading dims flattened. Conv2d: torch.nn.functional.unfold
+    Linear, Conv1D: all leading dims flattened. Conv2d: torch.nn.functional.unfold
     patches (channel-major, then kernel row, then kernel column), one row per
     output position per image, with the layer's stride, dilation and padding
     (padding modes other than "zeros" applied with F.pad as nn.Conv2d does).
     """
     d = _input_dim(name, module)
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or _is_conv1d(module):
         if x.shape[-1] != d:
             raise ValueError(f"module {name!r}: input has {x.shape[-1]} features, expected {d}")
         x = x.reshape(-1, d)
@@ -401,12 +420,12 @@ class _Moments:
 
 
 def _select_modules(model, modules, max_gram_elems):
-    """[(name, module, d)] of the Linear/Conv2d modules to hook, checked."""
+    """[(name, module, d)] of the Linear/Conv1D/Conv2d modules to hook, checked."""
     named = dict(model.named_modules())
     if modules is None:
-        chosen = [(n, m) for n, m in named.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        chosen = [(n, m) for n, m in named.items() if _collected(m)]
         if not chosen:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d module")
+            raise ValueError(f"{type(model).__name__} has no nn.Linear, Conv1D or nn.Conv2d module")
     else:
         if isinstance(modules, str):
             modules = [m for m in modules.split(",") if m]
@@ -430,6 +449,15 @@ def _select_modules(model, modules, max_gram_elems):
                 "leave it out with modules= or raise the limit")
         out.append((n, m, d))
     return out
+
+
+def _moe_blocks(model):
+    """{name: block} of a model's sparse mixture-of-experts blocks: modules
+    with a router ``gate`` (nn.Linear), an ``experts`` ModuleList and
+    ``top_k`` (Mixtral's block_sparse_moe, and blocks built like it)."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(getattr(m, "gate", None), nn.Linear) and isinstance(getattr(m, "experts", None), nn.ModuleList)
+            and isinstance(getattr(m, "top_k", None), int)}
 
 
 def _device(model):
@@ -518,20 +546,21 @@ def _default_source(*models):
 
 
 def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_ELEMS, source=None):
-    """Collect the input statistics of a model's Linear/Conv2d modules.
+    """Collect the input statistics of a model's Linear/Conv1D/Conv2d modules.
 
     Runs ``model`` in eval mode under ``torch.no_grad()`` on every batch of
     ``batches`` (input tensors; or tuples/lists whose first element is the
     input; or dicts passed as keyword arguments) and accumulates, in float64,
     per module: count, sum, abs_sum and gram (sum of x x^T) of its input
-    vectors. Linear inputs have their leading dims flattened ([B, T, in] is
-    B*T samples); Conv2d inputs are unfolded into patches of length
+    vectors. Linear and Conv1D inputs have their leading dims flattened
+    ([B, T, in] is B*T samples; a Conv1D's in is its weight's first axis);
+    Conv2d inputs are unfolded into patches of length
     in_channels*kh*kw, one sample per output position. A module called
     several times in a forward pass contributes every call's inputs.
 
     ``modules``: names from ``model.named_modules()`` (list or
-    comma-separated string) to restrict to; by default every nn.Linear and
-    nn.Conv2d. Modules whose Gram matrix would have more than
+    comma-separated string) to restrict to; by default every nn.Linear,
+    Conv1D and nn.Conv2d. Modules whose Gram matrix would have more than
     ``max_gram_elems`` elements are refused with ValueError (leave them out
     with ``modules``). Default modules that never run are left out with a
     warning; requested ones are an error.
@@ -611,6 +640,19 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
     One batch's inputs of every selected module of A are held in memory
     until B has run on it.
 
+    Mixtures of experts (a block with a router ``gate``, an ``experts``
+    ModuleList and ``top_k``, as Mixtral's block_sparse_moe): the two models
+    route tokens differently, so an expert of A and the same expert of B see
+    different tokens. Joint statistics of an expert's modules are defined on
+    the tokens model A routes to that expert (its top-k at that layer): x_A
+    is what A's expert receives, x_B what B's expert receives when it is run
+    on B's hidden states at the same token positions, whatever B's router
+    chose. count is the number of those tokens (a token counts once per
+    expert). The routers themselves see every token in both models and get
+    ordinary joint statistics. Single-model statistics (:func:`collect_stats`)
+    of an expert are over the tokens the model routes to it, so gram_a of the
+    joint file equals model A's own gram.
+
     Writes the ``kind: joint`` wtool-stats file to ``path`` and returns the
     written tensors as a dict.
     """
@@ -628,10 +670,64 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
             if ka != kb:
                 raise ValueError(f"module {n!r}: the convolutions of A and B differ: {ka} vs {kb}")
     mods_a = {n: m for n, m, _ in sel_a}
+    mods_b = {n: m for n, m, _ in sel_b}
     acc = {n: _Moments(d, joint=True) for n, _, d in sel_a}
     calls = {"a": {}, "b": {}}
     order = {"a": [], "b": []}
     state = {"batch": -1}
+    moe_a, moe_b = _moe_blocks(model_a), _moe_blocks(model_b)
+    if sorted(moe_a) != sorted(moe_b):
+        raise ValueError(f"models A and B differ in their mixture-of-experts blocks: {sorted(set(moe_a) ^ set(moe_b))}")
+    experts = {}  # selected module -> (block, expert index): run on A's routing
+    for n in mods_a:
+        for blk in moe_a:
+            prefix = (blk + "." if blk else "") + "experts."
+            if n.startswith(prefix):
+                experts[n] = (blk, int(n[len(prefix):].split(".")[0]))
+    moe_in = {"a": {}, "b": {}}
+    ran = []  # expert modules that got tokens, in the order they did
+
+    def moe_hook_for(side, blk):
+        def hook(mod, inputs):
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                raise ValueError(f"mixture-of-experts block {blk!r} of model {side.upper()} was called without a positional input tensor")
+            moe_in[side].setdefault(blk, []).append(inputs[0].detach())
+        return hook
+
+    def run_experts(i):
+        for blk, xs_a in moe_in["a"].items():
+            xs_b = moe_in["b"].get(blk, [])
+            if len(xs_a) != len(xs_b):
+                raise ValueError(f"batch {i}: mixture-of-experts block {blk!r} ran {len(xs_a)} times in A, {len(xs_b)} in B")
+            block_a, block_b = moe_a[blk], moe_b[blk]
+            for xa, xb in zip(xs_a, xs_b):
+                if xa.shape != xb.shape:
+                    raise ValueError(f"batch {i}: block {blk!r} got inputs of shapes {list(xa.shape)} in A but {list(xb.shape)} in B")
+                ra, rb = xa.reshape(-1, xa.shape[-1]), xb.reshape(-1, xb.shape[-1])
+                top = torch.topk(block_a.gate(ra), block_a.top_k, dim=-1).indices  # A's routing
+                for e in range(len(block_a.experts)):
+                    names = [n for n, (b, k) in experts.items() if b == blk and k == e]
+                    rows = (top == e).any(dim=-1).nonzero().flatten()
+                    if not names or rows.numel() == 0:
+                        continue
+                    got = {"a": {}, "b": {}}
+                    hs = []
+                    for side, mods in (("a", mods_a), ("b", mods_b)):
+                        for n in names:
+                            hs.append(mods[n].register_forward_hook(
+                                lambda mod, inputs, output, side=side, n=n: got[side].setdefault(n, []).append(inputs[0].detach())))
+                    try:
+                        block_a.experts[e](ra[rows])
+                        block_b.experts[e](rb[rows])
+                    finally:
+                        for h in hs:
+                            h.remove()
+                    for n in names:
+                        if n not in ran:
+                            ran.append(n)
+                        for xa_n, xb_n in zip(got["a"].get(n, []), got["b"].get(n, [])):
+                            for ra_n, rb_n in zip(_rows(n, mods_a[n], xa_n), _rows(n, mods_a[n], xb_n)):
+                                acc[n].add(ra_n, rb_n)
 
     def hook_for(side, name):
         def hook(mod, inputs, output):
@@ -644,8 +740,10 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
             calls[side].setdefault(name, []).append(x)
         return hook
 
-    handles = [m.register_forward_hook(hook_for("a", n)) for n, m, _ in sel_a]
-    handles += [m.register_forward_hook(hook_for("b", n)) for n, m, _ in sel_b]
+    handles = [m.register_forward_hook(hook_for("a", n)) for n, m, _ in sel_a if n not in experts]
+    handles += [m.register_forward_hook(hook_for("b", n)) for n, m, _ in sel_b if n not in experts]
+    handles += [b.register_forward_pre_hook(moe_hook_for("a", n)) for n, b in moe_a.items()]
+    handles += [b.register_forward_pre_hook(moe_hook_for("b", n)) for n, b in moe_b.items()]
     dev_a, dev_b = _device(model_a), _device(model_b)
     samples = 0
     try:
@@ -655,6 +753,8 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
                 x, n = _batch_input(batch, i)
                 calls["a"].clear()
                 calls["b"].clear()
+                moe_in["a"].clear()
+                moe_in["b"].clear()
                 _call(model_a, _to(x, dev_a))
                 _call(model_b, _to(x, dev_b))
                 if set(calls["a"]) != set(calls["b"]):
@@ -668,14 +768,24 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
                     for xa, xb in zip(xs_a, xs_b):
                         for ra, rb in zip(_rows(name, mods_a[name], xa), _rows(name, mods_a[name], xb)):
                             acc[name].add(ra, rb)
+                run_experts(i)
                 samples += n
     finally:
         for h in handles:
             h.remove()
         calls.clear()
+        moe_in.clear()
     if state["batch"] < 0:
         raise ValueError("no calibration batches: `batches` is empty")
-    names = _finish_order(order["a"], [n for n, _, _ in sel_a], modules is not None)
+    # expert modules go after their block's router in the forward order
+    fwd = []
+    for n in order["a"]:
+        fwd.append(n)
+        for blk in moe_a:
+            if n == (blk + "." if blk else "") + "gate":
+                fwd += sorted((m for m in ran if experts[m][0] == blk), key=lambda m: (experts[m][1], ran.index(m)))
+    fwd += [m for m in ran if m not in fwd]
+    names = _finish_order(fwd, [n for n, _, _ in sel_a], modules is not None)
     tensors = {}
     for n in names:
         tensors.update(acc[n].tensors(n))

@@ -14,6 +14,7 @@ import (
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/lowrank"
 	"github.com/wtool/wtool/tensors"
 )
@@ -132,20 +133,34 @@ time. All methods are "scale, SVD, unscale":
 asvd and whiten need input statistics: --stats S.safetensors ('wtool stats',
 tools/wtool_collect.py), or --calib X.safetensors for MLPs (built-in engine).
 
+What each weight is comes from the model's family (config.json, else the
+tensor names; 'wtool arch MODEL' shows it): every weight is factorised as a
+matrix in its module's own orientation [out, in] - a Linear as stored, a
+GPT-2 Conv1D's [in, out] weight transposed, a convolution as
+[out, in*kh*kw], an embedding as [dim, num].
+
 The rank is --rank R, --ratio RHO (rank = floor(RHO m n / (m + n)): the
 factors keep RHO of the parameters) or --energy E (smallest rank keeping E of
 the squared singular values); --override REGEX=VALUE sets another value for
-matching tensors. --target REGEX (repeatable) selects the tensors; only the
-weights of rank 2 or more among the matches are factorised (conv kernels as
-[out, in*kh*kw]), and a --target that matches none is an error. Without
---target, every weight except embeddings and the output head is a target.
-A matrix whose factors would not be smaller is left dense, and reported.
+matching tensors. --target REGEX (repeatable) selects weights by tensor name
+(Linear, Conv1D, convolution or embedding weights); a --target that matches
+none is an error. Without --target the targets are every Linear, Conv1D and
+convolution weight except embeddings, output heads (lm_head, classifier, fc,
+cls.*) and MoE routers. A matrix whose factors would not be smaller, or too
+small for the rank, is left as it is and reported; a tied weight
+(tie_word_embeddings) is reported with what the tie means.
 
---format factored (default) writes module M as M.0.weight [r, in] and
-M.1.weight [out, r] (+ M.1.bias): nn.Sequential(nn.Linear(in, r, bias=False),
-nn.Linear(r, out)); conv kernels become a k x k conv to r channels and a 1x1
-conv. A directory output gets compression.json with every module's rank.
---format dense writes the rank-r reconstruction in M.weight instead.`,
+--format factored (default) writes module M as M.0 and M.1: for a Linear or
+Conv1D, M.0.weight [r, in] and M.1.weight [out, r] (+ M.1.bias), i.e.
+nn.Sequential(nn.Linear(in, r, bias=False), nn.Linear(r, out)); a conv
+becomes a k x k conv to r channels and a 1x1 conv; an embedding
+nn.Sequential(nn.Embedding(num, r), nn.Linear(r, dim, bias=False)). A
+directory output gets compression.json with every module's kind, rank and
+sizes. --format dense writes the rank-r reconstruction in M.weight instead,
+in the model's own layout. With --energy the factors' shapes are known only
+after each SVD: the shard plan (and --part's assignment) uses their bounds,
+so it is fixed before anything is computed.
+` + outputHelp,
 		Example: `  wtool compress testdata/demo/mlp-a -o /tmp/mlp-a-r16 --method svd --rank 16 --target 'fc[1-4]'
   wtool compress ./llama -o ./llama-c --method whiten --stats llama-stats.safetensors \
       --ratio 0.6 --target 'mlp\.(up|down)_proj\.weight$'`,
@@ -173,11 +188,27 @@ conv. A directory output gets compression.json with every module's rank.
 				}
 				co.DType = dt
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			for _, in := range [][2]string{{"--fisher", fisherPath}, {"--stats", statsPath}, {"--calib", mf.calib}} {
+				if err := reg.Input(in[0], in[1]); err != nil {
+					return err
+				}
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			defer m.Close()
+			if co.Arch, err = describe(g, m); err != nil {
+				return err
+			}
 			switch method {
 			case "fwsvd":
 				if fisherPath == "" {
@@ -202,6 +233,7 @@ conv. A directory output gets compression.json with every module's rank.
 			co.Progress = update
 			reports, written, err := lowrank.Compress(cmd.Context(), m, of.out, co, opts)
 			finish()
+			g.notes(written)
 			if err != nil {
 				return err
 			}
@@ -211,7 +243,7 @@ conv. A directory output gets compression.json with every module's rank.
 				return enc.Encode(map[string]any{"output": written.Path, "method": method, "tensors": reports})
 			}
 			printCompress(cmd, reports)
-			g.info("wrote %s", written.Path)
+			g.wrote(written, "")
 			return nil
 		},
 	}
@@ -266,14 +298,14 @@ func inputStats(cmd *cobra.Command, mf *mlpFlags, statsPath, model string) (lowr
 
 func printCompress(cmd *cobra.Command, reports []lowrank.TensorReport) {
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TENSOR\tSHAPE\tRANK\tPARAMS\tKEPT\tREL.ERROR\tENERGY\tNOTE")
+	fmt.Fprintln(tw, "TENSOR\tKIND\tSHAPE\tRANK\tPARAMS\tKEPT\tREL.ERROR\tENERGY\tNOTE")
 	var before, after int64
 	for _, r := range reports {
 		note := r.Note
-		if r.LeftDense {
+		if r.LeftDense && !strings.HasPrefix(note, "left as is") {
 			note = strings.TrimSpace("left dense (no saving) " + note)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%s\n", r.Name, formatShape(r.Shape), r.Rank, r.Params, r.Kept, r.RelError, r.Energy, note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%s\n", r.Name, r.Kind, formatShape(r.Shape), r.Rank, r.Params, r.Kept, r.RelError, r.Energy, note)
 		before += r.Params
 		after += r.Kept
 	}
@@ -288,17 +320,20 @@ func newSpectrumCmd(g *globals) *cobra.Command {
 	var targets []string
 	var top int
 	var plot string
-	var asJSON bool
+	var asJSON, force bool
 	cmd := &cobra.Command{
 		Use:   "spectrum PATH [--target REGEX]... [--plot spectrum.png] [--json]",
 		Short: "Singular value spectra and cumulative energy of weight matrices, to choose ranks",
-		Long: `Spectrum computes the singular values of the weight matrices (rank 2 or more;
-conv kernels as [out, in*kh*kw]) selected by --target (default: every weight
-except embeddings and the output head) and prints, per matrix, the rank that
+		Long: `Spectrum computes the singular values of the weight matrices (each in its
+module's own orientation; conv kernels as [out, in*kh*kw]) selected by
+--target (default: every Linear, Conv1D and convolution weight except
+embeddings, output heads and MoE routers) and prints, per matrix, the rank that
 keeps 90%, 95% and 99% of the energy (sum of squared singular values).
 --plot draws the normalised spectra and the cumulative energy curves; --json
 prints every singular value. With --top K only the K largest are computed
-(randomized SVD), which is much faster on large matrices.`,
+(randomized SVD), which is much faster on large matrices. The plot is written
+atomically; an existing file is replaced only with --force, and never an
+input.`,
 		Example: `  wtool spectrum testdata/demo/mlp-a --plot /tmp/spectrum.png`,
 		Args:    argsBetween(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -306,12 +341,24 @@ prints every singular value. With --top K only the K largest are computed
 			if err != nil {
 				return err
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := &fsafe.Registry{Force: force}
+			if err := declareModel(reg, "PATH", args[0]); err != nil {
+				return err
+			}
+			reg.Output("--plot", plot)
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			defer m.Close()
-			sp, err := lowrank.Spectra(cmd.Context(), m, ts, top, sf.options())
+			a, err := describe(g, m)
+			if err != nil {
+				return err
+			}
+			sp, err := lowrank.SpectraOf(cmd.Context(), m, a, ts, top, sf.options())
 			if err != nil {
 				return err
 			}
@@ -344,6 +391,7 @@ prints every singular value. With --top K only the K largest are computed
 	cmd.Flags().StringArrayVar(&targets, "target", nil, "regular expression of the tensors (repeatable)")
 	cmd.Flags().IntVar(&top, "top", 0, "compute only the largest K singular values (0: all, exactly)")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw the spectra into this PNG file")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the --plot file if it exists (never an input)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the spectra as JSON")
 	return cmd
 }

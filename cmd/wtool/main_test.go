@@ -47,7 +47,7 @@ func TestExitCodes(t *testing.T) {
 		{"validate bad", []string{"validate", demoDir + "/mlp-a", bad}, exitInvalid, "bad.safetensors: header too small", ""},
 		{"convert bad dtype", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x"), "--dtype", "int8"}, exitUsage, "", "--dtype"},
 		{"convert no output", []string{"convert", demoDir + "/mlp-a"}, exitUsage, "", "output"},
-		{"convert onto input", []string{"convert", demoDir + "/mlp-a", "-o", demoDir + "/mlp-a", "--force"}, exitFailure, "", "refusing to overwrite an input"},
+		{"convert onto input", []string{"convert", demoDir + "/mlp-a", "-o", demoDir + "/mlp-a", "--force"}, exitUsage, "", "refusing to overwrite an input"},
 		{"shard size on a file", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x.safetensors"), "--max-shard-size", "1MB"}, exitUsage, "", "directory output"},
 		{"bad shard size", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "y"), "--max-shard-size", "lots"}, exitUsage, "", "invalid size"},
 	}
@@ -112,7 +112,7 @@ func TestConvertThenInspectSharded(t *testing.T) {
 		}
 	}
 	// --force replaces, without --force refuses
-	if code, _, _ := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q"); code != exitFailure {
+	if code, _, _ := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q"); code != exitUsage {
 		t.Errorf("existing output without --force: exit %d", code)
 	}
 	if code, _, stderr := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q", "--force"); code != 0 {
@@ -240,5 +240,31 @@ func TestInterruptLeavesNothing(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 0 {
 		t.Errorf("left behind: %v", entries)
+	}
+}
+
+// TestDemoOutsideCheckout: `wtool demo` runs from any directory (an
+// installed binary has no testdata/demo beside it).
+func TestDemoOutsideCheckout(t *testing.T) {
+	t.Chdir(t.TempDir())
+	code, stdout, stderr := wtool(t, "demo", "-q")
+	if code != 0 || !strings.Contains(stdout, "pleas width 2.0") || !strings.Contains(stdout, "source mlp-d") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+}
+
+func TestArchCommand(t *testing.T) {
+	code, stdout, stderr := wtool(t, "arch", demoDir+"/mlp-a")
+	if code != 0 || !strings.Contains(stdout, "family mlp, 5 layers") || !strings.Contains(stdout, "*fc4    linear  layer  3      64 x 64     fc3 -> fc4") ||
+		!strings.Contains(stdout, " fc5    linear  head") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	code, stdout, _ = wtool(t, "arch", "--json", demoDir+"/mlp-b")
+	var a struct {
+		Family  string
+		Modules []struct{ Name, Kind, Role string }
+	}
+	if err := json.Unmarshal([]byte(stdout), &a); code != 0 || err != nil || a.Family != "mlp" || len(a.Modules) != 5 || a.Modules[4].Role != "head" {
+		t.Errorf("json: %v %+v", err, a)
 	}
 }

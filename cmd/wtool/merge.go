@@ -11,17 +11,17 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/merge"
 )
 
 // mergeOptions is the command line of wtool merge.
 type mergeOptions struct {
-	out            outputFlags
-	config         string
-	method         string
-	base           string
-	dtype          string
-	allowNonFinite bool
+	out    outputFlags
+	config string
+	method string
+	base   string
+	dtype  string
 	// params are the methods' parameter flags, by flag name (every method's
 	// schema contributes; a flag the chosen method does not take is refused).
 	params map[string]*paramFlag
@@ -39,7 +39,7 @@ type paramFlag struct {
 
 // planFlags are the flags that define a merge plan (as opposed to output
 // flags); with --config none of them may be given.
-var planFlags = []string{"method", "base", "dtype", "allow-nonfinite"}
+var planFlags = []string{"method", "base", "dtype"}
 
 func newMergeCmd(g *globals) *cobra.Command {
 	o := &mergeOptions{params: map[string]*paramFlag{}}
@@ -73,7 +73,8 @@ README); the same merge by flags or YAML gives identical bytes. Integer and
 other non-float tensors are taken from the first model; mixed input dtypes are
 computed in float32 or float64 and written in --dtype (default: the first
 model's). NaN/Inf in an input or the result is an error unless
---allow-nonfinite.`,
+--allow-nonfinite.
+` + outputHelp,
 		Example: `  wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/avg --method linear
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/wm --method wm
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/pleas --method pleas \
@@ -89,7 +90,6 @@ model's). NaN/Inf in an input or the result is an error unless
 	f.StringVar(&o.method, "method", "", "merge method (see above)")
 	f.StringVar(&o.base, "base", "", "base model: task vectors are x_i - base; slerp's t=0 end")
 	f.StringVar(&o.dtype, "dtype", "", "output dtype of floating tensors: f32, f16, bf16, f64 (default: the first model's)")
-	f.BoolVar(&o.allowNonFinite, "allow-nonfinite", false, "merge and write NaN/Inf values instead of failing")
 	o.registerParams(f)
 	return cmd
 }
@@ -174,22 +174,83 @@ func (o *mergeOptions) run(cmd *cobra.Command, g *globals, args []string) error 
 	if err != nil {
 		return err
 	}
+	p.AllowNonFinite = p.AllowNonFinite || o.out.allowNonFinite
 	if err := p.Validate(); err != nil {
 		return usageErrorf("%v", err)
 	}
+	reg := o.out.registry()
+	if err := declareMerge(reg, p, o.config); err != nil {
+		return err
+	}
+	if err := g.checkPaths(reg); err != nil {
+		return err
+	}
+	opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
 	update, finish := g.byteProgress("merging")
 	opts.Progress = update
 	start := time.Now()
 	rep, err := merge.Execute(cmd.Context(), p, o.out.out, opts)
 	finish()
+	if rep != nil {
+		g.notes(rep.Output)
+	}
 	if err != nil {
 		return err
 	}
 	for _, n := range rep.Notes {
 		g.info("%s", n)
 	}
-	g.info("wrote %s: %s merge of %d models, %d tensors, %s in %.1f s", rep.Output.Path, rep.Method, len(p.Models),
-		rep.Output.Tensors, formatBytes(rep.Output.TotalSize), time.Since(start).Seconds())
+	g.wrote(rep.Output, fmt.Sprintf("%s merge of %d models in %.1f s", rep.Method, len(p.Models), time.Since(start).Seconds()))
+	return nil
+}
+
+// declareMerge declares every file a merge reads: the models, the base,
+// the configuration, and every file parameter of the method (calibration
+// data, statistics, Fisher files, a permutation spec file).
+func declareMerge(r *fsafe.Registry, p *merge.Plan, config string) error {
+	if err := r.Input("--config", config); err != nil {
+		return err
+	}
+	for _, m := range p.Models {
+		if err := declareModel(r, "MODEL", m.Path); err != nil {
+			return err
+		}
+	}
+	if p.Base != "" {
+		if err := declareModel(r, "--base", p.Base); err != nil {
+			return err
+		}
+	}
+	m, err := merge.Lookup(p.Method)
+	if err != nil {
+		return err
+	}
+	for _, prm := range m.Params() {
+		if prm.Kind != merge.Path && prm.Name != "spec" {
+			continue
+		}
+		role := "--" + prm.FlagName()
+		files := []merge.Value{}
+		if v, ok := p.Params[prm.Name]; ok {
+			files = append(files, v)
+		}
+		for _, mi := range p.Models {
+			if v, ok := mi.Params[prm.Name]; ok {
+				files = append(files, v)
+			}
+		}
+		for _, v := range files {
+			var err error
+			if prm.Name == "spec" {
+				err = declareSpec(r, v.Text)
+			} else {
+				err = r.Input(role, v.Text)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -229,7 +290,7 @@ func (o *mergeOptions) plan(cmd *cobra.Command, args []string) (*merge.Plan, err
 	if err != nil {
 		return nil, usageErrorf("--method: %v", err)
 	}
-	p := &merge.Plan{Method: m.Name(), Base: o.base, DType: o.dtype, AllowNonFinite: o.allowNonFinite, Params: merge.Params{}}
+	p := &merge.Plan{Method: m.Name(), Base: o.base, DType: o.dtype, Params: merge.Params{}}
 	for _, a := range args {
 		p.Models = append(p.Models, merge.ModelInput{Path: a, Params: merge.Params{}})
 	}
@@ -332,4 +393,11 @@ func (o *mergeOptions) setParam(p *merge.Plan, prm merge.Param, pf *paramFlag) e
 	return nil
 }
 
-func formatBytes(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+// declareSpec declares a permutation spec given as a file.
+func declareSpec(r *fsafe.Registry, spec string) error {
+	switch spec {
+	case "", "auto", "mlp", "llama":
+		return nil
+	}
+	return r.Input("--spec", spec)
+}

@@ -13,8 +13,8 @@ import (
 	"github.com/wtool/wtool/tensors"
 )
 
-// writeModel writes a single-file checkpoint of F32 tensors.
-func writeModel(t *testing.T, path string, vals map[string][]float32) {
+// writeF32Model writes a single-file checkpoint of F32 tensors.
+func writeF32Model(t *testing.T, path string, vals map[string][]float32) {
 	t.Helper()
 	var entries []safetensors.Entry
 	for n, v := range vals {
@@ -50,9 +50,9 @@ func TestMergeCommandLine(t *testing.T) {
 	dir := t.TempDir()
 	a, b, base := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors"), filepath.Join(dir, "base.safetensors")
 	big := "model.layers.9223372036854775807.mlp.weight"
-	writeModel(t, a, map[string][]float32{"model.layers.0.w": {1, 2}, "model.layers.1.w": {3, 4}, big: {1}})
-	writeModel(t, b, map[string][]float32{"model.layers.0.w": {3, 6}, "model.layers.1.w": {5, 0}, big: {3}})
-	writeModel(t, base, map[string][]float32{"model.layers.0.w": {0, 0}, "model.layers.1.w": {0, 0}, big: {0}})
+	writeF32Model(t, a, map[string][]float32{"model.layers.0.w": {1, 2}, "model.layers.1.w": {3, 4}, big: {1}})
+	writeF32Model(t, b, map[string][]float32{"model.layers.0.w": {3, 6}, "model.layers.1.w": {5, 0}, big: {3}})
+	writeF32Model(t, base, map[string][]float32{"model.layers.0.w": {0, 0}, "model.layers.1.w": {0, 0}, big: {0}})
 	out := filepath.Join(dir, "out.safetensors")
 	demo := []string{demoDir + "/mlp-a", demoDir + "/mlp-b"}
 	calib := demoDir + "/digits_train.safetensors"

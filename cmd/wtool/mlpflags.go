@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -42,5 +43,12 @@ func (f *mlpFlags) load(path string) (*mlp.Network, error) {
 		return nil, err
 	}
 	defer m.Close()
-	return mlp.Load(m, order, act)
+	n, err := mlp.Load(m, order, act)
+	if err != nil {
+		if !strings.Contains(err.Error(), path) {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+		return nil, fmt.Errorf("the built-in engine runs plain MLPs: %w; for other architectures tools/wtool_collect.py writes the statistics and Fisher files", err)
+	}
+	return n, nil
 }

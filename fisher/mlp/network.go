@@ -10,6 +10,7 @@ package mlp
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -156,17 +157,20 @@ func (n *Network) Validate() error {
 // is exactly one. Several possible orders are an error asking for an
 // explicit order.
 func Chain(shapes map[string][]int64, order []string) ([]string, error) {
-	mods := map[string][2]int{} // module -> (out, in)
-	for name, shape := range shapes {
+	mods := map[string][2]int{}                // module -> (out, in)
+	sorted := slices.Sorted(maps.Keys(shapes)) // errors name the same tensor every run
+	for _, name := range sorted {
+		shape := shapes[name]
 		switch {
 		case strings.HasSuffix(name, ".weight") && len(shape) == 2:
 			mods[strings.TrimSuffix(name, ".weight")] = [2]int{int(shape[0]), int(shape[1])}
 		case strings.HasSuffix(name, ".bias") && len(shape) == 1:
 		default:
-			return nil, fmt.Errorf("tensor %q %v is not a Linear weight or bias: the built-in engine runs plain MLPs (chains of Linear layers); use tools/wtool_collect.py for other architectures", name, shape)
+			return nil, fmt.Errorf("tensor %q %v is not a Linear weight or bias: not a plain MLP (a chain of Linear layers)", name, shape)
 		}
 	}
-	for name, shape := range shapes {
+	for _, name := range sorted {
+		shape := shapes[name]
 		if m, ok := strings.CutSuffix(name, ".bias"); ok && len(shape) == 1 {
 			w, ok := mods[m]
 			if !ok {

@@ -1,9 +1,16 @@
 // Package peft reads and writes LoRA adapters in the layout Hugging Face PEFT
 // loads with PeftModel.from_pretrained: a directory holding
-// adapter_model.safetensors (tensors base_model.model.<module>.lora_A.weight,
-// r x in, and ...lora_B.weight, out x r; __metadata__ {"format": "pt"}) and
-// adapter_config.json. It also converts a trained PiSSA adapter into a
-// plain LoRA adapter for the original base model, as PEFT does.
+// adapter_model.safetensors (__metadata__ {"format": "pt"}) and
+// adapter_config.json. The tensors are, per module path M of the model
+// class (GPT2LMHeadModel's transformer.h.0.attn.c_attn, say):
+//
+//	Linear, Conv1D:  base_model.model.M.lora_A.weight [r, in], base_model.model.M.lora_B.weight [out, r]
+//	                 (a Conv1D with fan_in_fan_out true: in and out of the module, not of its [in, out] weight)
+//	Embedding:       base_model.model.M.lora_embedding_A [r, num], base_model.model.M.lora_embedding_B [dim, r]
+//	Conv2d:          lora_A.weight [r, in, kh, kw], lora_B.weight [out, r, 1, 1]
+//
+// It also converts a trained PiSSA adapter into a plain LoRA adapter for the
+// original base model, as PEFT does.
 package peft
 
 import (
@@ -13,12 +20,12 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
@@ -157,10 +164,13 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Module is one adapted module's factors: A (r x in) and B (out x r).
+// Module is one adapted module's factors: A (r x in) and B (out x r), or
+// for a Conv2d A (r x in x kh x kw) and B (out x r x 1 x 1).
 type Module struct {
 	Name string
 	A, B *tensors.Tensor
+	// Embedding is set for an Embedding's factors (lora_embedding_A/B).
+	Embedding bool
 }
 
 // Rank returns the module's rank.
@@ -175,13 +185,23 @@ type Adapter struct {
 // Names returns the module names, sorted.
 func (a *Adapter) Names() []string { return slices.Sorted(maps.Keys(a.Modules)) }
 
-// Key returns the tensor name PEFT uses for a module's factor ("lora_A" or
-// "lora_B").
+// Key returns the tensor name PEFT uses for a Linear, Conv1D or Conv2d
+// module's factor ("lora_A" or "lora_B").
 func Key(module, factor string) string { return keyPrefix + module + "." + factor + ".weight" }
+
+// KeysFor returns the tensor names of a module's two factors: lora_A.weight
+// and lora_B.weight, or for an Embedding lora_embedding_A and
+// lora_embedding_B (PEFT stores those as bare parameters).
+func KeysFor(module string, embedding bool) (a, b string) {
+	if embedding {
+		return keyPrefix + module + ".lora_embedding_A", keyPrefix + module + ".lora_embedding_B"
+	}
+	return Key(module, "lora_A"), Key(module, "lora_B")
+}
 
 // Read reads an adapter directory.
 func Read(dir string) (*Adapter, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	b, err := fsafe.ReadFile(filepath.Join(dir, ConfigFile))
 	if err != nil {
 		return nil, err
 	}
@@ -199,15 +219,20 @@ func Read(dir string) (*Adapter, error) {
 	for _, info := range f.Header.Tensors {
 		rest, ok := strings.CutPrefix(info.Name, keyPrefix)
 		var module, factor string
+		emb := false
 		if ok {
-			if m, ok2 := strings.CutSuffix(rest, ".lora_A.weight"); ok2 {
-				module, factor = m, "A"
-			} else if m, ok2 := strings.CutSuffix(rest, ".lora_B.weight"); ok2 {
-				module, factor = m, "B"
+			for _, sfx := range []struct {
+				s, f string
+				emb  bool
+			}{{".lora_A.weight", "A", false}, {".lora_B.weight", "B", false}, {".lora_embedding_A", "A", true}, {".lora_embedding_B", "B", true}} {
+				if m, ok2 := strings.CutSuffix(rest, sfx.s); ok2 {
+					module, factor, emb = m, sfx.f, sfx.emb
+					break
+				}
 			}
 		}
 		if factor == "" {
-			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight)", path, info.Name)
+			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight or lora_embedding_A/B)", path, info.Name)
 		}
 		t, err := f.Tensor(info.Name)
 		if err != nil {
@@ -216,8 +241,11 @@ func Read(dir string) (*Adapter, error) {
 		c := &tensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Data: slices.Clone(t.Data)}
 		mod := a.Modules[module]
 		if mod == nil {
-			mod = &Module{Name: module}
+			mod = &Module{Name: module, Embedding: emb}
 			a.Modules[module] = mod
+		}
+		if mod.Embedding != emb {
+			return nil, fmt.Errorf("%s: module %q has both lora_A/B and lora_embedding_A/B factors", path, module)
 		}
 		if factor == "A" {
 			mod.A = c
@@ -229,16 +257,36 @@ func Read(dir string) (*Adapter, error) {
 		if m.A == nil || m.B == nil {
 			return nil, fmt.Errorf("%s: module %q lacks lora_A or lora_B", path, name)
 		}
-		if len(m.A.Shape) != 2 || len(m.B.Shape) != 2 || m.A.Shape[0] != m.B.Shape[1] {
+		if !chains(m.A.Shape, m.B.Shape) {
 			return nil, fmt.Errorf("%s: module %q: lora_A %v and lora_B %v do not chain", path, name, m.A.Shape, m.B.Shape)
 		}
 	}
 	return a, nil
 }
 
+// chains reports whether factor shapes fit together: [r, in] and [out, r],
+// or [r, in, k...] and [out, r, 1...].
+func chains(a, b []int64) bool {
+	if len(a) < 2 || len(a) != len(b) || a[0] != b[1] {
+		return false
+	}
+	for _, d := range b[2:] {
+		if d != 1 {
+			return false
+		}
+	}
+	return true
+}
+
 // Write writes an adapter directory atomically (refusing to replace an
 // existing one unless force).
 func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
+	return WriteWith(ctx, dir, a, checkpoint.WriteOptions{Force: force})
+}
+
+// WriteWith writes an adapter directory atomically with the given options
+// (Force, Inputs, AllowNonFinite; the layout options are the adapter's).
+func WriteWith(ctx context.Context, dir string, a *Adapter, opts checkpoint.WriteOptions) error {
 	cfgBytes, err := a.Config.MarshalJSON()
 	if err != nil {
 		return err
@@ -247,11 +295,12 @@ func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
 	byName := map[string]*tensors.Tensor{}
 	for _, name := range a.Names() {
 		m := a.Modules[name]
+		ka, kb := KeysFor(name, m.Embedding)
 		for _, x := range []struct {
-			f string
-			t *tensors.Tensor
-		}{{"lora_A", m.A}, {"lora_B", m.B}} {
-			key := Key(name, x.f)
+			key string
+			t   *tensors.Tensor
+		}{{ka, m.A}, {kb, m.B}} {
+			key := x.key
 			entries = append(entries, safetensors.Entry{Name: key, DType: x.t.DType, Shape: x.t.Shape})
 			byName[key] = x.t
 		}
@@ -261,7 +310,7 @@ func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
 		return &tensors.Tensor{Name: e.Name, DType: t.DType, Shape: t.Shape, Data: t.Data}, nil, nil
 	}
 	_, err = checkpoint.Write(ctx, dir, entries, produce, checkpoint.WriteOptions{
-		Force: force, WeightsName: "adapter_model", MaxShardSize: 1 << 62, CopyFiles: []string{},
+		Force: opts.Force, Inputs: opts.Inputs, AllowNonFinite: opts.AllowNonFinite, WeightsName: "adapter_model", MaxShardSize: 1 << 62, CopyFiles: []string{},
 		Metadata: map[string]string{"format": "pt"}, Files: map[string][]byte{ConfigFile: cfgBytes}})
 	return err
 }
@@ -290,6 +339,9 @@ func ConvertPiSSA(init, trained *Adapter) (*Adapter, error) {
 	}
 	cfg.InitLoraWeights = true
 	cfg.Extra = maps.Clone(trained.Config.Extra)
+	// the PiSSA adapter completes the residual model; this one applies to
+	// the original model, which the PiSSA adapter does not name
+	cfg.Extra["base_model_name_or_path"] = nil
 	out := &Adapter{Config: &cfg, Modules: map[string]*Module{}}
 	for name, t := range trained.Modules {
 		i, ok := init.Modules[name]
@@ -302,7 +354,10 @@ func ConvertPiSSA(init, trained *Adapter) (*Adapter, error) {
 		if init.Config.Scaling(name) != trained.Config.Scaling(name) {
 			return nil, fmt.Errorf("module %q: the initial and trained adapters scale differently", name)
 		}
-		r, in, o := t.Rank(), int(t.A.Shape[1]), int(t.B.Shape[0])
+		if i.Embedding != t.Embedding {
+			return nil, fmt.Errorf("module %q: an embedding adapter in one, not in the other", name)
+		}
+		r, o := t.Rank(), int(t.B.Shape[0])
 		ta, _ := t.A.Float32()
 		ia, _ := i.A.Float32()
 		tb, _ := t.B.Float32()
@@ -315,15 +370,18 @@ func ConvertPiSSA(init, trained *Adapter) (*Adapter, error) {
 				b[row*2*r+r+k] = -ib[row*r+k]
 			}
 		}
-		at, err := tensors.FromFloat32(Key(name, "lora_A"), t.A.DType, []int64{int64(2 * r), int64(in)}, a)
+		sa, sb := slices.Clone(t.A.Shape), slices.Clone(t.B.Shape)
+		sa[0], sb[1] = int64(2*r), int64(2*r)
+		ka, kb := KeysFor(name, t.Embedding)
+		at, err := tensors.FromFloat32(ka, t.A.DType, sa, a)
 		if err != nil {
 			return nil, err
 		}
-		bt, err := tensors.FromFloat32(Key(name, "lora_B"), t.B.DType, []int64{int64(o), int64(2 * r)}, b)
+		bt, err := tensors.FromFloat32(kb, t.B.DType, sb, b)
 		if err != nil {
 			return nil, err
 		}
-		out.Modules[name] = &Module{Name: name, A: at, B: bt}
+		out.Modules[name] = &Module{Name: name, A: at, B: bt, Embedding: t.Embedding}
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,5 +73,50 @@ func TestReadRejectsMalformedAdapters(t *testing.T) {
 	}
 	if err := Write(context.Background(), good, ad, false); err == nil {
 		t.Error("an existing adapter must not be replaced without force")
+	}
+}
+
+// TestEmbeddingAndConvFactors: embeddings' factors are PEFT's bare
+// lora_embedding_A/B parameters, a Conv2d's are 4-D; both round-trip and
+// convert from PiSSA.
+func TestEmbeddingAndConvFactors(t *testing.T) {
+	ka, kb := KeysFor("model.embed_tokens", true)
+	if ka != "base_model.model.model.embed_tokens.lora_embedding_A" || kb != "base_model.model.model.embed_tokens.lora_embedding_B" {
+		t.Errorf("keys %s %s", ka, kb)
+	}
+	mk := func(name string, shape []int64, seed float32) *tensors.Tensor {
+		n, _ := tensors.NumElements(shape)
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = seed + float32(i)
+		}
+		x, _ := tensors.FromFloat32(name, tensors.F32, shape, v)
+		return x
+	}
+	a := &Adapter{Config: NewConfig(2, 4, []string{"embed_tokens", "conv"}), Modules: map[string]*Module{
+		"embed_tokens": {Name: "embed_tokens", Embedding: true, A: mk("a", []int64{2, 10}, 0), B: mk("b", []int64{3, 2}, 1)},
+		"conv":         {Name: "conv", A: mk("a", []int64{2, 3, 3, 3}, 0), B: mk("b", []int64{5, 2, 1, 1}, 1)},
+	}}
+	dir := filepath.Join(t.TempDir(), "ad")
+	if err := Write(context.Background(), dir, a, false); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := back.Modules["embed_tokens"]; e == nil || !e.Embedding || e.Rank() != 2 {
+		t.Fatalf("embedding module %+v", e)
+	}
+	lora, err := ConvertPiSSA(back, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := lora.Modules["conv"]
+	if !slices.Equal(c.A.Shape, []int64{4, 3, 3, 3}) || !slices.Equal(c.B.Shape, []int64{5, 4, 1, 1}) || !lora.Modules["embed_tokens"].Embedding {
+		t.Errorf("converted conv %v %v", c.A.Shape, c.B.Shape)
+	}
+	if lora.Config.Extra["base_model_name_or_path"] != nil {
+		t.Errorf("converted adapter names a base model: %v", lora.Config.Extra["base_model_name_or_path"])
 	}
 }

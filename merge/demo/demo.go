@@ -11,11 +11,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/wtool/wtool"
 	"github.com/wtool/wtool/fisher"
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/io/checkpoint"
@@ -46,10 +49,35 @@ type Row struct {
 
 // Options control Run.
 type Options struct {
-	Dir      string // demo directory (testdata/demo)
+	// Dir is the demo directory (a checkout's testdata/demo); "" uses the
+	// copy embedded in the binary (Extract).
+	Dir      string
 	Work     string // where merged models are written ("" = a temporary directory, removed)
 	Progress func(msg string)
 }
+
+// Extract writes the demo's models and data embedded in the binary (the
+// module's testdata/demo) into the directory dst, in the layout Run and
+// Curves read.
+func Extract(dst string) error {
+	return fs.WalkDir(wtool.Demo, demoRoot, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, demoRoot), "/")
+		target := filepath.Join(dst, filepath.FromSlash(rel))
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		b, err := wtool.Demo.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o644)
+	})
+}
+
+const demoRoot = "testdata/demo"
 
 type method struct {
 	name string
@@ -104,6 +132,12 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	say := func(format string, args ...any) {
 		if o.Progress != nil {
 			o.Progress(fmt.Sprintf(format, args...))
+		}
+	}
+	if o.Dir == "" {
+		o.Dir = filepath.Join(work, "data")
+		if err := Extract(o.Dir); err != nil {
+			return nil, fmt.Errorf("extracting the embedded demo: %w", err)
 		}
 	}
 	test := filepath.Join(o.Dir, "digits_test.safetensors")

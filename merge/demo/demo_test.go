@@ -51,3 +51,29 @@ func TestRunAndPlot(t *testing.T) {
 		t.Error("not a PNG")
 	}
 }
+
+// TestEmbeddedDemo: the copy built into the binary is testdata/demo's files,
+// byte for byte.
+func TestEmbeddedDemo(t *testing.T) {
+	src := "../../testdata/demo"
+	dst := t.TempDir()
+	if err := Extract(dst); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range []string{"digits_train.safetensors", "digits_test.safetensors", "mlp-a/model.safetensors", "mlp-a/config.json",
+		"mlp-b/model.safetensors", "mlp-c/model.safetensors", "mlp-d/model.safetensors", "mlp-d/config.json"} {
+		want, err := os.ReadFile(filepath.Join(src, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dst, p))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: embedded copy differs (%v)", p, err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("nothing compared")
+	}
+}
