@@ -149,7 +149,7 @@ func (t *TensorJob) Num(name string) float64 {
 // memory.
 type Input struct {
 	// File is the file holding the tensor ("" for values in memory, or
-	// until FileName looks it up).
+	// when FileName looks it up).
 	File   string
 	Tensor string
 	DType  tensors.DType
@@ -163,13 +163,14 @@ type Input struct {
 	model          *checkpoint.Model // for Prefetch/Release
 }
 
-// FileName returns the file holding the tensor.
+// FileName returns the file holding the tensor (looked up when needed:
+// only messages need it).
 func (in *Input) FileName() string {
-	if in.File == "" && in.model != nil {
-		info, _ := in.model.Info(in.Tensor)
-		in.File = info.File
+	if in.File != "" || in.model == nil {
+		return in.File
 	}
-	return in.File
+	info, _ := in.model.Info(in.Tensor)
+	return info.File
 }
 
 // NumElements returns the number of elements.
