@@ -128,6 +128,7 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 }
 
 func (j *Job) close() {
+	j.ahead.Wait() // read-ahead of mapped pages ends before they are unmapped
 	for _, m := range j.opened {
 		m.Close()
 	}
@@ -184,12 +185,16 @@ func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.
 		return nil, err
 	}
 	entries := j.entries()
+	// the writer asks for every tensor's ChunkFunc in the order it writes
+	// them: a tensor's preparation reads the next one's inputs ahead
+	var order []*tensorState
 	opts.Chunks = func(e safetensors.Entry) checkpoint.ChunkFunc {
 		// the first model's floating tensors (entries keep non-float dtypes)
 		if !e.DType.IsFloat() || j.baseOnly[e.Name] {
 			return nil
 		}
-		s := &tensorState{j: j, mg: mg, e: e}
+		s := &tensorState{j: j, mg: mg, e: e, order: &order, index: len(order)}
+		order = append(order, s)
 		size, _ := tensors.ByteSize(e.DType, e.Shape)
 		es := int64(e.DType.Bits() / 8)
 		chunk := int64(checkpoint.ChunkSize) / es * es
@@ -256,14 +261,40 @@ const prefetchMin = 1 << 20
 
 // tensorState is one output tensor being merged chunk by chunk.
 type tensorState struct {
-	j    *Job
-	mg   Merger
-	e    safetensors.Entry
-	once sync.Once
-	k    *Kernel
-	t    *TensorJob
-	err  error
-	left atomic.Int64 // chunks still to fill
+	j     *Job
+	mg    Merger
+	e     safetensors.Entry
+	once  sync.Once
+	k     *Kernel
+	t     *TensorJob
+	err   error
+	left  atomic.Int64 // chunks still to fill
+	order *[]*tensorState
+	index int
+	read  sync.Once // its inputs' pages mapped ahead
+}
+
+// readAhead maps the pages of the tensor's inputs (those of at least
+// prefetchMin bytes), every input at once; it runs once, ahead of the
+// tensor's preparation (from the previous tensor's) or at its start.
+func (s *tensorState) readAhead() {
+	s.read.Do(func() {
+		var ms []*checkpoint.Model
+		for _, m := range s.j.opened {
+			if info, ok := m.Info(s.e.Name); ok && info.Size >= prefetchMin {
+				ms = append(ms, m)
+			}
+		}
+		var wg sync.WaitGroup
+		for _, m := range ms {
+			wg.Add(1)
+			go func() { // a hint: the pages are read, nothing else is
+				defer wg.Done()
+				m.Prefetch(s.e.Name)
+			}()
+		}
+		wg.Wait()
+	})
 }
 
 func (s *tensorState) prepare(ctx context.Context) {
@@ -273,12 +304,13 @@ func (s *tensorState) prepare(ctx context.Context) {
 		return
 	}
 	s.t = t
-	if len(t.Models[0].Data) >= prefetchMin {
-		for _, in := range append(slices.Clone(t.Models), t.Base) {
-			if in != nil {
-				in.model.Prefetch(s.e.Name)
-			}
-		}
+	s.readAhead()
+	if next := s.index + 1; next < len(*s.order) {
+		s.j.ahead.Add(1)
+		go func() {
+			defer s.j.ahead.Done()
+			(*s.order)[next].readAhead()
+		}()
 	}
 	k, err := s.mg.Tensor(ctx, t)
 	if err == nil && (k == nil || (k.Coef == nil && k.Fn == nil && k.Chunk == nil)) {
