@@ -194,12 +194,12 @@ func (d *Data) Close() error {
 
 // batch is samples [lo, hi) of a data set, decoded.
 type batch struct {
-	lo, n  int
-	x      []float32 // n images [C, H, W], back to back
+	lo, n   int
+	x       []float32 // n images [C, H, W], back to back
 	c, h, w int
-	ids    []int32 // n sequences of t tokens
-	t      int
-	labels []int
+	ids     []int32 // n sequences of t tokens
+	t       int
+	labels  []int
 }
 
 // read decodes samples [lo, hi) into b (its buffers reused), checking that

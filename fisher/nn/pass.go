@@ -59,12 +59,12 @@ type lane struct {
 
 // pass is one run of a batch through one or more lanes.
 type pass struct {
-	ctx   context.Context
-	lanes []*lane
-	rec   *recorder // nil: nothing recorded
-	train bool      // BatchNorm in training mode (batch statistics, running updates)
-	momentum float64 // BatchNorm momentum in training mode (0: cumulative average)
-	par   int       // goroutines for the engine's own loops
+	ctx      context.Context
+	lanes    []*lane
+	rec      *recorder // nil: nothing recorded
+	train    bool      // BatchNorm in training mode (batch statistics, running updates)
+	momentum float64   // BatchNorm momentum in training mode (0: cumulative average)
+	par      int       // goroutines for the engine's own loops
 }
 
 // each runs f for every lane.
