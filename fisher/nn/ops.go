@@ -382,3 +382,5 @@ func apply(xs []fm, f activation) {
 		}
 	}
 }
+
+func tanh64(x float64) float64 { return math.Tanh(x) }

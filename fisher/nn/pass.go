@@ -37,6 +37,9 @@ type Input struct {
 	Vocab, MaxLen int
 	// Classes is the number of outputs per image or token.
 	Classes int
+	// Causal is true for causal language models (their logits at position
+	// t predict token t+1: Evaluate reports perplexity).
+	Causal bool
 }
 
 // fm is one lane's activation: n*h*w rows (images x positions, or

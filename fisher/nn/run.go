@@ -171,8 +171,11 @@ func Evaluate(ctx context.Context, n *Net, d *Data, opts EvalOptions) (Result, e
 	if err := prepare(n, d, &b); err != nil {
 		return res, err
 	}
-	lm := d.Tokens
+	lm := d.Tokens && n.Input().Causal
 	if !lm && d.Labels == nil {
+		if d.Tokens {
+			return res, fmt.Errorf("%s: the model is not a causal language model (no perplexity) and the data has no labels", d.where())
+		}
 		return res, fmt.Errorf("%s: no labels to evaluate the classifier against", d.where())
 	}
 	bs := opts.BatchSize
@@ -214,6 +217,9 @@ func Evaluate(ctx context.Context, n *Net, d *Data, opts EvalOptions) (Result, e
 				}
 			}
 		} else {
+			if y.rows() != b.n {
+				return res, fmt.Errorf("the model gives %d rows of logits for %d samples: not a classifier", y.rows(), b.n)
+			}
 			for s := range b.n {
 				lab := b.labels[s]
 				if lab >= y.c {

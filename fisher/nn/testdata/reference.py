@@ -55,10 +55,18 @@ def load_data(path, c, family):
     return x
 
 
+class BertIds(fam.BertForPreTraining):
+    """families.py's BERT fed token ids only (every token of type 0)."""
+
+    def forward(self, ids):
+        return super().forward((ids, torch.zeros_like(ids)))
+
+
 def build(path):
     family, c = model_config(path)
     sd = wc.load_checkpoint(path, torch.float64)
-    m = fam.from_config(family, c).to(torch.float64)
+    m = BertIds(c).eval() if family == "bert" else fam.from_config(family, c)
+    m = m.to(torch.float64)
     sd = {k: (v.to(torch.float64) if v.is_floating_point() else v) for k, v in sd.items()}
     m.load_state_dict(sd, strict=True)
     return family, c, m.eval()
@@ -91,7 +99,8 @@ def run(family, m, x):
     with torch.no_grad():
         if family == "bert":
             seq, _ = m.bert(x, torch.zeros_like(x))
-            return m.cls.predictions.transform(seq) @ m.bert.embeddings.word_embeddings.weight.t() + m.cls.predictions.bias
+            y = m.cls.predictions.transform(seq) @ m.bert.embeddings.word_embeddings.weight.t() + m.cls.predictions.bias
+            return y.reshape(-1, y.shape[-1])
         x = x.to(torch.float64) if x.is_floating_point() else x
         y = m(x)
     return y.reshape(-1, y.shape[-1])
