@@ -70,7 +70,7 @@ func NewTokens(ids []int32, n, t int) (*Data, error) {
 // or the file's only floating tensor of rank 2 or more (images, features),
 // or else its only integer tensor of rank 2 (token ids). When the file also
 // holds exactly one 1-D integer tensor (or labelsKey names one), it gives
-// the labels.
+// the labels; labelsKey "-" reads none.
 func OpenData(path, key, labelsKey string) (*Data, error) {
 	m, err := checkpoint.Open(path)
 	if err != nil {
@@ -130,7 +130,10 @@ func openData(m *checkpoint.Model, path, key, labelsKey string) (*Data, error) {
 		return nil, err
 	}
 	d.raw = t.Data
-	// labels: named, or the only 1-D integer tensor
+	// labels: named, or the only 1-D integer tensor ("-": none)
+	if labelsKey == "-" {
+		return d, nil
+	}
 	if labelsKey == "" {
 		var cands []string
 		for _, n := range m.Names() {

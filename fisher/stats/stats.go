@@ -181,6 +181,21 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
 		a.buf = make([]float32, d*d)
 	}
 	buf := a.buf[:d*d]
+	if &xa[0] == &xb[0] { // a Gram matrix: half the products (SYRK), mirrored
+		blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
+			0, blas32.Symmetric{N: d, Stride: d, Data: buf, Uplo: blas.Upper})
+		for i := range d {
+			row := buf[i*d : (i+1)*d]
+			for j := i; j < d; j++ {
+				v := float64(row[j])
+				g[i*d+j] += v
+				if j != i {
+					g[j*d+i] += v
+				}
+			}
+		}
+		return
+	}
 	blas32.Gemm(blas.Trans, blas.NoTrans, 1,
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xb},

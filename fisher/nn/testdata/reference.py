@@ -3,6 +3,8 @@
 
     reference.py all OUTDIR FAMILY...       per family: checkpoints, data, logits,
                                            BatchNorm recomputation, statistics
+    reference.py pairs PAIRS OUTDIR NAME... testdata/pairs' trained pairs: logits,
+                                           BatchNorm recomputation, joint statistics
     reference.py forward-dir MODEL DATA OUT logits of a checkpoint directory on data
     reference.py bn MODEL DATA OUT BATCH NBATCHES   running statistics recomputed
                                            in training mode (float64, momentum=None)
@@ -95,6 +97,31 @@ def cmd_all(out, *families):
         cmd_stats(d + "," + d + "-b", data, os.path.join(d, "joint.safetensors"), 4)
 
 
+def cmd_pairs(pairs, out, *names):
+    """For trained pairs NAME (pairs/NAME-a, pairs/NAME-b): logits of both on
+    the first 64 test samples, BatchNorm recomputation (ResNets: 2 batches of
+    32 training images), joint statistics on 32 samples."""
+    demo = os.path.join(pairs, "..", "demo")
+    for name in names:
+        a, b = os.path.join(pairs, name + "-a"), os.path.join(pairs, name + "-b")
+        d = os.path.join(out, name)
+        os.makedirs(d, exist_ok=True)
+        if name == "llama":
+            test, train = os.path.join(pairs, "text_test.safetensors"), os.path.join(pairs, "text_calib.safetensors")
+            key = "ids"
+        else:
+            test, train = os.path.join(demo, "digits_test.safetensors"), os.path.join(demo, "digits_train.safetensors")
+            key = "x"
+        for src, dst, n in ((test, "test", 64), (train, "train", 64)):
+            t, _ = wc.read_safetensors(src, [key])
+            wc.write_safetensors(os.path.join(d, dst + ".safetensors"), {"x": torch.from_numpy(t[key][:n].copy())})
+        for m, tag in ((a, "a"), (b, "b")):
+            cmd_forward_dir(m, os.path.join(d, "test.safetensors"), os.path.join(d, f"logits-{tag}.safetensors"))
+        if name == "resnet":
+            cmd_bn(a, os.path.join(d, "train.safetensors"), os.path.join(d, "bn.safetensors"), 32, 2)
+        cmd_stats(a + "," + b, os.path.join(d, "train.safetensors"), os.path.join(d, "joint.safetensors"), 16 if name != "llama" else 4)
+
+
 def run(family, m, x):
     with torch.no_grad():
         if family == "bert":
@@ -155,6 +182,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "all":
         cmd_all(*args)
+    elif cmd == "pairs":
+        cmd_pairs(*args)
     elif cmd == "forward-dir":
         cmd_forward_dir(*args)
     elif cmd == "bn":
