@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/wtool/wtool/fisher/stats"
-	"github.com/wtool/wtool/io/arch"
 )
 
 // DefaultMaxGramElems is the default limit on one entry's Gram matrix
@@ -62,7 +61,7 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 	}
 	var names []string
 	var dims []int
-	rec := &recorder{want: map[string]int{}, perms: map[string][]int{}, joint: joint}
+	rec := &recorder{want: map[string]int{}, lanes: len(nets), bufs: map[string]*rowBuf{}}
 	for _, pt := range nets[0].Points() {
 		if opts.Select != nil && !opts.Select(pt) {
 			continue
@@ -74,11 +73,6 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 		names = append(names, pt.Name)
 		dims = append(dims, pt.Dim)
 		rec.want[pt.Name] = pt.Dim
-		if pt.Kind == ModuleInput {
-			if m, ok := nets[0].Arch.Module(pt.Module); ok && m.Kind == arch.Conv && len(m.Kernel) == 2 && m.Kernel[0]*m.Kernel[1] > 1 {
-				rec.perms[pt.Name] = patchPerm(m.InFeatures/(m.Kernel[0]*m.Kernel[1]), m.Kernel[0], m.Kernel[1])
-			}
-		}
 	}
 	if len(names) == 0 {
 		return nil, fmt.Errorf("no statistics selected")
@@ -114,77 +108,106 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 			opts.Progress(hi, total)
 		}
 	}
+	if err := rec.flushAll(); err != nil {
+		return nil, err
+	}
 	s := rec.acc.Stats(opts.Source)
 	for _, m := range s.Modules {
 		if m.Count == 0 {
 			return nil, fmt.Errorf("%q never ran on the data", m.Name)
 		}
-		if perm, ok := rec.perms[m.Name]; ok {
-			permuteModule(m, perm)
-		}
 	}
 	return s, nil
 }
 
-// recorder feeds a pass's activations to a statistics accumulator.
+// recorder feeds a pass's activations to a statistics accumulator. Rows
+// are gathered per entry until a block of them (up to 2048, fewer for wide
+// entries) is multiplied at once: deep layers give few rows per batch, and
+// a Gram update costs the same memory traffic whatever its row count.
 type recorder struct {
 	acc   *stats.Accumulator
 	want  map[string]int // name -> dimension
-	perms map[string][]int
-	joint bool
+	lanes int
+	bufs  map[string]*rowBuf
+	order []string // entries with buffered rows, in first-use order
+}
+
+// rowBuf holds an entry's pending rows, one slice per lane.
+type rowBuf struct {
+	dim, rows, cap int
+	x             [][]float32
 }
 
 func (r *recorder) wants(name string) bool { _, ok := r.want[name]; return ok }
 
 // gramChunk bounds the rows of one float32 Gram product before it is
-// added to the float64 sums.
-const gramChunk = 2048
+// added to the float64 sums; bufBytes bounds one lane's pending rows of an
+// entry.
+const (
+	gramChunk = 2048
+	bufBytes  = 16 << 20
+)
 
 func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 	if want := r.want[name]; want != dim {
 		return fmt.Errorf("%q: %d features, expected %d", name, dim, want)
 	}
-	for lo := 0; lo < rows; lo += gramChunk {
-		hi := min(lo+gramChunk, rows)
-		var err error
-		if r.joint {
-			err = r.acc.AddJoint(name, vs[0][lo*dim:hi*dim], vs[1][lo*dim:hi*dim], hi-lo)
-		} else {
-			err = r.acc.Add(name, vs[0][lo*dim:hi*dim], hi-lo)
+	b := r.bufs[name]
+	if b == nil {
+		c := min(gramChunk, max(256, bufBytes/4/dim))
+		b = &rowBuf{dim: dim, cap: c, x: make([][]float32, r.lanes)}
+		for i := range b.x {
+			b.x[i] = make([]float32, c*dim)
 		}
-		if err != nil {
-			return err
+		r.bufs[name] = b
+		r.order = append(r.order, name)
+	}
+	for lo := 0; lo < rows; {
+		if b.rows == 0 && rows-lo >= b.cap { // a whole block: no copy
+			hi := lo + b.cap
+			if err := r.send(name, vs, lo, hi, dim); err != nil {
+				return err
+			}
+			lo = hi
+			continue
+		}
+		n := min(rows-lo, b.cap-b.rows)
+		for i := range vs {
+			copy(b.x[i][b.rows*dim:], vs[i][lo*dim:(lo+n)*dim])
+		}
+		b.rows += n
+		lo += n
+		if b.rows == b.cap {
+			if err := r.flush(name, b); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
-// permuteModule reorders an entry's features: feature f becomes the
-// accumulated feature perm[f].
-func permuteModule(m *stats.Module, perm []int) {
-	d := m.Dim
-	vec := func(v []float64) []float64 {
-		if v == nil {
-			return nil
-		}
-		out := make([]float64, d)
-		for f, g := range perm {
-			out[f] = v[g]
-		}
-		return out
+func (r *recorder) send(name string, vs [][]float32, lo, hi, dim int) error {
+	if r.lanes == 2 {
+		return r.acc.AddJoint(name, vs[0][lo*dim:hi*dim], vs[1][lo*dim:hi*dim], hi-lo)
 	}
-	mat := func(v []float64) []float64 {
-		if v == nil {
-			return nil
-		}
-		out := make([]float64, d*d)
-		for f, g := range perm {
-			for f2, g2 := range perm {
-				out[f*d+f2] = v[g*d+g2]
-			}
-		}
-		return out
+	return r.acc.Add(name, vs[0][lo*dim:hi*dim], hi-lo)
+}
+
+func (r *recorder) flush(name string, b *rowBuf) error {
+	if b.rows == 0 {
+		return nil
 	}
-	m.Sum, m.Abs, m.Gram = vec(m.Sum), vec(m.Abs), mat(m.Gram)
-	m.SumB, m.AbsB, m.GramB, m.Cross = vec(m.SumB), vec(m.AbsB), mat(m.GramB), mat(m.Cross)
+	err := r.send(name, b.x, 0, b.rows, b.dim)
+	b.rows = 0
+	return err
+}
+
+// flushAll multiplies every entry's pending rows.
+func (r *recorder) flushAll() error {
+	for _, name := range r.order {
+		if err := r.flush(name, r.bufs[name]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

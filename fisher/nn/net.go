@@ -73,7 +73,6 @@ type Net struct {
 	fam    family
 	params map[string][]float32 // by tensor name, float32, stored layout
 	dtypes map[string]tensors.DType
-	conv   map[string][]float32 // convolution weights in the engine's patch order (kh, kw, in)
 }
 
 // builder makes a family's forward pass for a net.
@@ -130,7 +129,7 @@ func New(a *arch.Arch, w Weights) (*Net, error) {
 	if !ok {
 		return nil, &UnsupportedError{Family: a.Family}
 	}
-	n := &Net{Arch: a, params: map[string][]float32{}, dtypes: map[string]tensors.DType{}, conv: map[string][]float32{}}
+	n := &Net{Arch: a, params: map[string][]float32{}, dtypes: map[string]tensors.DType{}}
 	type infoer interface {
 		Info(string) (checkpoint.TensorInfo, bool)
 	}
@@ -206,33 +205,6 @@ func (n *Net) mustModule(name string) (*arch.Module, error) {
 		return nil, fmt.Errorf("module %q is missing", name)
 	}
 	return m, nil
-}
-
-// convWeight returns a convolution's weight [out, in, kh, kw] as the
-// matrix [out, kh*kw*in] the engine multiplies its patches with (patch
-// features in kernel-position-major, channel-minor order), computed once.
-func (n *Net) convWeight(module string) []float32 {
-	if w, ok := n.conv[module]; ok {
-		return w
-	}
-	m, _ := n.Arch.Module(module)
-	w := n.param(module, "weight")
-	sh := m.Weight().Shape
-	out, in, kk := int(sh[0]), int(sh[1]), int(sh[2]*sh[3])
-	if kk == 1 {
-		n.conv[module] = w
-		return w
-	}
-	p := make([]float32, len(w))
-	for o := range out {
-		for c := range in {
-			for k := range kk {
-				p[o*in*kk+k*in+c] = w[o*in*kk+c*kk+k]
-			}
-		}
-	}
-	n.conv[module] = p
-	return p
 }
 
 // Points lists every statistic the engine records for this network, in

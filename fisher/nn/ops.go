@@ -74,14 +74,17 @@ func (g convGeom) out(h, w int) (int, int) {
 	return (h+2*g.pad-g.kh)/g.stride + 1, (w+2*g.pad-g.kw)/g.stride + 1
 }
 
-// im2col unfolds x into patches [n*ho*wo, kh*kw*c] (kernel position
-// major, channel minor). A 1x1 stride-1 convolution reads x itself.
+// im2col unfolds x into patches [n*ho*wo, c*kh*kw] in the order of
+// torch.nn.functional.unfold (channel major, then kernel row, kernel
+// column), the order of the weight's [out, in*kh*kw] matrix and of
+// docs/stats.md. A 1x1 stride-1 convolution reads x itself.
 func im2col(dst []float32, x fm, g convGeom, par int) ([]float32, int, int) {
 	ho, wo := g.out(x.h, x.w)
 	if g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0 {
 		return x.x[:x.rows()*x.c], ho, wo
 	}
-	k := g.kh * g.kw * x.c
+	kk := g.kh * g.kw
+	k := kk * x.c
 	dst = dst[:x.n*ho*wo*k]
 	c := x.c
 	parallel(par, x.n, func(lo, hi int) {
@@ -93,12 +96,17 @@ func im2col(dst []float32, x fm, g convGeom, par int) ([]float32, int, int) {
 						ih := oh*g.stride - g.pad + i
 						for j := range g.kw {
 							iw := ow*g.stride - g.pad + j
-							seg := row[(i*g.kw+j)*c:][:c]
+							q := i*g.kw + j
 							if ih < 0 || ih >= x.h || iw < 0 || iw >= x.w {
-								clear(seg)
+								for ch := range c {
+									row[ch*kk+q] = 0
+								}
 								continue
 							}
-							copy(seg, x.x[((n*x.h+ih)*x.w+iw)*c:][:c])
+							src := x.x[((n*x.h+ih)*x.w+iw)*c:][:c]
+							for ch, v := range src {
+								row[ch*kk+q] = v
+							}
 						}
 					}
 				}
@@ -106,19 +114,6 @@ func im2col(dst []float32, x fm, g convGeom, par int) ([]float32, int, int) {
 		}
 	})
 	return dst, ho, wo
-}
-
-// patchPerm maps the unfold order of docs/stats.md (channel major, then
-// kernel row, kernel column) to the engine's patch order: feature f of the
-// file is feature perm[f] of the engine's patches.
-func patchPerm(c, kh, kw int) []int {
-	perm := make([]int, c*kh*kw)
-	for ch := range c {
-		for k := range kh * kw {
-			perm[ch*kh*kw+k] = k*c + ch
-		}
-	}
-	return perm
 }
 
 // conv runs a convolution module on every lane: patches, recorded as the
@@ -158,7 +153,7 @@ func (p *pass) conv(module string, xs []fm, g convGeom) ([]fm, error) {
 	out := make([]fm, len(xs))
 	for i, l := range p.lanes {
 		y := l.ar.get(rows * cout)
-		matmulT(y, patches[i], rows, k, l.net.convWeight(module), cout, l.net.param(module, "bias"))
+		matmulT(y, patches[i], rows, k, l.net.param(module, "weight"), cout, l.net.param(module, "bias"))
 		out[i] = fm{x: y, n: xs[i].n, h: ho, w: wo, c: cout}
 	}
 	return out, nil
