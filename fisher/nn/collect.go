@@ -135,7 +135,7 @@ type recorder struct {
 // rowBuf holds an entry's pending rows, one slice per lane.
 type rowBuf struct {
 	dim, rows, cap int
-	x             [][]float32
+	x              [][]float32
 }
 
 func (r *recorder) wants(name string) bool { _, ok := r.want[name]; return ok }
