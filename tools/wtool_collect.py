@@ -843,10 +843,14 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
                         continue
                     got = {"a": {}, "b": {}}
                     hs = []
+                    def grab(side, n, x):
+                        if side == "a" and n not in ran:  # forward order: the order A's expert calls them
+                            ran.append(n)
+                        got[side].setdefault(n, []).append(x.detach())
                     for side, mods in (("a", mods_a), ("b", mods_b)):
                         for n in names:
                             hs.append(mods[n].register_forward_hook(
-                                lambda mod, inputs, output, side=side, n=n: got[side].setdefault(n, []).append(inputs[0].detach())))
+                                lambda mod, inputs, output, side=side, n=n: grab(side, n, inputs[0])))
                     try:
                         block_a.experts[e](ra[rows])
                         block_b.experts[e](rb[rows])

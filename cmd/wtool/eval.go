@@ -33,7 +33,7 @@ func newEvalCmd(g *globals) *cobra.Command {
 		Long: `Eval runs data through each model with wtool's built-in engine and prints, for
 a classifier (ResNet, ViT, plain MLP, BERT with a sequence classifier), the
 top-1 accuracy and the mean cross-entropy against the labels; for a causal
-language model (Llama, Qwen2, Mistral, Gemma, Phi-3, GPT-2), the next-token
+language model (Llama, Qwen2, Mistral, Gemma, Phi-3, Mixtral, GPT-2), the next-token
 accuracy, the mean cross-entropy per token (natural log) and the perplexity,
 every position but the last of each sequence predicting the next token.
 

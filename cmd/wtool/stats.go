@@ -64,7 +64,8 @@ hidden channels and the stem's output (one sample per position per image).
 whose name matches.
 
 Architectures: ResNet (torchvision), ViT, BERT, GPT-2, Llama, Qwen2, Mistral,
-Gemma and Phi-3 (wtool arch MODEL says what a checkpoint is), and plain MLPs
+Gemma, Phi-3 and Mixtral (wtool arch MODEL says what a checkpoint is; joint
+statistics of Mixtral's experts follow model A's routing), and plain MLPs
 (--act and --layers as for the MLP engine). --calib is a safetensors file with
 the data: images as a floating tensor [samples, C, H, W] (or [samples,
 features] when config.json gives num_channels and image_size), token ids as

@@ -1,7 +1,7 @@
 // Package nn is wtool's built-in forward engine for the architectures
 // io/arch describes: torchvision's ResNet (BasicBlock and Bottleneck,
-// BatchNorm in eval and training mode), ViT, and the Llama family of
-// decoders. It runs checkpoints in float32 on the CPU (convolutions as
+// BatchNorm in eval and training mode), ViT, BERT, GPT-2 and the Llama
+// family of decoders (Llama, Qwen2, Mistral, Gemma, Phi-3, Mixtral). It runs checkpoints in float32 on the CPU (convolutions as
 // im2col and the project's GEMM, tensors/linalg), driven by what io/arch
 // says every weight is, and gives what merging needs without leaving Go:
 //

@@ -19,7 +19,7 @@ import (
 const reference = "testdata/reference.py"
 
 // the families the engine runs, with testdata/families' tiny models
-var testFamilies = []string{"resnet18", "resnet50", "vit", "llama", "qwen2", "mistral", "gemma", "phi3", "gpt2", "bert"}
+var testFamilies = []string{"resnet18", "resnet50", "vit", "llama", "qwen2", "mistral", "gemma", "phi3", "gpt2", "bert", "mixtral"}
 
 var (
 	refOnce sync.Once

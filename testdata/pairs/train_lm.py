@@ -42,7 +42,7 @@ from families import wc  # noqa: E402
 
 TEXT = "/usr/share/vim/vim90/doc/usr_*.txt"
 SEQ = 128
-STEPS = 1000
+STEPS = 500
 BATCH = 32
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 96,
           "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -116,7 +116,7 @@ def train(train_ids, seed):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 200 == 0:
+        if step % 50 == 0 or step == STEPS - 1:
             print(f"  seed {seed} step {step}: loss {loss.item():.3f}", flush=True)
     return model.eval()
 
