@@ -14,7 +14,8 @@ const DefaultMaxGramElems = 1 << 26
 // StatsOptions control CollectStats.
 type StatsOptions struct {
 	// BatchSize is the number of samples (images or sequences) per batch
-	// (default 64 images, 8 sequences); it does not change the result.
+	// (default 64 images, at most 8 sequences, fewer when their logits
+	// would exceed 256 MiB); it changes the result only by float32 rounding.
 	BatchSize int
 	// Limit caps the number of samples (0: all).
 	Limit int
@@ -81,13 +82,7 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 		return nil, err
 	}
 	p.rec = rec
-	bs := opts.BatchSize
-	if bs <= 0 {
-		bs = 64
-		if d.Tokens {
-			bs = 8
-		}
-	}
+	bs := defaultBatch(nets[0], d, opts.BatchSize, 64)
 	total := d.N
 	if opts.Limit > 0 {
 		total = min(total, opts.Limit)

@@ -120,6 +120,17 @@ func LoadPath(path string) (*Net, error) {
 	return Load(m)
 }
 
+// FromTensors describes tensors in memory with io/arch (cfg is the parsed
+// config.json, nil if none) and loads them: a merge's result can be
+// evaluated, or its BatchNorm statistics recomputed, before it is written.
+func FromTensors(cfg *arch.Config, tm TensorMap) (*Net, error) {
+	a, err := arch.Describe(cfg, tm.Shapes())
+	if err != nil {
+		return nil, err
+	}
+	return New(a, tm)
+}
+
 // New loads the parameters of a described checkpoint from w. Every
 // parameter of every module (weights, biases, norm and BatchNorm tensors)
 // is decoded to float32; buffers the forward pass recomputes (rotary

@@ -39,21 +39,17 @@ func references(t *testing.T) string {
 		if refErr != nil {
 			return
 		}
-		cmd := exec.Command(py, append([]string{reference, "all", refDir}, testFamilies...)...)
+		args := append([]string{reference, "all", refDir}, testFamilies...)
+		if names := trainedPairs(); len(names) > 0 {
+			args = append(append(args, "--pairs", pairsDir), names...)
+		}
+		cmd := exec.Command(py, args...)
 		refOut, refErr = cmd.CombinedOutput()
 	})
 	if refErr != nil {
 		t.Fatalf("reference.py all: %v\n%s", refErr, refOut)
 	}
 	return refDir
-}
-
-func runPy(t *testing.T, py string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(py, append([]string{reference}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("reference.py %v: %v\n%s", args, err, out)
-	}
 }
 
 func readF64(t *testing.T, path, name string) ([]float64, []int64) {
@@ -295,18 +291,11 @@ const pairsDir = "../../testdata/pairs"
 // float64 to 1e-5, ResNet BatchNorm recomputation equals PyTorch's, joint
 // statistics equal the collector's.
 func TestTrainedPairsMatchPyTorch(t *testing.T) {
-	py := testenv.Python(t)
-	var names []string
-	for _, n := range pairNames {
-		if _, err := os.Stat(filepath.Join(pairsDir, n+"-b")); err == nil {
-			names = append(names, n)
-		}
-	}
+	names := trainedPairs()
 	if len(names) == 0 {
 		t.Skip("no trained pairs")
 	}
-	dir := t.TempDir()
-	runPy(t, py, append([]string{"pairs", pairsDir, dir}, names...)...)
+	dir := filepath.Join(references(t), "pairs")
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
 			d := filepath.Join(dir, name)
@@ -340,4 +329,15 @@ func TestTrainedPairsMatchPyTorch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// trainedPairs lists the pairs of testdata/pairs that exist.
+func trainedPairs() []string {
+	var names []string
+	for _, n := range pairNames {
+		if _, err := os.Stat(filepath.Join(pairsDir, n+"-b", "model.safetensors")); err == nil {
+			names = append(names, n)
+		}
+	}
+	return names
 }

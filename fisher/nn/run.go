@@ -134,7 +134,8 @@ func Forward(ctx context.Context, n *Net, d *Data, lo, hi int) (logits []float32
 // EvalOptions control Evaluate.
 type EvalOptions struct {
 	// BatchSize is the number of samples (images or sequences) per batch
-	// (default 128 images, 8 sequences); it does not change the result.
+	// (default 128 images, at most 8 sequences, fewer when their logits
+	// would exceed 256 MiB); it changes the result only by float32 rounding.
 	BatchSize int
 	// Limit caps the number of samples (0: all).
 	Limit int
@@ -178,13 +179,7 @@ func Evaluate(ctx context.Context, n *Net, d *Data, opts EvalOptions) (Result, e
 		}
 		return res, fmt.Errorf("%s: no labels to evaluate the classifier against", d.where())
 	}
-	bs := opts.BatchSize
-	if bs <= 0 {
-		bs = 128
-		if lm {
-			bs = 8
-		}
-	}
+	bs := defaultBatch(n, d, opts.BatchSize, 128)
 	total := d.N
 	if opts.Limit > 0 {
 		total = min(total, opts.Limit)
@@ -264,4 +259,18 @@ func crossEntropy(z []float32, y int) (float64, bool) {
 		s += math.Exp(float64(v) - m)
 	}
 	return m + math.Log(s) - float64(z[y]), best == y
+}
+
+// defaultBatch is the batch size: the one asked for, or for token
+// sequences at most 8 and as many as keep the logits within 256 MiB
+// (sequences x length x vocabulary floats), or def images.
+func defaultBatch(n *Net, d *Data, asked, def int) int {
+	if asked > 0 {
+		return asked
+	}
+	if !d.Tokens {
+		return def
+	}
+	per := d.Shape[0] * max(n.Input().Classes, 1) * 4
+	return max(1, min(8, (256<<20)/per))
 }

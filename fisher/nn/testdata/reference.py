@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """PyTorch references for fisher/nn's tests (testdata/families' modules).
 
-    reference.py all OUTDIR FAMILY...       per family: checkpoints, data, logits,
-                                           BatchNorm recomputation, statistics
+    reference.py all OUTDIR FAMILY... [--pairs PAIRS NAME...]
+                                           per family: checkpoints, data, logits,
+                                           BatchNorm recomputation, statistics;
+                                           then the pairs' references in OUTDIR/pairs
     reference.py pairs PAIRS OUTDIR NAME... testdata/pairs' trained pairs: logits,
                                            BatchNorm recomputation, joint statistics
     reference.py forward-dir MODEL DATA OUT logits of a checkpoint directory on data
@@ -180,8 +182,14 @@ def cmd_stats(models, data, out, bs):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "all":
-        cmd_all(*args)
+    if cmd == "all":  # all OUTDIR FAMILY... [--pairs PAIRS NAME...]: both, in one process
+        if "--pairs" in args:
+            i = args.index("--pairs")
+            cmd_all(*args[:i])
+            if len(args) > i + 2:
+                cmd_pairs(args[i + 1], os.path.join(args[0], "pairs"), *args[i + 2:])
+        else:
+            cmd_all(*args)
     elif cmd == "pairs":
         cmd_pairs(*args)
     elif cmd == "forward-dir":
