@@ -28,7 +28,7 @@ func writeFisher(t *testing.T, dir, name string, vals []float32, batches int64, 
 	p := filepath.Join(dir, name)
 	w, _ := tensors.FromFloat32("fc.weight", tensors.F32, []int64{2, 2}, vals)
 	b, _ := tensors.FromFloat32("fc.bias", tensors.BF16, []int64{2}, vals[:2])
-	if err := Write(context.Background(), p, []*tensors.Tensor{w, b}, Meta{Batches: batches, BatchSize: 8, Samples: 8 * batches, Loss: loss}, checkpoint.WriteOptions{}); err != nil {
+	if err := Write(context.Background(), p, []*tensors.Tensor{w, b}, Meta{Batches: batches, BatchSize: 8, Samples: 8 * batches, Loss: loss}, checkpoint.WriteOptions{AllowNonFinite: true}); err != nil {
 		t.Fatal(err)
 	}
 	return p

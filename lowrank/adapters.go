@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/peft"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -74,6 +76,10 @@ type adapterTarget struct {
 	report AdapterReport
 	err    error
 	parts  int // output tensors of this target still to produce
+	index  int // position among the targets
+	// reported is set once the factorisation filled in the report (a
+	// resumed run or a part computes only some targets)
+	reported bool
 }
 
 // adaptable: the modules an adapter can be attached to (PEFT's LoRA layers
@@ -130,7 +136,7 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 	targets := map[string]*adapterTarget{}
 	var order []*adapterTarget
 	for _, t := range ts {
-		at := &adapterTarget{target: t, bound: t.fixedRank, parts: 1}
+		at := &adapterTarget{target: t, bound: t.fixedRank, parts: 1, index: len(order)}
 		at.report = AdapterReport{Module: t.module, Kind: string(t.mod.Kind), Shape: t.shape, Note: t.note, Skipped: t.skip}
 		order = append(order, at)
 		if t.skip {
@@ -198,16 +204,13 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 				t.wNorm2 += float64(v) * float64(v)
 			}
 			t.report.Rank, t.report.Energy = ai.Rank, ai.Energy
+			t.reported = true
 		})
 		return t.err
 	}
 	// the adapter's factors are spilled to a file beside the output until
 	// they can be written in their own file's order
-	parent := filepath.Dir(filepath.Clean(out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, nil, err
-	}
-	spill, err := newSpill(parent)
+	spill, err := newSpill(out)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -282,7 +285,9 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 	reports := func() []AdapterReport {
 		var out []AdapterReport
 		for _, t := range order {
-			out = append(out, t.report)
+			if t.skip || t.reported { // a resumed run or a part computes some
+				out = append(out, t.report)
+			}
 		}
 		return out
 	}
@@ -296,20 +301,53 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		// one in flight only doubles the memory
 		wopts.Workers = 1
 	}
-	base, err := filepath.Abs(out)
-	if err != nil {
-		return nil, nil, err
+	// The adapter directory and the configs are written from what each
+	// shard's state keeps (the reports of the modules it holds, and for
+	// PiSSA their factors), so parts and resumed runs give the same files
+	// as a single run.
+	byName := map[string]*adapterTarget{}
+	for _, t := range order {
+		byName[t.name] = t
 	}
-	wopts.Finalize = func(dir string) error {
-		rs := reports()
-		if o.Method == "pissa" {
-			return writePiSSAAdapter(filepath.Join(dir, "adapter"), spill, rs, a, base, o)
+	shorts := shortNameCounts(a)
+	wopts.State = &checkpoint.State{Finalizer: adapterFinalizer, Save: func(dir string, shard []safetensors.Entry) error {
+		st := adapterState{Method: o.Method, Alpha: o.Alpha, TaskType: a.TaskType(), Shorts: shorts, PEFT: map[string]string{}}
+		var lora []string
+		mu.Lock()
+		for _, e := range shard {
+			t := byName[e.Name]
+			if ref, ok := factorOf[e.Name]; ok {
+				t = ref.t
+			}
+			if t == nil || !(t.skip || t.reported) || slices.ContainsFunc(st.Reports, func(r adapterStateReport) bool { return r.Module == t.module }) {
+				continue
+			}
+			r := t.report
+			r.Energy, r.ResidualNorm, r.CastError = jsonSafe(r.Energy), jsonSafe(r.ResidualNorm), jsonSafe(r.CastError)
+			st.Reports = append(st.Reports, adapterStateReport{AdapterReport: r, Index: t.index})
+			st.PEFT[t.module] = a.PEFTModule(t.module)
+			if o.Method == "pissa" && !t.skip && e.Name == t.name {
+				ka, kb := peft.KeysFor(a.PEFTModule(t.module), t.mod.Kind == arch.Embedding)
+				lora = append(lora, ka, kb)
+			}
 		}
-		return writeSVDConfig(dir, rs, o)
-	}
+		var err error
+		if o.Method == "pissa" {
+			err = spill.writeTo(filepath.Join(dir, "lora.safetensors"), lora, nil)
+		}
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+	}}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, checkpoint.ExplainNonFinite(err, m)
 	}
 	return reports(), written, nil
 }
@@ -371,34 +409,25 @@ func adapterConfig(rs []AdapterReport, alpha float64, name func(string) string) 
 // short names when those select exactly the adapted modules of the model
 // (PEFT matches a short name against every module path ending in it), else
 // the full module paths.
-func targetModules(rs []AdapterReport, a *arch.Arch, name func(string) string) []string {
-	chosen := map[string]bool{}
+func targetModules(rs []AdapterReport, shorts map[string]int, name func(string) string) []string {
 	var short, full []string
+	chosen := map[string]int{} // chosen modules by last component
 	for _, r := range rs {
-		chosen[r.Module] = true
 		full = append(full, name(r.Module))
 		s := r.Module[strings.LastIndex(r.Module, ".")+1:]
+		chosen[s]++
 		if !slices.Contains(short, s) {
 			short = append(short, s)
 		}
 	}
-	// every module path of the model: the modules with parameters and the
-	// containers holding them (layer1.0, a ResNet block, ends in "0" as
-	// downsample.0 does)
-	paths := map[string]bool{}
-	for _, m := range a.Modules {
-		if m.Kind == arch.Bare || m.Kind == arch.Buffer {
-			continue
-		}
-		for p := m.Name; p != ""; p = p[:max(strings.LastIndex(p, "."), 0)] {
-			paths[p] = true
-		}
-	}
+	// the short names select exactly the chosen modules when no other
+	// module path of the model (a module with parameters, or a container
+	// holding them: layer1.0, a ResNet block, ends in "0" as downsample.0
+	// does) ends with one of them
 	exact := true
-	for p := range paths {
-		if !chosen[p] && slices.Contains(short, p[strings.LastIndex(p, ".")+1:]) {
+	for _, s := range short {
+		if shorts[s] != chosen[s] {
 			exact = false
-			break
 		}
 	}
 	if exact {
@@ -409,13 +438,101 @@ func targetModules(rs []AdapterReport, a *arch.Arch, name func(string) string) [
 	return full
 }
 
-func writePiSSAAdapter(dir string, sp *spill, all []AdapterReport, a *arch.Arch, base string, o AdapterOptions) error {
+// shortNameCounts counts the module paths of the model (the modules with
+// parameters and the containers holding them) by their last component.
+func shortNameCounts(a *arch.Arch) map[string]int {
+	paths := map[string]bool{}
+	for _, m := range a.Modules {
+		if m.Kind == arch.Bare || m.Kind == arch.Buffer {
+			continue
+		}
+		for p := m.Name; p != ""; p = p[:max(strings.LastIndex(p, "."), 0)] {
+			paths[p] = true
+		}
+	}
+	counts := map[string]int{}
+	for p := range paths {
+		counts[p[strings.LastIndex(p, ".")+1:]]++
+	}
+	return counts
+}
+
+// adapterState is what a shard keeps for the adapter's files: the reports
+// of the modules it holds (with their position among the targets and their
+// PEFT module paths), and what the PEFT config needs of the architecture.
+// PiSSA's factors of those modules are in lora.safetensors beside it.
+type adapterState struct {
+	Method   string               `json:"method"`
+	Alpha    float64              `json:"alpha"`
+	TaskType string               `json:"task_type,omitempty"`
+	Reports  []adapterStateReport `json:"reports"`
+	PEFT     map[string]string    `json:"peft_modules"`
+	// Shorts counts the model's module paths by their last component,
+	// which decides whether short target_modules names are unambiguous.
+	Shorts map[string]int `json:"short_names"`
+}
+
+type adapterStateReport struct {
+	AdapterReport
+	Index int `json:"index"`
+}
+
+const adapterFinalizer = "lowrank.adapter"
+
+func init() { checkpoint.RegisterFinalizer(adapterFinalizer, finalizeAdapters) }
+
+// finalizeAdapters writes the PiSSA adapter directory, or the SORSA/SVFit
+// config, from every shard's state.
+func finalizeAdapters(dir, out string, states []string) error {
+	var st adapterState
+	var all []adapterStateReport
+	peftOf := map[string]string{}
+	var lora []string
+	for _, s := range states {
+		var one adapterState
+		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &one)
+		}
+		if err != nil {
+			return fmt.Errorf("adapter state %s: %w", s, err)
+		}
+		st.Method, st.Alpha, st.TaskType, st.Shorts = one.Method, one.Alpha, one.TaskType, one.Shorts
+		for _, r := range one.Reports {
+			if !slices.ContainsFunc(all, func(x adapterStateReport) bool { return x.Module == r.Module }) {
+				all = append(all, r)
+			}
+		}
+		maps.Copy(peftOf, one.PEFT)
+		if one.Method == "pissa" {
+			lora = append(lora, filepath.Join(s, "lora.safetensors"))
+		}
+	}
+	slices.SortFunc(all, func(a, b adapterStateReport) int { return a.Index - b.Index })
+	rs := make([]AdapterReport, len(all))
+	for i, r := range all {
+		rs[i] = r.AdapterReport
+	}
+	o := AdapterOptions{Method: st.Method, Alpha: st.Alpha}
+	if o.Method != "pissa" {
+		return writeSVDConfig(dir, rs, o)
+	}
+	base, err := filepath.Abs(out)
+	if err != nil {
+		return err
+	}
+	return writePiSSAAdapter(filepath.Join(dir, "adapter"), lora, rs, func(m string) string { return peftOf[m] }, st.Shorts, st.TaskType, base, o)
+}
+
+// writePiSSAAdapter writes the PEFT adapter directory: adapter_config.json
+// and adapter_model.safetensors merged from the shards' factor files.
+func writePiSSAAdapter(dir string, lora []string, all []AdapterReport, name func(string) string, shorts map[string]int, taskType, base string, o AdapterOptions) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	rs := adapted(all)
-	r, alpha, rp, ap := adapterConfig(rs, o.Alpha, a.PEFTModule)
-	cfg := peft.NewConfig(r, alpha, targetModules(rs, a, a.PEFTModule))
+	r, alpha, rp, ap := adapterConfig(rs, o.Alpha, name)
+	cfg := peft.NewConfig(r, alpha, targetModules(rs, shorts, name))
 	cfg.RankPattern, cfg.AlphaPattern = rp, ap
 	for _, x := range rs {
 		if x.Kind == string(arch.Conv1D) {
@@ -423,8 +540,8 @@ func writePiSSAAdapter(dir string, sp *spill, all []AdapterReport, a *arch.Arch,
 		}
 	}
 	cfg.Extra["base_model_name_or_path"] = base // the residual model the adapter completes
-	if tt := a.TaskType(); tt != "" {
-		cfg.Extra["task_type"] = tt
+	if taskType != "" {
+		cfg.Extra["task_type"] = taskType
 	}
 	b, err := cfg.MarshalJSON()
 	if err != nil {
@@ -433,7 +550,45 @@ func writePiSSAAdapter(dir string, sp *spill, all []AdapterReport, a *arch.Arch,
 	if err := os.WriteFile(filepath.Join(dir, peft.ConfigFile), b, 0o644); err != nil {
 		return err
 	}
-	return sp.writeTo(filepath.Join(dir, peft.WeightsFile), map[string]string{"format": "pt"})
+	return mergeSafetensors(filepath.Join(dir, peft.WeightsFile), lora, map[string]string{"format": "pt"})
+}
+
+// mergeSafetensors writes one file holding every tensor of the files srcs
+// (a tensor in several is taken once), one tensor in memory at a time.
+func mergeSafetensors(path string, srcs []string, metadata map[string]string) error {
+	var entries []safetensors.Entry
+	from := map[string]*safetensors.File{}
+	for _, p := range srcs {
+		f, err := safetensors.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for _, t := range f.Header.Tensors {
+			if _, dup := from[t.Name]; dup {
+				continue // a module computed by two parts: the same factors
+			}
+			from[t.Name] = f
+			entries = append(entries, safetensors.Entry{Name: t.Name, DType: t.DType, Shape: t.Shape})
+		}
+	}
+	w, err := safetensors.Create(path, entries, metadata)
+	if err != nil {
+		return err
+	}
+	for _, e := range w.Order() {
+		info, _ := from[e.Name].Header.Lookup(e.Name)
+		buf := make([]byte, info.Size())
+		if err := from[e.Name].ReadTensor(e.Name, buf); err != nil {
+			w.Abort()
+			return err
+		}
+		if err := w.Write(&tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: buf}); err != nil {
+			w.Abort()
+			return err
+		}
+	}
+	return w.Close()
 }
 
 func writeSVDConfig(dir string, all []AdapterReport, o AdapterOptions) error {
@@ -486,8 +641,10 @@ type spillEntry struct {
 	size  int64
 }
 
-func newSpill(dir string) (*spill, error) {
-	f, err := os.CreateTemp(dir, ".wtool-spill-*")
+// newSpill creates the spill file beside the output out, named like its
+// temporaries (so one a killed run leaves is cleaned like them).
+func newSpill(out string) (*spill, error) {
+	f, err := fsafe.CreateTemp(out, "spill")
 	if err != nil {
 		return nil, err
 	}
@@ -507,12 +664,15 @@ func (s *spill) add(name string, shape []int64, v []float32) error {
 	return nil
 }
 
-func (s *spill) writeTo(path string, metadata map[string]string) error {
+// writeTo writes the named spilled tensors to a safetensors file.
+func (s *spill) writeTo(path string, names []string, metadata map[string]string) error {
 	var entries []safetensors.Entry
 	byName := map[string]spillEntry{}
 	for _, e := range s.entries {
-		entries = append(entries, safetensors.Entry{Name: e.name, DType: tensors.F32, Shape: e.shape})
-		byName[e.name] = e
+		if slices.Contains(names, e.name) {
+			entries = append(entries, safetensors.Entry{Name: e.name, DType: tensors.F32, Shape: e.shape})
+			byName[e.name] = e
+		}
 	}
 	w, err := safetensors.Create(path, entries, metadata)
 	if err != nil {
@@ -533,7 +693,4 @@ func (s *spill) writeTo(path string, metadata map[string]string) error {
 	return w.Close()
 }
 
-func (s *spill) remove() {
-	s.f.Close()
-	os.Remove(s.f.Name())
-}
+func (s *spill) remove() { fsafe.RemoveTemp(s.f) }

@@ -2,7 +2,9 @@ package lowrank
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -371,22 +373,85 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		wopts.Metadata = withCompressionMetadata(wopts.Metadata, o)
 		wopts.MetadataFor = rankMetadata(factorOf)
 		if !checkpoint.IsSingleFile(out) {
-			wopts.Finalize = func(dir string) error {
-				collect()
-				b, err := CompressionJSON(o, list)
+			// compression.json is written from the reports each shard's
+			// state holds, so parts and resumed runs give the same file
+			wopts.State = &checkpoint.State{Finalizer: compressFinalizer, Save: func(dir string, shard []safetensors.Entry) error {
+				st := compressState{Method: o.Method}
+				mu.Lock()
+				for _, e := range shard {
+					name := e.Name // a target left as it is keeps its name
+					if ref, ok := refs[e.Name]; ok {
+						name = ref.t.name
+					}
+					if rep := reports[name]; rep != nil && !slices.ContainsFunc(st.Reports, func(r TensorReport) bool { return r.Name == name }) {
+						r := *rep
+						r.RelError, r.Energy = jsonSafe(r.RelError), jsonSafe(r.Energy)
+						st.Reports = append(st.Reports, r)
+					}
+				}
+				mu.Unlock()
+				b, err := json.Marshal(st)
 				if err != nil {
 					return err
 				}
-				return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
-			}
+				return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+			}}
 		}
 	}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, checkpoint.ExplainNonFinite(err, m)
 	}
 	collect()
 	return list, written, nil
+}
+
+// compressState is what a shard of a factored directory output keeps for
+// compression.json: the reports of the modules it holds.
+type compressState struct {
+	Method  string         `json:"method"`
+	Reports []TensorReport `json:"reports"`
+}
+
+const compressFinalizer = "lowrank.compress"
+
+// jsonSafe replaces a NaN or Inf (which JSON cannot hold; only possible
+// with --allow-nonfinite) by -1 in what a shard's state records.
+func jsonSafe(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return -1
+	}
+	return x
+}
+
+func init() { checkpoint.RegisterFinalizer(compressFinalizer, finalizeCompress) }
+
+// finalizeCompress writes compression.json from every shard's reports.
+func finalizeCompress(dir, _ string, states []string) error {
+	var method string
+	var list []TensorReport
+	for _, s := range states {
+		var st compressState
+		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			return fmt.Errorf("compression state %s: %w", s, err)
+		}
+		method = st.Method
+		for _, r := range st.Reports {
+			if !slices.ContainsFunc(list, func(x TensorReport) bool { return x.Name == r.Name }) {
+				list = append(list, r)
+			}
+		}
+	}
+	slices.SortFunc(list, func(a, b TensorReport) int { return strings.Compare(a.Name, b.Name) })
+	b, err := CompressionJSON(CompressOptions{Method: method}, list)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "compression.json"), b, 0o644)
 }
 
 // baseReport fills in what a report says about a target before its

@@ -365,11 +365,15 @@ func Whiten(w []float32, m, n int, gram []float64, rule RankRule, o SVDOptions) 
 	}
 	var meanDiag float64
 	for i := range n {
-		meanDiag += gram[i*n+i]
+		d := gram[i*n+i]
+		if d < 0 || math.IsNaN(d) || math.IsInf(d, 0) {
+			return nil, 0, fmt.Errorf("whiten: the Gram matrix has %g at diagonal entry %d: a sum of squares must be finite and non-negative (the statistics are not of real inputs)", d, i)
+		}
+		meanDiag += d
 	}
 	meanDiag /= float64(n)
-	if !(meanDiag > 0) {
-		return nil, 0, fmt.Errorf("whiten: the Gram matrix is zero")
+	if meanDiag == 0 {
+		return nil, 0, fmt.Errorf("whiten: the Gram matrix is zero (the layer's inputs were all zero on the calibration data)")
 	}
 	var chol mat.Cholesky
 	for s := 0.0; ; {

@@ -1,19 +1,21 @@
 package lowrank
 
 import (
-	"os"
+	"bytes"
+	"fmt"
 
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/wtool/wtool/io/fsafe"
 )
 
+// savePNG writes the image atomically (a temporary beside path, renamed at
+// the end), replacing an existing file: callers check that path is not an
+// input and may be replaced.
 func savePNG(path string, img *vgimg.Canvas) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
+	var b bytes.Buffer
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&b); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return fsafe.WriteFile(path, b.Bytes(), true)
 }

@@ -7,7 +7,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"gonum.org/v1/gonum/blas"
@@ -15,6 +14,8 @@ import (
 	"gonum.org/v1/gonum/blas/blas64"
 	"gonum.org/v1/gonum/lapack"
 	"gonum.org/v1/gonum/lapack/lapack64"
+
+	"github.com/wtool/wtool/internal/fault"
 )
 
 // seedStream is the PCG stream constant mixed with SVDOptions.Seed.
@@ -47,11 +48,9 @@ func parallelFor(n int, f func(i int)) {
 		return
 	}
 	var next atomic.Int64
-	var wg sync.WaitGroup
+	var g fault.Group // a panic in a worker is re-raised on the caller
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= n {
@@ -59,9 +58,9 @@ func parallelFor(n int, f func(i int)) {
 				}
 				f(i)
 			}
-		}()
+		})
 	}
-	wg.Wait()
+	g.Wait()
 }
 
 // randomizedSVD implements the randomized path of TruncatedSVD for an m×n

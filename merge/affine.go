@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"math"
 	"runtime"
-	"sync"
 	"unsafe"
 
+	"github.com/wtool/wtool/internal/fault"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -159,12 +159,10 @@ func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tenso
 	// A 16-bit output keeps 8 or 11 significant bits: float32 sums are
 	// exact enough and twice as fast; wider outputs accumulate in float64.
 	narrow := e.DType == tensors.BF16 || e.DType == tensors.F16
-	var wg sync.WaitGroup
+	var wg fault.Group // the inputs are mapped: a fault is re-raised on the caller
 	errs := make([]error, workers)
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			acc64 := make([]float64, affineChunk)
 			acc32 := make([]float32, affineChunk)
 			buf := make([]float32, affineChunk)
@@ -222,7 +220,7 @@ func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tenso
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	for _, in := range ins {

@@ -65,6 +65,7 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
+	opts.AllowNonFinite = opts.AllowNonFinite || p.AllowNonFinite
 	j := &job{p: p, report: &Report{Method: p.Method}}
 	defer j.close()
 	if err := j.open(); err != nil {

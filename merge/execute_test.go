@@ -40,7 +40,7 @@ func model(t *testing.T, path string, dt tensors.DType, vals map[string][]float3
 	if nshards > 1 {
 		limit = 16
 	}
-	if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{MaxShardSize: limit}); err != nil {
+	if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{MaxShardSize: limit, AllowNonFinite: true}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // MLPSpec returns the spec of a chain of Linear layers (found as the MLP
@@ -56,7 +57,7 @@ type LlamaConfig struct {
 
 // ReadLlamaConfig reads the attention shapes from a Hugging Face config.json.
 func ReadLlamaConfig(path string) (*LlamaConfig, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsafe.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

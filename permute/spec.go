@@ -13,9 +13,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
+	"math"
+	"math/bits"
 	"slices"
 	"strings"
+
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // Axis says which permutation group, if any, acts on one axis of a tensor.
@@ -68,9 +71,18 @@ type Use struct {
 // claims has the group's size times the block. The error names the tensor
 // and the axis.
 func (s *Spec) Validate(shapes map[string][]int64) error {
-	for g, n := range s.Groups {
-		if n <= 0 {
+	used := map[string]bool{}
+	for _, axes := range s.Tensors {
+		for _, a := range axes {
+			used[a.Group] = true
+		}
+	}
+	for _, g := range s.GroupNames() {
+		if n := s.Groups[g]; n <= 0 {
 			return fmt.Errorf("group %q has size %d", g, n)
+		}
+		if !used[g] {
+			return fmt.Errorf("group %q permutes no tensor axis (remove it, or name the axes it acts on)", g)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(shapes)) {
@@ -101,7 +113,7 @@ func (s *Spec) Validate(shapes map[string][]int64) error {
 			if a.Block < 0 {
 				return fmt.Errorf("tensor %q axis %d: negative block %d", name, i, a.Block)
 			}
-			if want := int64(n) * int64(a.block()); shape[i] != want {
+			if hi, want := bits.Mul64(uint64(n), uint64(a.block())); hi != 0 || want > math.MaxInt64 || shape[i] != int64(want) {
 				return fmt.Errorf("tensor %q axis %d has %d elements, but group %q has %d units of %d (%d)", name, i, shape[i], a.Group, n, a.block(), want)
 			}
 		}
@@ -208,7 +220,7 @@ func (s *Spec) UnmarshalJSON(data []byte) error {
 
 // ReadSpec reads a JSON permutation spec file.
 func ReadSpec(path string) (*Spec, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsafe.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

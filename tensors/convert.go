@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"math"
 	"runtime"
-	"sync"
 	"unsafe"
+
+	"github.com/wtool/wtool/internal/fault"
 )
 
 // le is the byte order of every tensor in the safetensors format.
@@ -236,16 +237,14 @@ func parallel(n int, f func(lo, hi int)) {
 	workers = min(workers, n/(parallelMin/4))
 	chunk := (n + workers - 1) / workers
 	chunk = (chunk + 63) &^ 63 // keep chunk edges on whole elements of every type
-	var wg sync.WaitGroup
+	// the source may be a mapped file: a fault (or a panic) in a worker is
+	// re-raised here, on the caller's goroutine, where it can be handled
+	var g fault.Group
 	for lo := 0; lo < n; lo += chunk {
 		hi := min(lo+chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(lo, hi)
-		}()
+		g.Go(func() { f(lo, hi) })
 	}
-	wg.Wait()
+	g.Wait()
 }
 
 // bf16Bits is BF16FromFloat32 on the bits of a float32.

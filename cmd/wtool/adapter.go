@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/peft"
 	"github.com/wtool/wtool/lowrank"
 )
@@ -58,7 +59,8 @@ float64 and rounded once to the model's dtype, and the report shows how much
 that rounding changes them.
 
 'wtool adapter convert INIT TRAINED -o LORA' turns a trained PiSSA adapter
-into a plain LoRA adapter for the original base model.`,
+into a plain LoRA adapter for the original base model.
+` + outputHelp,
 		Example: `  wtool adapter testdata/demo/mlp-a -o /tmp/mlp-a-pissa --method pissa --rank 8
   wtool adapter ./Llama-3.2-1B -o ./llama-pissa --method pissa --rank 64 --target 'proj\.weight$'`,
 		Args: argsBetween(1, 1),
@@ -75,7 +77,15 @@ into a plain LoRA adapter for the original base model.`,
 			if err != nil {
 				return err
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -88,6 +98,7 @@ into a plain LoRA adapter for the original base model.`,
 			reports, written, err := lowrank.InitAdapters(cmd.Context(), m, of.out, lowrank.AdapterOptions{Method: method, Rule: rule, Alpha: alpha,
 				Targets: ts, SVD: sf.options(), Progress: update, Arch: a}, opts)
 			finish()
+			g.notes(written)
 			if err != nil {
 				return err
 			}
@@ -106,7 +117,7 @@ into a plain LoRA adapter for the original base model.`,
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4f\t%.4f\t%.2g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Rank, r.Energy, r.ResidualNorm, r.CastError, r.Note)
 			}
 			tw.Flush()
-			g.info("wrote %s", written.Path)
+			g.wrote(written, "")
 			return nil
 		},
 	}
@@ -123,7 +134,7 @@ into a plain LoRA adapter for the original base model.`,
 
 func newAdapterConvertCmd(g *globals) *cobra.Command {
 	var out string
-	var force bool
+	var force, allowNonFinite bool
 	cmd := &cobra.Command{
 		Use:   "convert INIT_ADAPTER TRAINED_ADAPTER -o LORA_DIR",
 		Short: "Convert a trained PiSSA adapter into a LoRA adapter for the original base model",
@@ -132,11 +143,24 @@ func newAdapterConvertCmd(g *globals) *cobra.Command {
 writes a plain LoRA adapter that applies to the ORIGINAL base model, as PEFT's
 path_initial_model_for_weight_conversion does: the training's change
 dW = (alpha/r)(B A - B0 A0) is stored as lora_A = [A; A0], lora_B = [B, -B0],
-with r and lora_alpha doubled.`,
+with r and lora_alpha doubled. NaN or Inf in the trained adapter (a diverged
+training) is refused unless --allow-nonfinite; the output is written
+atomically and may not be or lie inside either input.`,
 		Args: argsBetween(2, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usageErrorf("-o is required")
+			}
+			reg := &fsafe.Registry{Force: force}
+			if err := reg.Input("INIT_ADAPTER", args[0]); err != nil {
+				return err
+			}
+			if err := reg.Input("TRAINED_ADAPTER", args[1]); err != nil {
+				return err
+			}
+			reg.Output("-o", out)
+			if err := g.checkPaths(reg); err != nil {
+				return err
 			}
 			init, err := peft.Read(args[0])
 			if err != nil {
@@ -146,14 +170,11 @@ with r and lora_alpha doubled.`,
 			if err != nil {
 				return err
 			}
-			if err := checkpoint.CheckOutput(out, args, force); err != nil {
-				return err
-			}
 			lora, err := peft.ConvertPiSSA(init, trained)
 			if err != nil {
 				return err
 			}
-			if err := peft.Write(cmd.Context(), out, lora, force); err != nil {
+			if err := peft.WriteWith(cmd.Context(), out, lora, checkpoint.WriteOptions{Force: force, Inputs: reg.Inputs(), AllowNonFinite: allowNonFinite}); err != nil {
 				return err
 			}
 			g.info("wrote %s: LoRA r=%d, lora_alpha=%g, %d modules", out, lora.Config.R, lora.Config.LoraAlpha, len(lora.Modules))
@@ -161,6 +182,7 @@ with r and lora_alpha doubled.`,
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "output adapter directory (required)")
-	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists (never an input)")
+	cmd.Flags().BoolVar(&allowNonFinite, "allow-nonfinite", false, "write NaN/Inf values of the trained adapter instead of failing")
 	return cmd
 }

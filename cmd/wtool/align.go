@@ -42,7 +42,9 @@ Linear layers), 'llama' (Llama/Mistral/Qwen2 naming: residual stream, MLP
 units and whole attention heads per layer, grouped-query aware; head shapes
 from config.json), 'auto' (the one that fits), or a JSON file
 (docs/permutation-spec.md). The L2 distance to REFERENCE before and after is
-printed.`,
+printed. --save-perm is an output like OUTPUT: written atomically, never over
+an input or inside OUTPUT.
+` + outputHelp,
 		Example: `  wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-aligned
   wtool align testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/mlp-b-act --method activation \
       --calib testdata/demo/digits_train.safetensors --save-perm /tmp/perm.safetensors`,
@@ -58,12 +60,33 @@ printed.`,
 			if method == "activation" && (statsPath == "") == (mf.calib == "") {
 				return usageErrorf("--method activation needs exactly one of --stats or --calib")
 			}
-			ref, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "REFERENCE", args[0]); err != nil {
+				return err
+			}
+			if err := declareModel(reg, "MODEL", args[1]); err != nil {
+				return err
+			}
+			if err := reg.Input("--stats", statsPath); err != nil {
+				return err
+			}
+			if err := reg.Input("--calib", mf.calib); err != nil {
+				return err
+			}
+			if err := declareSpec(reg, specName); err != nil {
+				return err
+			}
+			reg.Output("--save-perm", savePerm)
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			ref, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			defer ref.Close()
-			model, err := checkpoint.Open(args[1])
+			model, err := checkpoint.OpenContext(cmd.Context(), args[1])
 			if err != nil {
 				return err
 			}
@@ -92,16 +115,16 @@ printed.`,
 			if err != nil {
 				return err
 			}
-			opts.Inputs = append(opts.Inputs, args[0])
 			update, finish := g.byteProgress("writing")
 			opts.Progress = update
 			written, err := permute.ApplyCheckpoint(cmd.Context(), model, spec, res.Perms, of.out, opts)
 			finish()
+			g.notes(written)
 			if err != nil {
 				return err
 			}
 			if savePerm != "" {
-				if err := permute.WritePerms(cmd.Context(), savePerm, res.Perms, checkpoint.WriteOptions{Force: of.force, Inputs: []string{args[0], args[1], of.out}}); err != nil {
+				if err := permute.WritePerms(cmd.Context(), savePerm, res.Perms, checkpoint.WriteOptions{Force: of.force, Inputs: reg.Inputs()}); err != nil {
 					return err
 				}
 			}
@@ -172,11 +195,14 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 	if method == "weight" {
 		fmt.Fprintf(out, ", %d sweeps", res.Sweeps)
 	}
-	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%.1f%% lower)\n",
-		res.DistanceBefore, res.DistanceAfter, 100*(1-res.DistanceAfter/res.DistanceBefore))
+	lower := "identical"
+	if res.DistanceBefore > 0 {
+		lower = fmt.Sprintf("%.1f%% lower", 100*(1-res.DistanceAfter/res.DistanceBefore))
+	}
+	fmt.Fprintf(out, ")\nL2 distance to the reference: %.6g before, %.6g after (%s)\n", res.DistanceBefore, res.DistanceAfter, lower)
 	for _, c := range res.Correlations {
 		fmt.Fprintf(out, "  %s: mean correlation %.3f -> %.3f\n", c.Group, c.Before, c.After)
 	}
-	g.info("wrote %s", w.Path)
+	g.wrote(w, "")
 	return nil
 }

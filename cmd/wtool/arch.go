@@ -10,6 +10,7 @@ import (
 
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // describe opens the architecture description of a model and says, on
@@ -45,7 +46,11 @@ parameters too; --json prints everything.`,
   wtool arch ./gpt2 --json`,
 		Args: argsBetween(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := checkpoint.Open(args[0])
+			reg := &fsafe.Registry{}
+			if err := declareModel(reg, "PATH", args[0]); err != nil {
+				return err
+			}
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

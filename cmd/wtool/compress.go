@@ -14,6 +14,7 @@ import (
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/lowrank"
 	"github.com/wtool/wtool/tensors"
 )
@@ -156,7 +157,10 @@ becomes a k x k conv to r channels and a 1x1 conv; an embedding
 nn.Sequential(nn.Embedding(num, r), nn.Linear(r, dim, bias=False)). A
 directory output gets compression.json with every module's kind, rank and
 sizes. --format dense writes the rank-r reconstruction in M.weight instead,
-in the model's own layout.`,
+in the model's own layout. With --energy the factors' shapes are known only
+after each SVD: the shard plan (and --part's assignment) uses their bounds,
+so it is fixed before anything is computed.
+` + outputHelp,
 		Example: `  wtool compress testdata/demo/mlp-a -o /tmp/mlp-a-r16 --method svd --rank 16 --target 'fc[1-4]'
   wtool compress ./llama -o ./llama-c --method whiten --stats llama-stats.safetensors \
       --ratio 0.6 --target 'mlp\.(up|down)_proj\.weight$'`,
@@ -184,7 +188,20 @@ in the model's own layout.`,
 				}
 				co.DType = dt
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			for _, in := range [][2]string{{"--fisher", fisherPath}, {"--stats", statsPath}, {"--calib", mf.calib}} {
+				if err := reg.Input(in[0], in[1]); err != nil {
+					return err
+				}
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -216,6 +233,7 @@ in the model's own layout.`,
 			co.Progress = update
 			reports, written, err := lowrank.Compress(cmd.Context(), m, of.out, co, opts)
 			finish()
+			g.notes(written)
 			if err != nil {
 				return err
 			}
@@ -225,7 +243,7 @@ in the model's own layout.`,
 				return enc.Encode(map[string]any{"output": written.Path, "method": method, "tensors": reports})
 			}
 			printCompress(cmd, reports)
-			g.info("wrote %s", written.Path)
+			g.wrote(written, "")
 			return nil
 		},
 	}
@@ -302,7 +320,7 @@ func newSpectrumCmd(g *globals) *cobra.Command {
 	var targets []string
 	var top int
 	var plot string
-	var asJSON bool
+	var asJSON, force bool
 	cmd := &cobra.Command{
 		Use:   "spectrum PATH [--target REGEX]... [--plot spectrum.png] [--json]",
 		Short: "Singular value spectra and cumulative energy of weight matrices, to choose ranks",
@@ -313,7 +331,9 @@ embeddings, output heads and MoE routers) and prints, per matrix, the rank that
 keeps 90%, 95% and 99% of the energy (sum of squared singular values).
 --plot draws the normalised spectra and the cumulative energy curves; --json
 prints every singular value. With --top K only the K largest are computed
-(randomized SVD), which is much faster on large matrices.`,
+(randomized SVD), which is much faster on large matrices. The plot is written
+atomically; an existing file is replaced only with --force, and never an
+input.`,
 		Example: `  wtool spectrum testdata/demo/mlp-a --plot /tmp/spectrum.png`,
 		Args:    argsBetween(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -321,7 +341,15 @@ prints every singular value. With --top K only the K largest are computed
 			if err != nil {
 				return err
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := &fsafe.Registry{Force: force}
+			if err := declareModel(reg, "PATH", args[0]); err != nil {
+				return err
+			}
+			reg.Output("--plot", plot)
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -363,6 +391,7 @@ prints every singular value. With --top K only the K largest are computed
 	cmd.Flags().StringArrayVar(&targets, "target", nil, "regular expression of the tensors (repeatable)")
 	cmd.Flags().IntVar(&top, "top", 0, "compute only the largest K singular values (0: all, exactly)")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw the spectra into this PNG file")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the --plot file if it exists (never an input)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the spectra as JSON")
 	return cmd
 }

@@ -7,42 +7,6 @@ import (
 	"github.com/wtool/wtool/tensors"
 )
 
-// outputFlags are the flags of every command that writes a checkpoint.
-type outputFlags struct {
-	out          string
-	maxShardSize string
-	force        bool
-	noCopy       bool
-}
-
-func (o *outputFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&o.out, "output", "o", "", "output: a directory (Hugging Face layout) or a file ending in .safetensors (required)")
-	cmd.Flags().StringVar(&o.maxShardSize, "max-shard-size", "5GB", "largest shard of a directory output (decimal units: 500MB, 5GB; binary: 2GiB)")
-	cmd.Flags().BoolVar(&o.force, "force", false, "replace OUTPUT if it exists (never an input)")
-	cmd.Flags().BoolVar(&o.noCopy, "no-copy-files", false, "do not copy config.json, tokenizer and other non-weight files into a directory output")
-	cmd.MarkFlagRequired("output")
-}
-
-// options turns the flags into write options.
-func (o *outputFlags) options(cmd *cobra.Command, g *globals) (checkpoint.WriteOptions, error) {
-	opts := checkpoint.WriteOptions{Force: o.force}
-	if checkpoint.IsSingleFile(o.out) {
-		if cmd.Flags().Changed("max-shard-size") {
-			return opts, usageErrorf("--max-shard-size needs a directory output; %s is a single file", o.out)
-		}
-	} else {
-		n, err := checkpoint.ParseSize(o.maxShardSize)
-		if err != nil {
-			return opts, usageErrorf("--max-shard-size: %v", err)
-		}
-		opts.MaxShardSize = n
-	}
-	if o.noCopy {
-		opts.CopyFiles = []string{}
-	}
-	return opts, nil
-}
-
 func newConvertCmd(g *globals) *cobra.Command {
 	var of outputFlags
 	var dtype string
@@ -59,8 +23,7 @@ OUTPUT ending in .safetensors is one file. Any other OUTPUT is a model
 directory: model.safetensors, or shards model-0000i-of-0000N.safetensors of at
 most --max-shard-size plus model.safetensors.index.json, with config.json,
 tokenizer and other non-weight files of an input directory copied beside them.
-The output is written to a temporary name and renamed at the end: an error or
-Ctrl-C leaves nothing behind.`,
+` + outputHelp,
 		Example: `  wtool convert model.safetensors -o model-bf16.safetensors --dtype bf16
   wtool convert ./Llama-3.2-1B -o ./llama-f16 --dtype f16 --max-shard-size 500MB`,
 		Args: argsBetween(1, 1),
@@ -76,7 +39,15 @@ Ctrl-C leaves nothing behind.`,
 			if err != nil {
 				return err
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -85,10 +56,11 @@ Ctrl-C leaves nothing behind.`,
 			opts.Progress = update
 			res, err := checkpoint.Convert(cmd.Context(), m, of.out, dt, opts)
 			finish()
+			g.notes(res)
 			if err != nil {
 				return err
 			}
-			g.info("wrote %s: %d tensors, %s in %d file(s)", res.Path, res.Tensors, checkpoint.FormatSize(res.TotalSize), len(res.Files))
+			g.wrote(res, "")
 			return nil
 		},
 	}

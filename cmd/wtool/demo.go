@@ -8,11 +8,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/merge/demo"
 )
 
 func newDemoCmd(g *globals) *cobra.Command {
 	var dir, plot string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "demo [--plot curves.png] [--dir DIR]",
 		Short: "Merge the bundled example models with every method and compare their accuracy",
@@ -30,6 +32,16 @@ path between the two models, naive and aligned.`,
   go run ./cmd/wtool demo --plot /tmp/wtool-demo.png`,
 		Args: argsBetween(0, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			reg := &fsafe.Registry{Force: force}
+			if err := reg.Input("--dir", dir); err != nil {
+				return err
+			}
+			for i := range demo.Pairs {
+				reg.Output("--plot", plotPath(plot, i))
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
 			if dir == "" { // the copy embedded in the binary
 				tmp, err := os.MkdirTemp("", "wtool-demo-data-")
 				if err != nil {
@@ -54,10 +66,7 @@ path between the two models, naive and aligned.`,
 				if err != nil {
 					return err
 				}
-				path := plot
-				if i > 0 {
-					path = strings.TrimSuffix(plot, filepath.Ext(plot)) + fmt.Sprintf("-%d", i+1) + filepath.Ext(plot)
-				}
+				path := plotPath(plot, i)
 				if err := demo.Plot(path, p.Name, naive, aligned); err != nil {
 					return err
 				}
@@ -67,6 +76,15 @@ path between the two models, naive and aligned.`,
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "a demo directory (models and data, as testdata/demo); default: the copy built into wtool")
-	cmd.Flags().StringVar(&plot, "plot", "", "also draw accuracy along the interpolation path into this PNG file")
+	cmd.Flags().StringVar(&plot, "plot", "", "also draw accuracy along the interpolation path into this PNG file (and FILE-2.png for the second pair)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace existing plot files (never an input)")
 	return cmd
+}
+
+// plotPath names the plot of the i-th pair: PLOT, then PLOT-2.png, ...
+func plotPath(plot string, i int) string {
+	if plot == "" || i == 0 {
+		return plot
+	}
+	return strings.TrimSuffix(plot, filepath.Ext(plot)) + fmt.Sprintf("-%d", i+1) + filepath.Ext(plot)
 }

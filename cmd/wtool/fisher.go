@@ -6,13 +6,14 @@ import (
 	"github.com/wtool/wtool/fisher"
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 func newFisherCmd(g *globals) *cobra.Command {
 	var mf mlpFlags
 	var out, labels, labelsKey string
 	var batch int
-	var force bool
+	var force, allowNonFinite bool
 	cmd := &cobra.Command{
 		Use:   "fisher MODEL --calib X.safetensors --labels Y.safetensors -o F.safetensors",
 		Short: "Compute the diagonal Fisher information of an MLP on labelled data",
@@ -26,7 +27,11 @@ Fisher-weighted merging use it.
 The batch size changes the result (the gradient is of each batch's mean
 loss); the default is 32. Labels are class indices in [0, outputs of the last
 layer): the only 1-D integer tensor of --labels, or --labels-key. For models
-that are not plain MLPs use tools/wtool_collect.py, which writes the same file.`,
+that are not plain MLPs use tools/wtool_collect.py, which writes the same file.
+
+A NaN or Inf in the result (a NaN weight or input, an overflowing gradient)
+is refused unless --allow-nonfinite. The output is written atomically and may
+not be, contain or lie inside an input.`,
 		Example: `  wtool fisher testdata/demo/mlp-a --calib testdata/demo/digits_train.safetensors \
       --labels testdata/demo/digits_train.safetensors -o /tmp/a-fisher.safetensors`,
 		Args: argsBetween(1, 1),
@@ -36,6 +41,20 @@ that are not plain MLPs use tools/wtool_collect.py, which writes the same file.`
 			}
 			if batch <= 0 {
 				return usageErrorf("--batch-size must be positive")
+			}
+			reg := &fsafe.Registry{Force: force}
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			if err := reg.Input("--calib", mf.calib); err != nil {
+				return err
+			}
+			if err := reg.Input("--labels", labels); err != nil {
+				return err
+			}
+			reg.Output("-o", out)
+			if err := g.checkPaths(reg); err != nil {
+				return err
 			}
 			n, err := mf.load(args[0])
 			if err != nil {
@@ -56,7 +75,7 @@ that are not plain MLPs use tools/wtool_collect.py, which writes the same file.`
 			if err != nil {
 				return err
 			}
-			opts := checkpoint.WriteOptions{Force: force, Inputs: []string{args[0], mf.calib, labels}}
+			opts := checkpoint.WriteOptions{Force: force, Inputs: reg.Inputs(), AllowNonFinite: allowNonFinite}
 			if err := fisher.Write(cmd.Context(), out, ts, meta, opts); err != nil {
 				return err
 			}
@@ -69,7 +88,8 @@ that are not plain MLPs use tools/wtool_collect.py, which writes the same file.`
 	cmd.Flags().StringVar(&labelsKey, "labels-key", "", "name of the labels tensor when the file has several integer tensors")
 	cmd.Flags().StringVarP(&out, "output", "o", "", "output Fisher file (.safetensors, required)")
 	cmd.Flags().IntVar(&batch, "batch-size", 32, "samples per batch (the Fisher depends on it)")
-	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists (never an input)")
+	cmd.Flags().BoolVar(&allowNonFinite, "allow-nonfinite", false, "write NaN/Inf values instead of failing")
 	cmd.MarkFlagRequired("labels")
 	cmd.MarkFlagRequired("output")
 	return cmd

@@ -47,7 +47,7 @@ func TestExitCodes(t *testing.T) {
 		{"validate bad", []string{"validate", demoDir + "/mlp-a", bad}, exitInvalid, "bad.safetensors: header too small", ""},
 		{"convert bad dtype", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x"), "--dtype", "int8"}, exitUsage, "", "--dtype"},
 		{"convert no output", []string{"convert", demoDir + "/mlp-a"}, exitUsage, "", "output"},
-		{"convert onto input", []string{"convert", demoDir + "/mlp-a", "-o", demoDir + "/mlp-a", "--force"}, exitFailure, "", "refusing to overwrite an input"},
+		{"convert onto input", []string{"convert", demoDir + "/mlp-a", "-o", demoDir + "/mlp-a", "--force"}, exitUsage, "", "refusing to overwrite an input"},
 		{"shard size on a file", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "x.safetensors"), "--max-shard-size", "1MB"}, exitUsage, "", "directory output"},
 		{"bad shard size", []string{"convert", demoDir + "/mlp-a", "-o", filepath.Join(dir, "y"), "--max-shard-size", "lots"}, exitUsage, "", "invalid size"},
 	}
@@ -112,7 +112,7 @@ func TestConvertThenInspectSharded(t *testing.T) {
 		}
 	}
 	// --force replaces, without --force refuses
-	if code, _, _ := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q"); code != exitFailure {
+	if code, _, _ := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q"); code != exitUsage {
 		t.Errorf("existing output without --force: exit %d", code)
 	}
 	if code, _, stderr := wtool(t, "convert", demoDir+"/mlp-a", "-o", out, "-q", "--force"); code != 0 {

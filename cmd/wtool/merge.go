@@ -9,13 +9,14 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/merge"
 )
 
 // mergeFlags are the flags that define a merge plan (as opposed to output
 // flags); with --config none of them may be given.
 var mergeFlagNames = []string{"method", "base", "weights", "density", "lambda", "t", "normalize", "no-normalize",
-	"rescale", "dtype", "seed", "allow-nonfinite", "spec", "layers", "act", "calib", "calib-key", "stats",
+	"rescale", "dtype", "seed", "spec", "layers", "act", "calib", "calib-key", "stats",
 	"fisher", "width", "ridge", "match", "alpha", "restarts"}
 
 func newMergeCmd(g *globals) *cobra.Command {
@@ -24,7 +25,7 @@ func newMergeCmd(g *globals) *cobra.Command {
 		config, method, base, weights, density, lambda, t, rescale, dtype string
 		spec, layers, act, calib, calibKey, statsList, fisherList, match  string
 		seed                                                              uint64
-		normalize, noNormalize, allowNonFinite                            bool
+		normalize, noNormalize                                            bool
 		width, ridge, alpha                                               float64
 		restarts                                                          int
 	)
@@ -57,7 +58,8 @@ regmean one statistics file per model (--stats S1,S2) or --calib for MLPs.
 README); the same merge by flags or YAML gives identical bytes. Integer and
 other non-float tensors are taken from the first model; mixed input dtypes are
 computed in float32 and written in --dtype (default: the first model's).
-NaN/Inf in the result is an error unless --allow-nonfinite.`,
+NaN/Inf in the result is an error unless --allow-nonfinite.
+` + outputHelp,
 		Example: `  wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/avg --method linear
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/wm --method wm
   wtool merge testdata/demo/mlp-a testdata/demo/mlp-b -o /tmp/pleas --method pleas \
@@ -96,7 +98,7 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 				if method == "" {
 					return usageErrorf("--method is required (or --config)")
 				}
-				p = &merge.Plan{Method: method, Base: base, DType: dtype, Seed: seed, AllowNonFinite: allowNonFinite,
+				p = &merge.Plan{Method: method, Base: base, DType: dtype, Seed: seed,
 					Spec: spec, Act: act, Calib: calib, CalibKey: calibKey, Width: width, Ridge: ridge, Match: match, Alpha: alpha, Restarts: restarts}
 				for _, a := range args {
 					p.Models = append(p.Models, merge.ModelInput{Path: a})
@@ -152,22 +154,33 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 					}
 				}
 			}
+			p.AllowNonFinite = p.AllowNonFinite || of.allowNonFinite
 			if err := p.Validate(); err != nil {
 				return usageErrorf("%v", err)
 			}
+			reg := of.registry()
+			if err := declareMerge(reg, p, config); err != nil {
+				return err
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
 			update, finish := g.byteProgress("merging")
 			opts.Progress = update
 			start := time.Now()
 			rep, err := merge.Execute(cmd.Context(), p, of.out, opts)
 			finish()
+			if rep != nil {
+				g.notes(rep.Output)
+			}
 			if err != nil {
 				return err
 			}
 			for _, n := range rep.Notes {
 				g.info("%s", n)
 			}
-			g.info("wrote %s: %s merge of %d models, %d tensors, %s in %.1f s", rep.Output.Path, rep.Method, len(p.Models),
-				rep.Output.Tensors, formatBytes(rep.Output.TotalSize), time.Since(start).Seconds())
+			g.wrote(rep.Output, fmt.Sprintf("%s merge of %d models in %.1f s", rep.Method, len(p.Models), time.Since(start).Seconds()))
 			return nil
 		},
 	}
@@ -185,7 +198,6 @@ NaN/Inf in the result is an error unless --allow-nonfinite.`,
 	f.StringVar(&rescale, "rescale", "inverse", "DARE rescaling: inverse (1/density, the paper's), l1 (mergekit's), none")
 	f.StringVar(&dtype, "dtype", "", "output dtype of floating tensors: f32, f16, bf16, f64 (default: the first model's)")
 	f.Uint64Var(&seed, "seed", 0, "seed for DARE masks and weight matching's group order")
-	f.BoolVar(&allowNonFinite, "allow-nonfinite", false, "write NaN/Inf results instead of failing")
 	f.StringVar(&spec, "spec", "auto", "permutation spec for wm: auto, mlp, llama or a JSON file")
 	f.StringVar(&layers, "layers", "", "MLP layer order, comma-separated (pleas, regmean with --calib)")
 	f.StringVar(&act, "act", "relu", "MLP activation: relu, gelu, silu, tanh (pleas, regmean with --calib)")
@@ -237,4 +249,43 @@ func filesPerModel(list, flag string, p *merge.Plan, set func(*merge.ModelInput,
 	return nil
 }
 
-func formatBytes(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+// declareMerge declares every file a merge reads: the models, the base,
+// the configuration, calibration data, statistics, Fisher files and a
+// permutation spec file.
+func declareMerge(r *fsafe.Registry, p *merge.Plan, config string) error {
+	if err := r.Input("--config", config); err != nil {
+		return err
+	}
+	for _, m := range p.Models {
+		if err := declareModel(r, "MODEL", m.Path); err != nil {
+			return err
+		}
+		if err := r.Input("--fisher", m.Fisher); err != nil {
+			return err
+		}
+		if err := r.Input("--stats", m.Stats); err != nil {
+			return err
+		}
+	}
+	if p.Base != "" {
+		if err := declareModel(r, "--base", p.Base); err != nil {
+			return err
+		}
+	}
+	if err := r.Input("--calib", p.Calib); err != nil {
+		return err
+	}
+	if err := r.Input("--stats", p.JointStats); err != nil {
+		return err
+	}
+	return declareSpec(r, p.Spec)
+}
+
+// declareSpec declares a permutation spec given as a file.
+func declareSpec(r *fsafe.Registry, spec string) error {
+	switch spec {
+	case "", "auto", "mlp", "llama":
+		return nil
+	}
+	return r.Input("--spec", spec)
+}

@@ -45,6 +45,9 @@ func (f *mlpFlags) load(path string) (*mlp.Network, error) {
 	defer m.Close()
 	n, err := mlp.Load(m, order, act)
 	if err != nil {
+		if !strings.Contains(err.Error(), path) {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
 		return nil, fmt.Errorf("the built-in engine runs plain MLPs: %w; for other architectures tools/wtool_collect.py writes the statistics and Fisher files", err)
 	}
 	return n, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -43,7 +44,17 @@ PLeaS and REPAIR run about 100 training batches.`,
 			if err != nil {
 				return err
 			}
-			m, err := checkpoint.Open(args[0])
+			reg := of.registry()
+			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+				return err
+			}
+			if err := reg.Input("--data", data); err != nil {
+				return err
+			}
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -71,7 +82,7 @@ PLeaS and REPAIR run about 100 training batches.`,
 			if err != nil {
 				return err
 			}
-			opts.Inputs = append(opts.Inputs, args[0], data)
+			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
 			pass := m.Passthrough()
 			produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
 				if t, ok := fresh[e.Name]; ok {
@@ -80,6 +91,7 @@ PLeaS and REPAIR run about 100 training batches.`,
 				return pass(ctx, e)
 			}
 			res, err := checkpoint.Write(cmd.Context(), of.out, m.Entries(), produce, opts)
+			g.notes(res)
 			if err != nil {
 				return err
 			}
@@ -87,7 +99,7 @@ PLeaS and REPAIR run about 100 training batches.`,
 			if batches > 0 {
 				samples = min(samples, batches*batch)
 			}
-			g.info("wrote %s: BatchNorm statistics of %d modules recomputed on %d samples", res.Path, len(ts)/3, samples)
+			g.wrote(res, fmt.Sprintf("BatchNorm statistics of %d modules recomputed on %d samples", len(ts)/3, samples))
 			return nil
 		},
 	}

@@ -50,8 +50,15 @@ sharded directories with an index, model directories with config and tokenizer
 files), streaming one tensor at a time in bounded memory, and carries every
 dtype through byte-identical unless asked to convert it.
 
-Exit codes: 0 success, 1 failure, 2 bad command line, 3 validation found
-problems, 130 interrupted (no output is left behind).`,
+Every file a command reads is an input and every file it writes an output:
+outputs are written under a temporary name and put in place atomically at
+the end, never over, around or inside an input; NaN and Inf are never
+written unless --allow-nonfinite; Ctrl-C stops any command within a second
+and leaves nothing behind (a second Ctrl-C exits at once).
+
+Exit codes: 0 success, 1 failure, 2 bad command line (including an output
+that would overwrite an input or exists without --force), 3 validation found
+problems, 70 internal error (a bug: please report it), 130 interrupted.`,
 		Version:       buildVersion(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -74,6 +81,7 @@ problems, 130 interrupted (no output is left behind).`,
 		newCompressCmd(g),
 		newSpectrumCmd(g),
 		newAdapterCmd(g),
+		newFinalizeCmd(g),
 		newDemoCmd(g),
 	)
 	return root

@@ -13,6 +13,7 @@ import (
 	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // engineModel opens a checkpoint for the built-in forward engine (fisher/nn);
@@ -43,7 +44,7 @@ func newStatsCmd(g *globals) *cobra.Command {
 	var mf mlpFlags
 	var out, sel string
 	var batch, limit, maxGram int
-	var force, noPoints bool
+	var force, noPoints, allowNonFinite bool
 	cmd := &cobra.Command{
 		Use:   "stats MODEL [MODEL2] --calib X.safetensors -o STATS.safetensors",
 		Short: "Collect layer-input and activation statistics (Gram matrices) of a model, or joint statistics of two",
@@ -70,7 +71,12 @@ statistics of Mixtral's experts follow model A's routing), and plain MLPs
 the data: images as a floating tensor [samples, C, H, W] (or [samples,
 features] when config.json gives num_channels and image_size), token ids as
 an integer tensor [sequences, length]. tools/wtool_collect.py writes the same
-files for any PyTorch model.`,
+files for any PyTorch model.
+
+Statistics are accumulated in float64; a NaN or Inf in them (a NaN weight or
+input, or values so large their squares overflow) is refused unless
+--allow-nonfinite. The output is written atomically and may not be, contain
+or lie inside an input.`,
 		Example: `  wtool stats testdata/pairs/resnet-a testdata/pairs/resnet-b --calib testdata/demo/digits_train.safetensors -o /tmp/resnet-ab.safetensors
   wtool stats testdata/pairs/llama-a --calib testdata/pairs/text_calib.safetensors -o /tmp/llama-a.safetensors
   wtool stats testdata/demo/mlp-a testdata/demo/mlp-b --calib testdata/demo/digits_train.safetensors -o /tmp/ab-joint.safetensors`,
@@ -81,6 +87,19 @@ files for any PyTorch model.`,
 			}
 			if batch <= 0 {
 				return usageErrorf("--batch-size must be positive")
+			}
+			reg := &fsafe.Registry{Force: force}
+			for _, p := range args {
+				if err := declareModel(reg, "MODEL", p); err != nil {
+					return err
+				}
+			}
+			if err := reg.Input("--calib", mf.calib); err != nil {
+				return err
+			}
+			reg.Output("-o", out)
+			if err := g.checkPaths(reg); err != nil {
+				return err
 			}
 			var re *regexp.Regexp
 			if sel != "" {
@@ -103,7 +122,6 @@ files for any PyTorch model.`,
 				}
 				nets = append(nets, n)
 			}
-			inputs := append([]string{mf.calib}, args...)
 			source := "wtool stats " + strings.Join(args, " ")
 			update, finish := g.countProgress("samples")
 			var s *stats.Stats
@@ -156,7 +174,7 @@ files for any PyTorch model.`,
 					return err
 				}
 			}
-			if err := stats.Write(cmd.Context(), out, s, checkpoint.WriteOptions{Force: force, Inputs: inputs}); err != nil {
+			if err := stats.Write(cmd.Context(), out, s, checkpoint.WriteOptions{Force: force, Inputs: reg.Inputs(), AllowNonFinite: allowNonFinite}); err != nil {
 				return err
 			}
 			g.info("wrote %s: %s statistics of %d entries over %d samples", out, s.Kind, len(s.Modules), s.Samples)
@@ -170,7 +188,8 @@ files for any PyTorch model.`,
 	cmd.Flags().StringVar(&sel, "select", "", "keep only the entries whose name matches this regular expression")
 	cmd.Flags().BoolVar(&noPoints, "no-points", false, "module inputs only, no activation points")
 	cmd.Flags().IntVar(&maxGram, "max-gram", nn.DefaultMaxGramElems, "refuse entries whose Gram matrix has more elements (512 MiB in float64 by default; -1: no limit)")
-	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists (never an input)")
+	cmd.Flags().BoolVar(&allowNonFinite, "allow-nonfinite", false, "write NaN/Inf statistics instead of failing")
 	cmd.MarkFlagRequired("output")
 	return cmd
 }

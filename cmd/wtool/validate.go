@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -52,8 +53,9 @@ The exit status is 0 only when every PATH is valid (warnings do not count),
 				problems, err := checkpoint.Validate(cmd.Context(), path, checkpoint.ValidateOptions{CheckValues: values, Progress: update})
 				finish()
 				if err != nil {
-					if cmd.Context().Err() != nil {
-						return err
+					var fe *safetensors.FaultError
+					if cmd.Context().Err() != nil || errors.As(err, &fe) {
+						return err // interrupted, or the file changed under wtool
 					}
 					problems = []checkpoint.Problem{{File: path, Err: err}}
 				}

@@ -329,7 +329,54 @@ func (f *File) Module(name string) (*Module, error) {
 		m.Dim = int(t.Shape[0])
 		m.setField(fld, v)
 	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("%s: module %q: %w", f.Path, name, err)
+	}
 	return m, nil
+}
+
+// check refuses statistics no data can produce: no samples, a negative
+// sum of absolute values, a Gram matrix with a negative diagonal entry or a
+// negative variance (sum x_i^2 < (sum x_i)^2 / count), or an asymmetric one.
+func (m *Module) check() error {
+	if m.Count <= 0 {
+		return fmt.Errorf("count is %d: statistics need at least one sample", m.Count)
+	}
+	n := m.Dim
+	for _, g := range []struct {
+		name     string
+		sum, abs []float64
+		gram     []float64
+	}{{"gram", m.Sum, m.Abs, m.Gram}, {"gram_b", m.SumB, m.AbsB, m.GramB}} {
+		if g.gram == nil {
+			continue
+		}
+		for i := range n {
+			if g.abs != nil && g.abs[i] < 0 {
+				return fmt.Errorf("the sum of absolute values of feature %d is negative (%g)", i, g.abs[i])
+			}
+			d := g.gram[i*n+i]
+			if d < 0 {
+				return fmt.Errorf("%s[%d,%d] = %g: a sum of squares cannot be negative", g.name, i, i, d)
+			}
+			if g.sum != nil {
+				mean2 := g.sum[i] * g.sum[i] / float64(m.Count)
+				if d < mean2-1e-9*max(mean2, d)-1e-300 {
+					return fmt.Errorf("%s[%d,%d] = %g is smaller than sum^2/count = %g: feature %d would have a negative variance", g.name, i, i, d, mean2, i)
+				}
+			}
+			if g.abs != nil && g.sum != nil && math.Abs(g.sum[i]) > g.abs[i]*(1+1e-9)+1e-300 {
+				return fmt.Errorf("|sum| of feature %d (%g) exceeds its sum of absolute values (%g)", i, math.Abs(g.sum[i]), g.abs[i])
+			}
+			for j := range i {
+				a, b := g.gram[i*n+j], g.gram[j*n+i]
+				if math.Abs(a-b) > 1e-9*(math.Abs(a)+math.Abs(b))+1e-300 {
+					return fmt.Errorf("%s is not symmetric: [%d,%d] = %g but [%d,%d] = %g", g.name, i, j, a, j, i, b)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Load reads every module into memory.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wtool/wtool/io/checkpoint"
@@ -98,4 +99,43 @@ func ExampleAccumulator() {
 	fmt.Println("count", m.Count, "mean", m.Mean(), "E[x x^T]", m.SecondMoment())
 	// Output:
 	// count 2 mean [2 3] E[x x^T] [5 7 7 10]
+}
+
+// TestImpossibleStatisticsRefused: statistics no data can produce (no
+// samples, a negative sum of squares or variance, an asymmetric Gram) are
+// refused when read, naming the file and module.
+func TestImpossibleStatisticsRefused(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name string
+		edit func(m *Module)
+		want string
+	}{
+		{"zero count", func(m *Module) { m.Count = 0 }, "count is 0"},
+		{"negative count", func(m *Module) { m.Count = -3 }, "count is -3"},
+		{"negative diagonal", func(m *Module) { m.Gram[0] = -1 }, "cannot be negative"},
+		{"negative variance", func(m *Module) { m.Gram[0] = 0.5 }, "negative variance"},
+		{"asymmetric", func(m *Module) { m.Gram[1] = 99 }, "not symmetric"},
+		{"negative abs", func(m *Module) { m.Abs[1] = -1 }, "absolute values"},
+	}
+	for i, tc := range cases {
+		a, _ := NewAccumulator([]string{"fc"}, []int{2}, false)
+		a.Add("fc", []float32{1, 2, 3, 5}, 2)
+		a.AddSamples(2)
+		s := a.Stats("test")
+		tc.edit(s.Module("fc"))
+		p := filepath.Join(dir, fmt.Sprintf("s%d.safetensors", i))
+		if err := Write(context.Background(), p, s, checkpoint.WriteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.Module("fc")
+		f.Close()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), `"fc"`) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
 }

@@ -2,15 +2,11 @@ package checkpoint
 
 import (
 	"context"
-	"encoding/binary"
-	"fmt"
-	"math"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/wtool/wtool/io/safetensors"
-	"github.com/wtool/wtool/tensors"
 )
 
 // DefaultMaxMemory is the default budget for what a write holds ahead of
@@ -71,49 +67,12 @@ func (b *budget) release(n int64) {
 
 // NonFiniteError reports a NaN or infinite value in a tensor about to be
 // written (including a finite value that overflowed the output dtype, such
-// as 1e5 in float16).
-type NonFiniteError struct {
-	Tensor string
-	Index  int64 // element index in the tensor
-	Value  float64
-}
-
-func (e *NonFiniteError) Error() string {
-	return fmt.Sprintf("tensor %q: the result has %g at element %d (use --allow-nonfinite to write it anyway)", e.Tensor, e.Value, e.Index)
-}
+// as 1e5 in float16). It is safetensors.NonFiniteError.
+type NonFiniteError = safetensors.NonFiniteError
 
 // CheckFinite returns a *NonFiniteError for the first NaN or Inf among the
 // encoded bytes data of entry e, which start at byte off of the tensor.
 // Non-float dtypes and 8-bit floats are not checked.
 func CheckFinite(e safetensors.Entry, off int64, data []byte) error {
-	bad := func(k int, v float64) error {
-		return &NonFiniteError{Tensor: e.Name, Index: off/int64(e.DType.Bits()/8) + int64(k), Value: v}
-	}
-	switch e.DType {
-	case tensors.BF16:
-		for k := 0; k+1 < len(data); k += 2 {
-			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7f80 == 0x7f80 {
-				return bad(k/2, float64(tensors.BF16ToFloat32(h)))
-			}
-		}
-	case tensors.F16:
-		for k := 0; k+1 < len(data); k += 2 {
-			if h := binary.LittleEndian.Uint16(data[k:]); h&0x7c00 == 0x7c00 {
-				return bad(k/2, float64(tensors.F16ToFloat32(h)))
-			}
-		}
-	case tensors.F32:
-		for k := 0; k+3 < len(data); k += 4 {
-			if u := binary.LittleEndian.Uint32(data[k:]); u&0x7f800000 == 0x7f800000 {
-				return bad(k/4, float64(math.Float32frombits(u)))
-			}
-		}
-	case tensors.F64:
-		for k := 0; k+7 < len(data); k += 8 {
-			if u := binary.LittleEndian.Uint64(data[k:]); u&0x7ff0000000000000 == 0x7ff0000000000000 {
-				return bad(k/8, math.Float64frombits(u))
-			}
-		}
-	}
-	return nil
+	return safetensors.CheckFinite(e, off, data)
 }

@@ -369,6 +369,23 @@ func TestBrokenShardedModels(t *testing.T) {
 		{"corrupt shard", func(dir string) {
 			os.WriteFile(filepath.Join(dir, names[0]), []byte{1, 2, 3}, 0o644)
 		}, []string{names[0], "header too small"}},
+		{"empty weight_map beside real shards", func(dir string) {
+			os.WriteFile(filepath.Join(dir, IndexFileName), []byte(`{"metadata": {}, "weight_map": {}}`), 0o644)
+		}, []string{IndexFileName, "weight_map is empty"}},
+		{"null weight_map", func(dir string) {
+			os.WriteFile(filepath.Join(dir, IndexFileName), []byte(`{"weight_map": null}`), 0o644)
+		}, []string{IndexFileName, "no weight_map"}},
+		{"trailing garbage after the index", func(dir string) {
+			b, _ := os.ReadFile(filepath.Join(dir, IndexFileName))
+			os.WriteFile(filepath.Join(dir, IndexFileName), append(b, []byte("\n{\"x\": 1}")...), 0o644)
+		}, []string{IndexFileName, "trailing data"}},
+		{"many missing tensors: the first in name order", func(dir string) {
+			editIndex(dir, func(wm map[string]string) {
+				for i := range 500 {
+					wm[fmt.Sprintf("ghost.%03d", i)] = names[0]
+				}
+			})
+		}, []string{`"ghost.000"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -381,6 +398,9 @@ func TestBrokenShardedModels(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("Open error %q does not mention %q", err, w)
 				}
+			}
+			if strings.HasPrefix(tc.name, "many missing") && !strings.Contains(err.Error(), "and 499 more") {
+				t.Errorf("Open error %q does not count the others", err)
 			}
 			problems, err := Validate(context.Background(), dir, ValidateOptions{})
 			if err != nil {
@@ -398,7 +418,7 @@ func TestBrokenShardedModels(t *testing.T) {
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(joined, w) {
-					t.Errorf("Validate problems %q do not mention %q", joined, w)
+					t.Errorf("Validate problems %.500q do not mention %q", joined, w)
 				}
 			}
 		})

@@ -2,7 +2,9 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -12,9 +14,9 @@ import (
 // and shapes), in name order.
 func (m *Model) Entries() []safetensors.Entry {
 	out := make([]safetensors.Entry, 0, len(m.names))
-	for _, n := range m.names {
-		info, _ := m.Info(n)
-		out = append(out, safetensors.Entry{Name: n, DType: info.DType, Shape: info.Shape})
+	for i := range m.names {
+		info := m.InfoAt(i)
+		out = append(out, safetensors.Entry{Name: info.Name, DType: info.DType, Shape: info.Shape})
 	}
 	return out
 }
@@ -90,5 +92,59 @@ func Convert(ctx context.Context, m *Model, out string, dtype tensors.DType, opt
 		c := &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: t.Shape, Data: buf}
 		return c, func() { tensors.Buffers.Put(buf) }, nil
 	}
-	return Write(ctx, out, entries, produce, opts)
+	w, err := Write(ctx, out, entries, produce, opts)
+	return w, ExplainNonFinite(err, m)
+}
+
+// ExplainNonFinite completes a *NonFiniteError (other errors are returned
+// unchanged) with where the value comes from: one of models holds a NaN or
+// Inf at that element of the same tensor (wtool copies no non-finite value
+// without --allow-nonfinite), or the inputs are finite there and the value
+// is an overflow of the output dtype.
+func ExplainNonFinite(err error, models ...*Model) error {
+	var nf *NonFiniteError
+	if !errors.As(err, &nf) || nf.Detail != "" {
+		return err
+	}
+	finiteIn := false
+	for _, m := range models {
+		if m == nil {
+			continue
+		}
+		v, ok := m.element(nf.Tensor, nf.Index)
+		if !ok {
+			continue
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			info, _ := m.Info(nf.Tensor)
+			nf.Detail = fmt.Sprintf("the input %s holds %g there; non-finite input values are not copied either", info.File, v)
+			return err
+		}
+		finiteIn = true
+	}
+	if finiteIn {
+		nf.ExplainOverflow()
+	}
+	return err
+}
+
+// element reads one element of a floating tensor as float64.
+func (m *Model) element(name string, k int64) (float64, bool) {
+	info, ok := m.Info(name)
+	if !ok || !info.DType.IsFloat() {
+		return 0, false
+	}
+	w := int64(info.DType.Bits() / 8)
+	if k < 0 || (k+1)*w > info.Size {
+		return 0, false
+	}
+	t, err := m.Tensor(name)
+	if err != nil {
+		return 0, false
+	}
+	var v [1]float64
+	err = safetensors.Guard(info.File, name, func() error {
+		return tensors.DecodeFloat64(v[:], t.Data[k*w:(k+1)*w], info.DType)
+	})
+	return v[0], err == nil
 }

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/wtool/wtool/io/fsafe"
 )
 
 // IndexFileName is the name Hugging Face gives the index of a sharded model.
@@ -42,7 +43,7 @@ func (ix *Index) Shards() []string {
 // of tensor name to shard file name. Shard names must be plain file names in
 // the index's directory (no separators, no "..").
 func ReadIndex(path string) (*Index, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsafe.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -66,12 +67,18 @@ func parseIndex(b []byte) (*Index, error) {
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("invalid index JSON: %w", err)
 	}
-	if raw.WeightMap == nil {
+	if rest := bytes.TrimSpace(b[dec.InputOffset():]); len(rest) > 0 {
+		return nil, fmt.Errorf("invalid index JSON: %d bytes of trailing data after the object (at byte %d)", len(rest), dec.InputOffset())
+	}
+	if raw.WeightMap == nil || string(bytes.TrimSpace(raw.WeightMap)) == "null" {
 		return nil, fmt.Errorf("index has no weight_map")
 	}
 	ix := &Index{}
 	if err := json.Unmarshal(raw.WeightMap, &ix.WeightMap); err != nil {
 		return nil, fmt.Errorf("weight_map must map tensor names to file names: %w", err)
+	}
+	if len(ix.WeightMap) == 0 {
+		return nil, fmt.Errorf("weight_map is empty: the index lists no tensor (a model without tensors has no shards to index)")
 	}
 	if dup := duplicateKey(raw.WeightMap); dup != "" {
 		return nil, fmt.Errorf("weight_map lists tensor %q twice", dup)

@@ -12,6 +12,7 @@
 package checkpoint
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
@@ -43,7 +45,8 @@ type Model struct {
 	Index *Index
 
 	files   []*safetensors.File // in shard name order
-	where   map[string]int      // tensor name -> index into files
+	where   map[string]int32    // tensor name -> index into files (several files only)
+	refs    []ref               // every tensor, in name order
 	names   []string            // sorted
 	weights []string            // base names of the weight files, including the index
 }
@@ -59,11 +62,19 @@ var ErrNotFound = errors.New("no such tensor")
 // file and tensor, on a missing shard, a tensor the index places in a shard
 // that lacks it, or a shard tensor the index does not list.
 func Open(path string) (*Model, error) {
-	st, err := os.Stat(path)
+	return OpenContext(context.Background(), path)
+}
+
+// OpenContext is Open that stops with ctx's error when ctx is done while
+// headers are read (a header can describe a million tensors, a model
+// thousands of shards). Paths that are not regular files or directories
+// are refused without being opened.
+func OpenContext(ctx context.Context, path string) (*Model, error) {
+	st, err := fsafe.StatInput(path)
 	if err != nil {
 		return nil, err
 	}
-	m := &Model{Path: path, where: map[string]int{}}
+	m := &Model{Path: path}
 	var weightFiles []string
 	switch {
 	case st.IsDir():
@@ -88,7 +99,11 @@ func Open(path string) (*Model, error) {
 		weightFiles = []string{path}
 	}
 	for _, wf := range weightFiles {
-		f, err := safetensors.Open(wf)
+		if err := ctx.Err(); err != nil {
+			m.Close()
+			return nil, err
+		}
+		f, err := safetensors.OpenContext(ctx, wf)
 		if err != nil {
 			m.Close()
 			if errors.Is(err, os.ErrNotExist) && m.Index != nil {
@@ -121,36 +136,79 @@ func (m *Model) readIndex(indexPath string) ([]string, error) {
 	return files, nil
 }
 
-// link builds the name -> file map and checks the index against the shards.
+// link builds the name order and the name -> file map (for several shards)
+// and checks the index against the shards.
 func (m *Model) link() error {
+	n := 0
+	for _, f := range m.files {
+		n += len(f.Header.Tensors)
+	}
+	m.refs = make([]ref, 0, n)
+	if len(m.files) > 1 {
+		m.where = make(map[string]int32, n)
+	}
 	for i, f := range m.files {
-		for _, t := range f.Header.Tensors {
-			if j, dup := m.where[t.Name]; dup {
-				return fmt.Errorf("tensor %q is in two shards: %s and %s", t.Name, m.files[j].Path, f.Path)
+		for j, t := range f.Header.Tensors {
+			if m.where != nil {
+				if k, dup := m.where[t.Name]; dup {
+					return fmt.Errorf("tensor %q is in two shards: %s and %s", t.Name, m.files[k].Path, f.Path)
+				}
+				m.where[t.Name] = int32(i)
 			}
-			m.where[t.Name] = i
-			m.names = append(m.names, t.Name)
+			m.refs = append(m.refs, ref{file: int32(i), idx: int32(j)})
 		}
 	}
-	slices.Sort(m.names)
+	slices.SortFunc(m.refs, func(a, b ref) int { return strings.Compare(m.nameOf(a), m.nameOf(b)) })
+	m.names = make([]string, len(m.refs))
+	for i, r := range m.refs {
+		m.names[i] = m.nameOf(r)
+	}
 	if m.Index == nil {
 		return nil
 	}
+	var missing []string
 	for name, shard := range m.Index.WeightMap {
-		i, ok := m.where[name]
+		i, ok := m.fileOf(name)
 		if !ok {
-			return fmt.Errorf("%s: tensor %q listed in the index is not in that shard", filepath.Join(filepath.Dir(m.files[0].Path), shard), name)
+			missing = append(missing, name)
+			continue
 		}
 		if got := filepath.Base(m.files[i].Path); got != shard {
 			return fmt.Errorf("tensor %q: the index says shard %s, but it is in %s", name, shard, got)
 		}
 	}
-	for _, name := range m.names {
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		more := ""
+		if len(missing) > 1 {
+			more = fmt.Sprintf(" (and %d more tensors)", len(missing)-1)
+		}
+		return fmt.Errorf("%s: tensor %q listed in the index is not in that shard%s", filepath.Join(filepath.Dir(m.files[0].Path), m.Index.WeightMap[missing[0]]), missing[0], more)
+	}
+	for i, name := range m.names {
 		if _, ok := m.Index.WeightMap[name]; !ok {
-			return fmt.Errorf("%s: tensor %q is not listed in the index", m.files[m.where[name]].Path, name)
+			return fmt.Errorf("%s: tensor %q is not listed in the index", m.files[m.refs[i].file].Path, name)
 		}
 	}
 	return nil
+}
+
+// ref locates a tensor: its file and its position in that file's header.
+type ref struct{ file, idx int32 }
+
+func (m *Model) nameOf(r ref) string { return m.files[r.file].Header.Tensors[r.idx].Name }
+
+// fileOf returns the index of the file holding the named tensor.
+func (m *Model) fileOf(name string) (int, bool) {
+	if m.where != nil {
+		i, ok := m.where[name]
+		return int(i), ok
+	}
+	if len(m.files) == 1 {
+		_, ok := m.files[0].Header.Lookup(name)
+		return 0, ok
+	}
+	return 0, false
 }
 
 // findWeights picks the weights of a model directory.
@@ -203,7 +261,7 @@ func (m *Model) Names() []string { return m.names }
 
 // Info describes the named tensor.
 func (m *Model) Info(name string) (TensorInfo, bool) {
-	i, ok := m.where[name]
+	i, ok := m.fileOf(name)
 	if !ok {
 		return TensorInfo{}, false
 	}
@@ -212,13 +270,22 @@ func (m *Model) Info(name string) (TensorInfo, bool) {
 	return TensorInfo{Name: name, DType: t.DType, Shape: t.Shape, Size: t.Size(), File: f.Path}, true
 }
 
+// InfoAt describes the i-th tensor in name order (Names()[i]) without a
+// lookup by name.
+func (m *Model) InfoAt(i int) TensorInfo {
+	r := m.refs[i]
+	f := m.files[r.file]
+	t := f.Header.Tensors[r.idx]
+	return TensorInfo{Name: t.Name, DType: t.DType, Shape: t.Shape, Size: t.Size(), File: f.Path}
+}
+
 // Has reports whether the model has a tensor of that name.
-func (m *Model) Has(name string) bool { _, ok := m.where[name]; return ok }
+func (m *Model) Has(name string) bool { _, ok := m.fileOf(name); return ok }
 
 // Tensor returns the named tensor; its Data is a read-only zero-copy view of
 // the mapped shard, valid until Close.
 func (m *Model) Tensor(name string) (*tensors.Tensor, error) {
-	i, ok := m.where[name]
+	i, ok := m.fileOf(name)
 	if !ok {
 		return nil, fmt.Errorf("%s: tensor %q: %w", m.Path, name, ErrNotFound)
 	}
@@ -228,14 +295,14 @@ func (m *Model) Tensor(name string) (*tensors.Tensor, error) {
 // Release hands the named tensor's mapped pages back to the kernel (see
 // safetensors.File.Release); views of it stay valid.
 func (m *Model) Release(name string) {
-	if i, ok := m.where[name]; ok {
+	if i, ok := m.fileOf(name); ok {
 		m.files[i].Release(name)
 	}
 }
 
 // Prefetch maps the named tensor's pages ahead of use (a hint).
 func (m *Model) Prefetch(name string) {
-	if i, ok := m.where[name]; ok {
+	if i, ok := m.fileOf(name); ok {
 		m.files[i].Prefetch(name)
 	}
 }

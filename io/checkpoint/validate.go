@@ -138,6 +138,14 @@ func Validate(ctx context.Context, path string, opts ValidateOptions) ([]Problem
 		if ix.TotalSize != 0 && len(problems) == 0 && ix.TotalSize != total {
 			add(Problem{File: indexPath, Warning: true, Err: fmt.Errorf("metadata.total_size is %d, the tensors take %d bytes", ix.TotalSize, total)})
 		}
+		if entries, err := os.ReadDir(filepath.Dir(indexPath)); err == nil {
+			for _, e := range entries {
+				n := e.Name()
+				if strings.HasSuffix(n, ".safetensors") && !strings.HasPrefix(n, ".") && !slices.Contains(ix.Shards(), n) {
+					add(Problem{File: filepath.Join(filepath.Dir(indexPath), n), Warning: true, Err: fmt.Errorf("this .safetensors file is not referenced by the index %s (a stale shard?)", filepath.Base(indexPath))})
+				}
+			}
+		}
 	}
 	if opts.CheckValues {
 		if err := checkValues(ctx, opened, total, opts.Progress, add); err != nil {
@@ -166,17 +174,26 @@ func checkValues(ctx context.Context, files map[string]*safetensors.File, total 
 				const chunk = 1 << 20
 				n := int(info.NumElements())
 				w := info.DType.Bits() / 8
-				for lo := 0; lo < n; lo += chunk {
-					hi := min(lo+chunk, n)
-					buf = slices.Grow(buf[:0], hi-lo)[:hi-lo]
-					_ = tensors.DecodeFloat64(buf, x.Data[lo*w:hi*w], info.DType)
-					for _, v := range buf {
-						if v != v {
-							nan++
-						} else if math.IsInf(v, 0) {
-							inf++
+				err = safetensors.Guard(f.Path, info.Name, func() error {
+					for lo := 0; lo < n; lo += chunk {
+						if err := ctx.Err(); err != nil {
+							return err
+						}
+						hi := min(lo+chunk, n)
+						buf = slices.Grow(buf[:0], hi-lo)[:hi-lo]
+						_ = tensors.DecodeFloat64(buf, x.Data[lo*w:hi*w], info.DType)
+						for _, v := range buf {
+							if v != v {
+								nan++
+							} else if math.IsInf(v, 0) {
+								inf++
+							}
 						}
 					}
+					return nil
+				})
+				if err != nil {
+					return err // the file changed under wtool, or ctx is done
 				}
 				f.Release(info.Name)
 				if nan+inf > 0 {

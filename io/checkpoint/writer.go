@@ -8,11 +8,13 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/wtool/wtool/internal/fault"
+	"github.com/wtool/wtool/internal/faultinject"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
@@ -41,7 +43,8 @@ type WriteOptions struct {
 	// Force allows replacing an existing output.
 	Force bool
 	// Inputs are the paths the output was computed from. The output may not
-	// be one of them, nor a directory containing one of them.
+	// be one of them, contain one, or lie inside one (compared by device and
+	// inode, see fsafe.CheckOutput).
 	Inputs []string
 	// Workers is how many tensors are produced concurrently ahead of the
 	// writer (memory holds at most this many produced tensors); 0 means 2.
@@ -51,8 +54,8 @@ type WriteOptions struct {
 	Progress func(done, total int64)
 	// Finalize, if set, is called once every tensor is written, with the
 	// (temporary) output directory, to add files that depend on what was
-	// computed (a report, an adapter beside the model). They are in place
-	// before the output appears. Directory outputs only.
+	// computed. They are in place before the output appears. Directory
+	// outputs only; a write split into parts cannot have one (use State).
 	Finalize func(dir string) error
 	// MetadataFor, if set, adds __metadata__ entries to each weight file
 	// from that file's tensors (see safetensors.CreateOptions).
@@ -71,9 +74,34 @@ type WriteOptions struct {
 	// at once, ahead of the writer; 0 means DefaultMaxMemory(). A tensor
 	// larger than the budget is still produced, with nothing else ahead.
 	MaxMemory int64
-	// AllowNonFinite lets NaN and Inf be written; otherwise an encoded
-	// chunk holding one fails the write with a *NonFiniteError.
+	// AllowNonFinite lets NaN and Inf be written; otherwise a tensor or
+	// chunk whose encoded bytes hold one (a copied input value, a computed
+	// one, or an overflow of the output dtype) fails the write with a
+	// *NonFiniteError.
 	AllowNonFinite bool
+
+	// Part, when set (N >= 1), makes this write part K of N of a directory
+	// output: it computes and writes only the shards the plan assigns to
+	// part K (contiguous runs of shards balanced by bytes, the same in every
+	// part), into OUT.parts/part-K-of-N; Finalize then assembles OUT. See
+	// docs/distributed.md.
+	Part Part
+	// Resume picks up the completed shards that a killed write of the same
+	// output (same plan and Fingerprint) left in its temporary directory,
+	// after checking them; and a write that fails or is interrupted keeps
+	// its completed shards there for a later resume. Without Resume, an
+	// earlier run's temporaries are removed and a failed write leaves
+	// nothing.
+	Resume bool
+	// Fingerprint identifies what produces the tensors (the command, its
+	// parameters, its inputs). Completed shards are only resumed, and parts
+	// only assembled, when they were written with the same fingerprint.
+	Fingerprint string
+	// State carries what the producer computes besides tensors (reports,
+	// factors for a second file) to the step that completes a directory
+	// output, shard by shard, so that resumed and split writes complete it
+	// exactly as a single run does.
+	State *State
 }
 
 // ChunkFunc fills dst with the bytes [off, off+len(dst)) of one output
@@ -89,10 +117,15 @@ const ChunkSize = 4 << 20
 
 // Written describes a completed output.
 type Written struct {
-	Path      string   // the output path
+	Path      string   // the output path (for a part: its directory in OUT.parts)
 	Files     []string // weight files written, in order
-	Tensors   int
-	TotalSize int64 // bytes of tensor data
+	Tensors   int      // tensors written by this run
+	TotalSize int64    // bytes of tensor data written by this run
+	// Resumed counts the shards taken over from a killed run.
+	Resumed int
+	// Notes say what was done besides writing: temporaries of killed runs
+	// removed, a run resumed.
+	Notes []string
 }
 
 // IsSingleFile reports whether out names a single .safetensors file rather
@@ -106,12 +139,26 @@ func IsSingleFile(out string) bool { return strings.HasSuffix(out, ".safetensors
 // shard of its own), and model.safetensors.index.json; CopyFiles and Files
 // are placed beside them.
 //
-// Everything is written into a temporary file or directory next to out and
-// renamed into place at the end, after an fsync, so an error or a cancelled
-// ctx leaves no partial output and an existing out (replaced only with
-// Force) is never half-overwritten.
+// Everything is written into a locked temporary file or directory next to
+// out (".NAME.tmp-*") and put in place at the end, after an fsync (a
+// directory by an atomic exchange with an existing one), so an error or a
+// cancelled ctx leaves no partial output and an existing out (replaced only
+// with Force) is never half-overwritten. Temporaries of killed earlier runs
+// are removed (or, with Resume, continued). Shard files are opened one at a
+// time, as the writer reaches them.
 func Write(ctx context.Context, out string, entries []safetensors.Entry, produce Producer, opts WriteOptions) (*Written, error) {
-	if err := CheckOutput(out, opts.Inputs, opts.Force); err != nil {
+	if opts.Part.Active() {
+		if err := opts.Part.Validate(); err != nil {
+			return nil, err
+		}
+		if IsSingleFile(out) {
+			return nil, fmt.Errorf("%s: a single .safetensors file cannot be split into parts; give a directory output", out)
+		}
+		if opts.Finalize != nil {
+			return nil, fmt.Errorf("%s: this output is completed by a step that needs every tensor, so it cannot be split into parts", out)
+		}
+	}
+	if err := CheckOutput(out, opts.Inputs, opts.Force || opts.Part.Active()); err != nil {
 		return nil, err
 	}
 	var total int64
@@ -129,10 +176,14 @@ func Write(ctx context.Context, out string, entries []safetensors.Entry, produce
 		if len(opts.Files) > 0 {
 			return nil, fmt.Errorf("%s: extra files (%s) need a directory output, not a single file", out, strings.Join(slices.Sorted(maps.Keys(opts.Files)), ", "))
 		}
-		if err := w.shards([]string{out}, [][]safetensors.Entry{entries}); err != nil {
+		notes, err := fsafe.CleanStale(out, false)
+		if err != nil {
 			return nil, err
 		}
-		return &Written{Path: out, Files: []string{out}, Tensors: w.written, TotalSize: w.done}, nil
+		if err := w.shards([]string{out}, [][]safetensors.Entry{entries}, []int{0}, nil); err != nil {
+			return nil, err
+		}
+		return &Written{Path: out, Files: []string{out}, Tensors: w.written, TotalSize: w.done, Notes: notes}, nil
 	}
 	return w.directory(out, entries, sizes)
 }
@@ -143,8 +194,7 @@ type writeJob struct {
 	opts    WriteOptions
 	total   int64
 	done    int64
-	written int             // tensors written
-	skipped map[string]bool // optional entries the producer left out
+	written int // tensors written
 }
 
 // planShards splits entries, in name order, into shards of at most limit
@@ -170,150 +220,295 @@ func planShards(entries []safetensors.Entry, sizes map[string]int64, limit int64
 	return shards
 }
 
+// shardNames names the weight files of a plan of n shards.
+func shardNames(stem string, n int) []string {
+	if n == 1 {
+		return []string{stem + ".safetensors"}
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%05d-of-%05d.safetensors", stem, i+1, n)
+	}
+	return names
+}
+
+func (w *writeJob) stem() string {
+	if w.opts.WeightsName != "" {
+		return w.opts.WeightsName
+	}
+	return "model"
+}
+
+// directory writes a model directory (or one part of it).
 func (w *writeJob) directory(out string, entries []safetensors.Entry, sizes map[string]int64) (*Written, error) {
 	limit := w.opts.MaxShardSize
 	if limit <= 0 {
 		limit = DefaultMaxShardSize
 	}
 	plan := planShards(entries, sizes, limit)
-	parent, base := filepath.Split(filepath.Clean(out))
-	if parent == "" {
-		parent = "."
+	names := shardNames(w.stem(), len(plan))
+	for name := range w.opts.Files {
+		if name != filepath.Base(name) || slices.Contains(names, name) || name == IndexFileName || strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("extra file %q: not a plain file name, or it would replace a weight file", name)
+		}
 	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, err
+	shardSizes := make([]int64, len(plan))
+	for i, s := range plan {
+		for _, e := range s {
+			shardSizes[i] += sizes[e.Name]
+		}
 	}
-	tmp, err := os.MkdirTemp(parent, "."+base+".tmp-")
+	mine := make([]int, len(plan))
+	for i := range mine {
+		mine[i] = i
+	}
+	dest := out
+	if w.opts.Part.Active() {
+		mine = AssignParts(shardSizes, w.opts.Part.N)[w.opts.Part.K-1]
+		dest = filepath.Join(PartsDir(out), w.opts.Part.dirName())
+		if err := os.MkdirAll(PartsDir(out), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	fp, err := w.fingerprint(plan, names)
 	if err != nil {
 		return nil, err
 	}
+	pf := &planFile{Version: planVersion, Fingerprint: fp, Part: w.opts.Part.K, Parts: w.opts.Part.N,
+		Shards: names, Mine: mine, Stem: w.stem()}
+	if w.opts.State != nil {
+		pf.Finalizer = w.opts.State.Finalizer
+		if _, ok := lookupFinalizer(pf.Finalizer); !ok {
+			return nil, fmt.Errorf("internal error: finalizer %q is not registered", pf.Finalizer)
+		}
+	}
+	for _, s := range plan {
+		pf.Entries = append(pf.Entries, entriesJSON(s))
+	}
+
+	// the staging directory: a resumed one, or a new one
+	res := &Written{Path: dest}
+	var d *fsafe.Dir
+	doneShards := map[int]bool{}
+	if w.opts.Resume {
+		var notes []string
+		d, doneShards, notes, err = resumeDir(dest, pf, plan, w.opts.Part.Active() || w.opts.Force)
+		res.Notes = append(res.Notes, notes...)
+		if err != nil {
+			return nil, err
+		}
+	}
+	notes, err := fsafe.CleanStale(dest, false)
+	res.Notes = append(res.Notes, notes...)
+	if err != nil {
+		if d != nil {
+			d.Keep()
+		}
+		return nil, err
+	}
+	if d == nil {
+		if d, err = fsafe.CreateDir(dest, w.opts.Part.Active() || w.opts.Force); err != nil {
+			return nil, err
+		}
+	}
+	if w.opts.Resume {
+		d.Resumable()
+	}
 	committed := false
 	defer func() {
-		if !committed {
-			os.RemoveAll(tmp)
+		if committed {
+			return
+		}
+		if w.opts.Resume {
+			d.Keep()
+		} else {
+			d.Abort()
 		}
 	}()
-	os.Chmod(tmp, 0o755)
-
-	stem := "model"
-	if w.opts.WeightsName != "" {
-		stem = w.opts.WeightsName
-	}
-	names := []string{stem + ".safetensors"}
-	if len(plan) > 1 {
-		names = names[:0]
-		for i := range plan {
-			names = append(names, fmt.Sprintf("%s-%05d-of-%05d.safetensors", stem, i+1, len(plan)))
-		}
-	}
-	paths := make([]string, len(names))
-	for i, n := range names {
-		paths[i] = filepath.Join(tmp, n)
+	if err := writePlan(d.Path, pf); err != nil {
+		return nil, err
 	}
 	// companion files first: a missing one fails before the long part
+	filesDir := d.Path
+	if w.opts.Part.Active() {
+		filesDir = filepath.Join(d.Path, metaDir, "files")
+		if err := os.MkdirAll(filesDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.companions(filesDir); err != nil {
+		return nil, err
+	}
+	var todo []int
+	for _, i := range mine {
+		if doneShards[i] {
+			res.Resumed++
+			w.total -= shardSizes[i]
+		} else {
+			todo = append(todo, i)
+		}
+	}
+	if res.Resumed > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("resumed %s: %d of %d shards were complete", d.Path, res.Resumed, len(mine)))
+	}
+	paths := make([]string, len(plan))
+	for i, n := range names {
+		paths[i] = filepath.Join(d.Path, n)
+	}
+	after := func(i int, sw *safetensors.Writer) error { return w.shardDone(d.Path, names[i], plan[i], sw) }
+	if err := w.shards(paths, plan, todo, after); err != nil {
+		if w.opts.Resume && len(todo) < len(mine) || w.opts.Resume && w.done > 0 {
+			return nil, fmt.Errorf("%w (completed shards are kept in %s: run the same command with --resume to continue)", err, d.Path)
+		}
+		return nil, err
+	}
+	for _, i := range mine {
+		res.Files = append(res.Files, filepath.Join(dest, names[i]))
+	}
+	if w.opts.Part.Active() {
+		if err := w.ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := d.Commit(); err != nil {
+			return nil, err
+		}
+		committed = true
+		res.Tensors, res.TotalSize = w.written, w.done
+		return res, nil
+	}
+	stateDirs := make([]string, len(plan))
+	for i, n := range names {
+		stateDirs[i] = filepath.Join(d.Path, metaDir, "state", n)
+	}
+	if err := complete(d.Path, out, pf.Stem, names, pf.Finalizer, stateDirs); err != nil {
+		return nil, err
+	}
+	if w.opts.Finalize != nil {
+		if err := w.opts.Finalize(d.Path); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(d.Path, metaDir)); err != nil {
+		return nil, err
+	}
+	if err := w.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := d.Commit(); err != nil {
+		return nil, err
+	}
+	committed = true
+	res.Tensors, res.TotalSize = w.written, w.done
+	return res, nil
+}
+
+// companions copies CopyFiles and writes Files into dir.
+func (w *writeJob) companions(dir string) error {
 	for _, src := range w.opts.CopyFiles {
 		name := filepath.Base(src)
 		if _, replaced := w.opts.Files[name]; replaced {
 			continue
 		}
-		if err := copyFile(src, filepath.Join(tmp, name)); err != nil {
-			return nil, err
+		if err := copyFile(src, filepath.Join(dir, name)); err != nil {
+			return err
 		}
 	}
-	for name, data := range w.opts.Files {
-		if name != filepath.Base(name) || slices.Contains(names, name) || name == IndexFileName {
-			return nil, fmt.Errorf("extra file %q: not a plain file name, or it would replace a weight file", name)
-		}
-		if err := writeFileSync(filepath.Join(tmp, name), data); err != nil {
-			return nil, err
+	for _, name := range slices.Sorted(maps.Keys(w.opts.Files)) {
+		if err := writeFileSync(filepath.Join(dir, name), w.opts.Files[name]); err != nil {
+			return err
 		}
 	}
-	if err := w.shards(paths, plan); err != nil {
-		return nil, err
-	}
-	if len(plan) > 1 {
-		ix := &Index{TotalSize: w.done, WeightMap: map[string]string{}}
-		for i, shard := range plan {
-			for _, e := range shard {
-				if !w.skipped[e.Name] {
-					ix.WeightMap[e.Name] = names[i]
-				}
-			}
-		}
-		if err := writeFileSync(filepath.Join(tmp, stem+".safetensors.index.json"), encodeIndex(ix)); err != nil {
-			return nil, err
-		}
-	}
-	if w.opts.Finalize != nil {
-		if err := w.opts.Finalize(tmp); err != nil {
-			return nil, err
-		}
-	}
-	if err := w.ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := replaceDir(tmp, out, w.opts.Force); err != nil {
-		return nil, err
-	}
-	committed = true
-	res := &Written{Path: out, Tensors: w.written, TotalSize: w.done}
-	for _, n := range names {
-		res.Files = append(res.Files, filepath.Join(out, n))
-	}
-	return res, nil
+	return nil
 }
 
-// safeProduce runs a producer, turning a memory fault — an input file
-// truncated or changed while it is mapped — into an error instead of a crash.
-func safeProduce(ctx context.Context, produce Producer, e safetensors.Entry) (r produced) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if p := recover(); p != nil {
-			// a fault panics with a runtime error that has the faulting address
-			if err, ok := p.(interface {
-				error
-				Addr() uintptr
-			}); ok {
-				r = produced{err: fmt.Errorf("tensor %q: reading a mapped input failed (was the file changed or truncated while wtool ran?): %v", e.Name, err)}
-				return
-			}
-			panic(p)
-		}
-	}()
-	t, done, err := produce(ctx, e)
-	return produced{t: t, done: done, err: err}
-}
-
-type produced struct {
-	t     *tensors.Tensor
-	chunk []byte // the bytes of a chunk item
-	done  func()
-	err   error
-}
-
-// shards writes each shard file from its entries, producing tensors (or
-// chunks of tensors, see WriteOptions.Chunks) concurrently, up to Workers at
-// a time and MaxMemory bytes ahead of the writer, and writing them in file
-// order.
-func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
-	ctx, cancel := context.WithCancel(w.ctx)
-	defer cancel()
-	writers := make([]*safetensors.Writer, len(plan))
-	defer func() {
-		for _, sw := range writers {
-			if sw != nil {
-				sw.Abort()
-			}
-		}
-	}()
-	var order []item
-	for i, p := range paths {
-		sw, err := safetensors.CreateWith(p, plan[i], w.opts.Metadata, safetensors.CreateOptions{MetadataFor: w.opts.MetadataFor})
+// complete adds what a directory output needs once every shard is in dir:
+// the index (built from the shards' headers, so it lists exactly what they
+// hold) and the finalizer's files, from every shard's state.
+func complete(dir, out, stem string, names []string, finalizer string, stateDirs []string) error {
+	if len(names) > 1 {
+		ix, err := indexOf(dir, names)
 		if err != nil {
 			return err
 		}
-		writers[i] = sw
-		for _, e := range sw.Order() {
+		if err := writeFileSync(filepath.Join(dir, stem+".safetensors.index.json"), encodeIndex(ix)); err != nil {
+			return err
+		}
+	}
+	if finalizer != "" {
+		f, ok := lookupFinalizer(finalizer)
+		if !ok {
+			return fmt.Errorf("internal error: finalizer %q is not registered", finalizer)
+		}
+		if err := f(dir, out, stateDirs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// indexOf builds the index of the shards in dir from their headers.
+func indexOf(dir string, names []string) (*Index, error) {
+	ix := &Index{WeightMap: map[string]string{}}
+	for _, n := range names {
+		h, err := safetensors.ReadHeaderFile(filepath.Join(dir, n))
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range h.Tensors {
+			ix.WeightMap[t.Name] = n
+		}
+		ix.TotalSize += h.DataSize
+	}
+	return ix, nil
+}
+
+// shardDone records what a resumed or split write needs of a finished
+// shard: its size and checksum, and the producer's state for its tensors.
+func (w *writeJob) shardDone(dir, name string, entries []safetensors.Entry, sw *safetensors.Writer) error {
+	st, err := os.Stat(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	if w.opts.State != nil && w.opts.State.Save != nil {
+		final := filepath.Join(dir, metaDir, "state", name)
+		tmp := final + ".tmp"
+		os.RemoveAll(tmp)
+		if err := os.MkdirAll(tmp, 0o755); err != nil {
+			return err
+		}
+		if err := w.opts.State.Save(tmp, entries); err != nil {
+			return err
+		}
+		os.RemoveAll(final)
+		if err := os.Rename(tmp, final); err != nil {
+			return err
+		}
+	}
+	if err := writeShardRecord(dir, name, shardRecord{Size: st.Size(), CRC: sw.DataCRC(), HasCRC: w.opts.Part.Active()}); err != nil {
+		return err
+	}
+	faultinject.ShardDone()
+	return nil
+}
+
+// shards writes the shard files listed in todo (indexes into paths and
+// plan), producing tensors (or chunks of tensors, see WriteOptions.Chunks)
+// concurrently, up to Workers at a time and MaxMemory bytes ahead of the
+// writer, and writing them in file order. Each shard file is created when
+// the writer reaches it and closed before the next is created, so a model
+// of thousands of shards holds one file open at a time. after, if set, is
+// called once a shard file is complete.
+func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry, todo []int, after func(int, *safetensors.Writer) error) error {
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	var order []item
+	for _, i := range todo {
+		fileOrder := slices.Clone(plan[i])
+		safetensors.SortEntries(fileOrder)
+		if len(fileOrder) == 0 {
+			order = append(order, item{shard: i, empty: true})
+		}
+		for _, e := range fileOrder {
 			order = w.appendItems(order, i, e)
 		}
 	}
@@ -365,6 +560,13 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			}()
 		}
 	}()
+	var sw *safetensors.Writer
+	defer func() {
+		if sw != nil {
+			sw.Abort()
+		}
+	}()
+	singleFile := len(paths) == 1 && IsSingleFile(paths[0])
 	for i, it := range order {
 		var r produced
 		select {
@@ -372,22 +574,26 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		sw := writers[it.shard]
-		skip := r.err == nil && r.t == nil && it.fill == nil
-		switch {
-		case r.err != nil:
-		case it.fill != nil:
-			r.err = sw.WriteChunk(it.e.Name, r.chunk)
-		case skip && !it.e.Optional:
-			r.err = fmt.Errorf("tensor %q: producer returned no tensor", it.e.Name)
-		case skip:
-			r.err = sw.Skip(it.e.Name)
-			if w.skipped == nil {
-				w.skipped = map[string]bool{}
-			}
-			w.skipped[it.e.Name] = true
-		default:
-			r.err = sw.Write(r.t)
+		if sw == nil && r.err == nil {
+			co := safetensors.CreateOptions{MetadataFor: w.opts.MetadataFor, AllowNonFinite: true, // checked by the workers
+				Checksum: w.opts.Part.Active(), NoReplace: singleFile && !w.opts.Force}
+			sw, r.err = safetensors.CreateWith(paths[it.shard], plan[it.shard], w.opts.Metadata, co)
+		}
+		skip := r.err == nil && r.t == nil && r.chunk == nil && !it.empty
+		if r.err == nil {
+			r.err = safetensors.Guard("", it.e.Name, func() error {
+				switch {
+				case it.empty:
+					return nil
+				case it.fill != nil:
+					return sw.WriteChunk(it.e.Name, r.chunk)
+				case skip && !it.e.Optional:
+					return fmt.Errorf("tensor %q: producer returned no tensor", it.e.Name)
+				case skip:
+					return sw.Skip(it.e.Name)
+				}
+				return sw.Write(r.t)
+			})
 		}
 		if r.done != nil {
 			r.done()
@@ -397,6 +603,7 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			return r.err
 		}
 		switch {
+		case it.empty:
 		case it.fill != nil:
 			w.done += int64(len(r.chunk))
 			if it.last {
@@ -414,19 +621,25 @@ func (w *writeJob) shards(paths []string, plan [][]safetensors.Entry) error {
 			if err := sw.Close(); err != nil {
 				return err
 			}
-		}
-	}
-	for i, sw := range writers {
-		if len(plan[i]) == 0 { // a file with no tensors at all
-			if err := sw.Close(); err != nil {
-				return err
+			if after != nil {
+				if err := after(it.shard, sw); err != nil {
+					return err
+				}
 			}
+			sw = nil
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	return nil
+}
+
+type produced struct {
+	t     *tensors.Tensor
+	chunk []byte // the bytes of a chunk item
+	done  func()
+	err   error
 }
 
 // item is one unit of work of the writer: a whole tensor, or one chunk of a
@@ -439,6 +652,7 @@ type item struct {
 	size  int64     // chunk: bytes
 	last  bool      // chunk: the tensor's last
 	cost  int64     // bytes counted against MaxMemory
+	empty bool      // a shard without tensors
 }
 
 // appendItems adds the work items of one entry: its chunks when the
@@ -460,116 +674,77 @@ func (w *writeJob) appendItems(order []item, shard int, e safetensors.Entry) []i
 	return order
 }
 
-// run produces one item, turning a memory fault into an error.
-func (w *writeJob) run(ctx context.Context, it item) produced {
-	if it.fill == nil {
-		return safeProduce(ctx, w.produce, it.e)
+// run produces one item on a worker goroutine. Its reads of mapped inputs
+// run inside safetensors.Guard, so a memory fault (an input truncated while
+// mapped) becomes a *safetensors.FaultError naming the file and tensor; a
+// panic becomes a *fault.PanicError. Neither crashes the process. The
+// encoded bytes are checked for NaN and Inf here, in parallel, unless
+// AllowNonFinite.
+func (w *writeJob) run(ctx context.Context, it item) (r produced) {
+	if it.empty {
+		return produced{}
 	}
-	buf := chunkPool.Get(int(it.size))
-	err := safetensors.Guard("", it.e.Name, func() error { return it.fill(ctx, it.off, buf) })
-	if err == nil && !w.opts.AllowNonFinite {
-		err = CheckFinite(it.e, it.off, buf)
-	}
-	if err != nil {
-		chunkPool.Put(buf)
-		if !errors.As(err, new(*NonFiniteError)) && !strings.Contains(err.Error(), it.e.Name) {
-			err = fmt.Errorf("tensor %q: %w", it.e.Name, err)
+	var buf []byte
+	raised := fault.Catch(func() {
+		err := safetensors.Guard("", it.e.Name, func() error {
+			if it.fill == nil {
+				t, done, err := w.produce(ctx, it.e)
+				r = produced{t: t, done: done}
+				if err != nil || t == nil || w.opts.AllowNonFinite {
+					return err
+				}
+				if t.Name != it.e.Name || t.DType != it.e.DType {
+					return fmt.Errorf("internal error: produced tensor %q (%s) for entry %q (%s)", t.Name, t.DType, it.e.Name, it.e.DType)
+				}
+				return CheckFinite(it.e, 0, t.Data)
+			}
+			buf = chunkPool.Get(int(it.size))
+			err := it.fill(ctx, it.off, buf)
+			if err == nil && !w.opts.AllowNonFinite {
+				err = CheckFinite(it.e, it.off, buf)
+			}
+			if err != nil {
+				return err
+			}
+			r = produced{chunk: buf, done: func() { chunkPool.Put(buf) }}
+			return nil
+		})
+		if err != nil {
+			if it.fill != nil && !errors.As(err, new(*NonFiniteError)) && !strings.Contains(err.Error(), it.e.Name) {
+				err = fmt.Errorf("tensor %q: %w", it.e.Name, err)
+			}
+			r.err = err
 		}
-		return produced{err: err}
+	})
+	switch p := raised.(type) {
+	case nil:
+	case *fault.PanicError:
+		r.err = p
+	case fault.Addr: // Guard turns faults into errors; kept for safety
+		r.err = safetensors.FaultAt(p.Addr(), "", it.e.Name)
+	default:
+		r.err = &fault.PanicError{Value: p}
 	}
-	return produced{chunk: buf, done: func() { chunkPool.Put(buf) }}
+	if r.err != nil {
+		if r.done != nil {
+			r.done()
+		}
+		if buf != nil && r.chunk == nil {
+			chunkPool.Put(buf)
+		}
+		return produced{err: r.err}
+	}
+	return r
 }
 
 var chunkPool tensors.BufferPool
 
-// CheckOutput refuses an output path that is one of the inputs, or a
-// directory that contains one (writing it would destroy the input), and an
-// existing output unless force is set.
+// CheckOutput refuses an output path that is one of the inputs, a directory
+// that contains one, or a path inside one (compared by device and inode, so
+// links and bind mounts are seen through), one that exists and is not a
+// regular file or directory, and an existing output unless force is set.
 func CheckOutput(out string, inputs []string, force bool) error {
-	if out == "" {
-		return errors.New("no output path given")
-	}
-	outAbs, err := resolve(out)
-	if err != nil {
-		return err
-	}
-	outInfo, statErr := os.Stat(out)
-	for _, in := range inputs {
-		inAbs, err := resolve(in)
-		if err != nil {
-			return err
-		}
-		if inAbs == outAbs {
-			return fmt.Errorf("output %s is the input %s: refusing to overwrite an input", out, in)
-		}
-		if rel, err := filepath.Rel(outAbs, inAbs); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
-			return fmt.Errorf("output %s contains the input %s: refusing to overwrite an input", out, in)
-		}
-		if statErr == nil {
-			if inInfo, err := os.Stat(in); err == nil && os.SameFile(outInfo, inInfo) {
-				return fmt.Errorf("output %s is the input %s: refusing to overwrite an input", out, in)
-			}
-		}
-	}
-	if statErr == nil && !force {
-		return fmt.Errorf("output %s already exists (use --force to replace it)", out)
-	}
-	return nil
-}
-
-// resolve returns the absolute path of p with symbolic links evaluated in its
-// longest existing prefix.
-func resolve(p string) (string, error) {
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		return "", err
-	}
-	rest := ""
-	cur := abs
-	for {
-		if r, err := filepath.EvalSymlinks(cur); err == nil {
-			return filepath.Join(r, rest), nil
-		}
-		parent := filepath.Dir(cur)
-		if parent == cur {
-			return abs, nil
-		}
-		rest = filepath.Join(filepath.Base(cur), rest)
-		cur = parent
-	}
-}
-
-// replaceDir renames the finished directory tmp to out; with force an
-// existing out is moved aside first and removed after.
-func replaceDir(tmp, out string, force bool) error {
-	syncPath(tmp)
-	if _, err := os.Lstat(out); err == nil {
-		if !force {
-			return fmt.Errorf("output %s already exists (use --force to replace it)", out)
-		}
-		old := tmp + ".old"
-		if err := os.Rename(out, old); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, out); err != nil {
-			os.Rename(old, out)
-			return err
-		}
-		syncPath(filepath.Dir(out))
-		return os.RemoveAll(old)
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		return err
-	}
-	syncPath(filepath.Dir(out))
-	return nil
-}
-
-func syncPath(p string) {
-	if f, err := os.Open(p); err == nil {
-		f.Sync()
-		f.Close()
-	}
+	return fsafe.CheckOutput(out, inputs, force)
 }
 
 func writeFileSync(path string, data []byte) error {
@@ -587,10 +762,12 @@ func writeFileSync(path string, data []byte) error {
 	return err
 }
 
+// copyFile copies a regular file (never a FIFO or a device: see fsafe.Open)
+// keeping its permission bits.
 func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+	in, err := fsafe.Open(src)
 	if err != nil {
-		return err
+		return fmt.Errorf("copying %s: %w", src, err)
 	}
 	defer in.Close()
 	st, err := in.Stat()

@@ -20,12 +20,12 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
@@ -201,7 +201,7 @@ func KeysFor(module string, embedding bool) (a, b string) {
 
 // Read reads an adapter directory.
 func Read(dir string) (*Adapter, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	b, err := fsafe.ReadFile(filepath.Join(dir, ConfigFile))
 	if err != nil {
 		return nil, err
 	}
@@ -281,6 +281,12 @@ func chains(a, b []int64) bool {
 // Write writes an adapter directory atomically (refusing to replace an
 // existing one unless force).
 func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
+	return WriteWith(ctx, dir, a, checkpoint.WriteOptions{Force: force})
+}
+
+// WriteWith writes an adapter directory atomically with the given options
+// (Force, Inputs, AllowNonFinite; the layout options are the adapter's).
+func WriteWith(ctx context.Context, dir string, a *Adapter, opts checkpoint.WriteOptions) error {
 	cfgBytes, err := a.Config.MarshalJSON()
 	if err != nil {
 		return err
@@ -304,7 +310,7 @@ func Write(ctx context.Context, dir string, a *Adapter, force bool) error {
 		return &tensors.Tensor{Name: e.Name, DType: t.DType, Shape: t.Shape, Data: t.Data}, nil, nil
 	}
 	_, err = checkpoint.Write(ctx, dir, entries, produce, checkpoint.WriteOptions{
-		Force: force, WeightsName: "adapter_model", MaxShardSize: 1 << 62, CopyFiles: []string{},
+		Force: opts.Force, Inputs: opts.Inputs, AllowNonFinite: opts.AllowNonFinite, WeightsName: "adapter_model", MaxShardSize: 1 << 62, CopyFiles: []string{},
 		Metadata: map[string]string{"format": "pt"}, Files: map[string][]byte{ConfigFile: cfgBytes}})
 	return err
 }

@@ -1,10 +1,13 @@
 package safetensors
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
 
+	"github.com/wtool/wtool/internal/faultinject"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -27,9 +30,10 @@ type File struct {
 
 // ReadHeaderFile reads and validates only the header of the file at path:
 // 8 + N bytes are read, never the tensor data. Errors are *Error values
-// naming the file.
+// naming the file. A path that is not a regular file (a FIFO, a device) is
+// refused before anything is read.
 func ReadHeaderFile(path string) (*Header, error) {
-	f, err := os.Open(path)
+	f, err := fsafe.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -37,9 +41,6 @@ func ReadHeaderFile(path string) (*Header, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
 	}
 	h, err := ReadHeader(f, st.Size())
 	if err != nil {
@@ -49,9 +50,16 @@ func ReadHeaderFile(path string) (*Header, error) {
 }
 
 // Open opens the safetensors file at path and validates its header. The
-// tensor data is not read until a tensor is asked for.
+// tensor data is not read until a tensor is asked for. A path that is not a
+// regular file (a FIFO, a device) is refused before anything is read.
 func Open(path string) (*File, error) {
-	f, err := os.Open(path)
+	return OpenContext(context.Background(), path)
+}
+
+// OpenContext is Open that stops with ctx's error when ctx is done while
+// the header is parsed.
+func OpenContext(ctx context.Context, path string) (*File, error) {
+	f, err := fsafe.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -60,11 +68,7 @@ func Open(path string) (*File, error) {
 		f.Close()
 		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	h, err := ReadHeader(f, st.Size())
+	h, err := ReadHeaderContext(ctx, f, st.Size())
 	if err != nil {
 		f.Close()
 		return nil, withFile(err, path)
@@ -83,7 +87,9 @@ func (f *File) mapping() ([]byte, error) {
 		f.mapped, f.mapErr = mapFile(f.f, f.Header.FileSize())
 		if f.mapErr != nil {
 			f.mapErr = fmt.Errorf("%s: mapping the file: %w", f.Path, f.mapErr)
+			return
 		}
+		addMapping(f, f.mapped)
 	})
 	return f.mapped, f.mapErr
 }
@@ -100,6 +106,7 @@ func (f *File) Data(name string) ([]byte, error) {
 		return nil, err
 	}
 	start := f.Header.DataOffset + info.Begin
+	faultinject.BeforeView(f.Path, name, start)
 	return m[start : start+info.Size() : start+info.Size()], nil
 }
 
@@ -169,6 +176,7 @@ func (f *File) Close() error {
 	f.closed = true
 	var err error
 	if f.mapped != nil {
+		removeMapping(f.mapped)
 		err = unmapFile(f.mapped)
 		f.mapped = nil
 	}

@@ -2,10 +2,10 @@ package safetensors
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"math/bits"
 	"slices"
 	"unicode/utf8"
@@ -81,6 +81,12 @@ func (h *Header) FileSize() int64 { return h.DataOffset + h.DataSize }
 // its order (so the same file fails with the same kind of error), then the
 // stricter checks of this package. The data extents are checked against size.
 func ReadHeader(r io.ReaderAt, size int64) (*Header, error) {
+	return ReadHeaderContext(context.Background(), r, size)
+}
+
+// ReadHeaderContext is ReadHeader that stops with ctx's error when ctx is
+// done (a header can describe a million tensors).
+func ReadHeaderContext(ctx context.Context, r io.ReaderAt, size int64) (*Header, error) {
 	if size < 8 {
 		return nil, &Error{Kind: ErrHeaderTooSmall, Detail: fmt.Sprintf("file has %d bytes, the length prefix needs 8", size)}
 	}
@@ -99,7 +105,7 @@ func ReadHeader(r io.ReaderAt, size int64) (*Header, error) {
 	if m, err := r.ReadAt(buf, 8); m < len(buf) {
 		return nil, fmt.Errorf("reading the header: %w", err)
 	}
-	return parseHeader(buf, size)
+	return parseHeader(ctx, buf, size)
 }
 
 // ParseHeader validates the header of a whole safetensors file held in memory
@@ -121,7 +127,7 @@ func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func parseHeader(buf []byte, fileSize int64) (*Header, error) {
+func parseHeader(ctx context.Context, buf []byte, fileSize int64) (*Header, error) {
 	if !utf8.Valid(buf) {
 		i := 0
 		for i < len(buf) {
@@ -133,10 +139,11 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		}
 		return nil, &Error{Kind: ErrInvalidHeader, Detail: fmt.Sprintf("invalid byte %#02x at byte %d of the header", buf[i], i)}
 	}
-	raw, err := parseHeaderJSON(buf)
+	raw, err := parseHeaderJSON(ctx, buf)
 	if err != nil {
 		return nil, err
 	}
+	delete(raw.names, "__metadata__")
 	// The reference sorts tensors by their offsets before validating; names
 	// break ties so that errors do not depend on map order.
 	slices.SortFunc(raw.tensors, func(a, b rawTensor) int {
@@ -152,13 +159,16 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		HeaderSize: int64(len(buf)),
 		DataOffset: 8 + int64(len(buf)),
 		Tensors:    make([]TensorInfo, len(raw.tensors)),
-		index:      make(map[string]int, len(raw.tensors)),
+		index:      raw.names, // reused: the positions are set below
 	}
 	if raw.hasMetadata {
 		h.Metadata = raw.metadata
 	}
 	var end uint64
 	for i, t := range raw.tensors {
+		if i%65536 == 0 && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		begin, stop := t.offsets[0], t.offsets[1]
 		if begin != end || stop < begin {
 			detail := fmt.Sprintf("data_offsets [%d, %d] but the previous tensor ends at %d", begin, stop, end)
@@ -169,10 +179,11 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		}
 		end = stop
 		nelem := uint64(1)
-		for _, d := range t.shape {
+		for _, sd := range t.shape {
+			d := uint64(sd)
 			hi, lo := bits.Mul64(nelem, d)
 			if hi != 0 {
-				return nil, &Error{Tensor: t.name, Kind: ErrValidationOverflow, Detail: fmt.Sprintf("shape %v", t.shape)}
+				return nil, &Error{Tensor: t.name, Kind: ErrValidationOverflow, Detail: "shape " + unsignedShape(t.shape)}
 			}
 			nelem = lo
 		}
@@ -185,15 +196,14 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		}
 		if stop-begin != nbits/8 {
 			return nil, &Error{Tensor: t.name, Kind: ErrTensorInvalidInfo,
-				Detail: fmt.Sprintf("%s%v needs %d bytes but data_offsets [%d, %d] span %d", t.dtype, t.shape, nbits/8, begin, stop, stop-begin)}
+				Detail: fmt.Sprintf("%s%s needs %d bytes but data_offsets [%d, %d] span %d", t.dtype, unsignedShape(t.shape), nbits/8, begin, stop, stop-begin)}
 		}
-		shape := make([]int64, len(t.shape))
-		for j, d := range t.shape {
-			if d > math.MaxInt64 { // only possible beside a zero dimension
-				return nil, &Error{Tensor: t.name, Kind: ErrValidationOverflow, Detail: fmt.Sprintf("dimension %d exceeds 2^63-1", d)}
+		for _, d := range t.shape {
+			if d < 0 { // above 2^63-1: only possible beside a zero dimension
+				return nil, &Error{Tensor: t.name, Kind: ErrValidationOverflow, Detail: fmt.Sprintf("dimension %d exceeds 2^63-1", uint64(d))}
 			}
-			shape[j] = int64(d)
 		}
+		shape := t.shape
 		// offsets are converted once the total is known to fit the file
 		h.Tensors[i] = TensorInfo{Name: t.name, DType: t.dtype, Shape: shape}
 		h.index[t.name] = i
@@ -210,4 +220,13 @@ func parseHeader(buf []byte, fileSize int64) (*Header, error) {
 		h.Tensors[i].Begin, h.Tensors[i].End = int64(t.offsets[0]), int64(t.offsets[1])
 	}
 	return h, nil
+}
+
+// unsignedShape formats a raw shape, whose values are unsigned.
+func unsignedShape(s []int64) string {
+	u := make([]uint64, len(s))
+	for i, d := range s {
+		u[i] = uint64(d)
+	}
+	return fmt.Sprint(u)
 }

@@ -1,6 +1,8 @@
 package safetensors
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"strconv"
 	"unicode/utf16"
@@ -23,6 +25,26 @@ type parser struct {
 	s     []byte
 	i     int
 	depth int
+	ctx   context.Context
+	// shapes are carved out of blocks of this arena, so that a header of a
+	// million tensors does not make a million small allocations
+	arena []int64
+}
+
+// shapeArenaBlock is the size of one block of the shape arena.
+const shapeArenaBlock = 1 << 14
+
+// appendDim adds a dimension to the shape being parsed, which starts at
+// index start of the current block; it returns the (possibly moved) start.
+func (p *parser) appendDim(start int, d uint64) int {
+	if len(p.arena) == cap(p.arena) {
+		n := len(p.arena) - start
+		block := make([]int64, n, max(shapeArenaBlock, 2*(n+1)))
+		copy(block, p.arena[start:])
+		p.arena, start = block, 0
+	}
+	p.arena = append(p.arena, int64(d)) // the bits of d; checked when validated
+	return start
 }
 
 // rawTensor is a header entry before validation; numbers are kept as the
@@ -30,7 +52,7 @@ type parser struct {
 type rawTensor struct {
 	name    string
 	dtype   tensors.DType
-	shape   []uint64
+	shape   []int64 // the bits of unsigned values: > MaxInt64 shows as negative
 	offsets [2]uint64
 }
 
@@ -38,6 +60,7 @@ type rawHeader struct {
 	metadata    map[string]string
 	hasMetadata bool
 	tensors     []rawTensor
+	names       map[string]int // every tensor name
 }
 
 func (p *parser) errorf(k error, format string, args ...any) error {
@@ -370,16 +393,24 @@ func (p *parser) null() bool {
 	return false
 }
 
-// parseHeaderJSON decodes a header that is known to be valid UTF-8.
-func parseHeaderJSON(s []byte) (*rawHeader, error) {
-	p := &parser{s: s}
-	h := &rawHeader{}
-	seen := make(map[string]struct{})
+// parseHeaderJSON decodes a header that is known to be valid UTF-8. It
+// stops with ctx's error when ctx is done.
+func parseHeaderJSON(ctx context.Context, s []byte) (*rawHeader, error) {
+	p := &parser{s: s, ctx: ctx, arena: make([]int64, 0, min(shapeArenaBlock, len(s)/8+1))}
+	// a capacity hint: every tensor entry has a data_offsets field (a name
+	// holding the word only makes the hint larger)
+	n := bytes.Count(s, []byte(`"data_offsets"`))
+	h := &rawHeader{names: make(map[string]int, n+1), tensors: make([]rawTensor, 0, n)}
+	seen := h.names
+	members := 0
 	err := p.object(func(key string) error {
+		if members++; members%4096 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if _, dup := seen[key]; dup {
 			return p.errorf(ErrDuplicateKey, "%q", key)
 		}
-		seen[key] = struct{}{}
+		seen[key] = 0
 		if key == "__metadata__" {
 			return p.metadata(h)
 		}
@@ -460,12 +491,14 @@ func (p *parser) tensorInfo(name string) (rawTensor, error) {
 				return p.errorf(ErrDuplicateKey, "tensor %q: field shape", name)
 			}
 			haveShape = true
-			t.shape = []uint64{}
-			return p.array(func() error {
+			start := len(p.arena)
+			err := p.array(func() error {
 				v, err := p.u64()
-				t.shape = append(t.shape, v)
+				start = p.appendDim(start, v)
 				return err
 			})
+			t.shape = p.arena[start:len(p.arena):len(p.arena)]
+			return err
 		case "data_offsets":
 			if haveOffsets {
 				return p.errorf(ErrDuplicateKey, "tensor %q: field data_offsets", name)

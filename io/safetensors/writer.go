@@ -5,13 +5,14 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/tensors"
 )
 
@@ -141,6 +142,7 @@ func metadataOK(metadata map[string]string) error {
 // Encode writes a complete safetensors file holding ts to w, laid out exactly
 // as the reference implementation lays it out (tensor order, offsets, JSON,
 // padding). It keeps everything in memory; use Create for large files.
+// Unlike Writer, it does not refuse non-finite values.
 func Encode(w io.Writer, ts []*tensors.Tensor, metadata map[string]string) error {
 	entries := make([]Entry, len(ts))
 	byName := make(map[string]*tensors.Tensor, len(ts))
@@ -186,11 +188,15 @@ func Encode(w io.Writer, ts []*tensors.Tensor, metadata map[string]string) error
 // Writer streams a safetensors file to disk one tensor at a time. It writes
 // to a temporary file in the destination's directory; Close flushes it, syncs
 // it to stable storage and renames it into place, so a reader never sees a
-// partial file and a failure leaves the destination untouched.
+// partial file and a failure leaves the destination untouched. It refuses
+// NaN and Inf in floating tensors (a *NonFiniteError) unless
+// CreateOptions.AllowNonFinite.
 type Writer struct {
 	path     string
-	tmp      *os.File
+	tmp      *fsafe.File
 	buf      *bufio.Writer
+	opts     CreateOptions
+	crc      hash.Hash32
 	entries  []Entry
 	sizes    []int64 // declared (bound) sizes
 	shapes   [][]int64
@@ -227,6 +233,16 @@ type CreateOptions struct {
 	// must not get longer when tensors are fewer or smaller (the header's
 	// length is reserved with the declared entries).
 	MetadataFor func(tensors []Entry) map[string]string
+	// AllowNonFinite lets NaN and Inf be written; otherwise Write and
+	// WriteChunk refuse them with a *NonFiniteError (overflows of the
+	// dtype included: they are checked in the encoded bytes).
+	AllowNonFinite bool
+	// Checksum makes the writer compute the CRC-32C of the data section as
+	// it is written (see DataCRC).
+	Checksum bool
+	// NoReplace makes Close fail (with a *fsafe.ExistsError) when the
+	// destination exists, instead of replacing it.
+	NoReplace bool
 }
 
 // CreateWith is Create with options.
@@ -240,8 +256,11 @@ func CreateWith(path string, entries []Entry, metadata map[string]string, o Crea
 	if err := metadataOK(metadata); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	w := &Writer{path: path, entries: entries, sizes: sizes, metadata: metadata,
+	w := &Writer{path: path, entries: entries, sizes: sizes, metadata: metadata, opts: o,
 		shapes: make([][]int64, len(entries)), actual: make([]int64, len(entries))}
+	if o.Checksum {
+		w.crc = crc32.New(castagnoli)
+	}
 	for i, e := range entries {
 		w.shapes[i] = e.Shape
 		w.bounded = w.bounded || e.Bounded || e.Optional
@@ -254,11 +273,7 @@ func CreateWith(path string, entries []Entry, metadata map[string]string, o Crea
 	if len(header) > MaxHeaderSize {
 		return nil, &Error{File: path, Kind: ErrHeaderTooLarge, Detail: fmt.Sprintf("the header would take %d bytes", len(header))}
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	tmp, err := fsafe.CreateFile(path, !o.NoReplace)
 	if err != nil {
 		return nil, err
 	}
@@ -332,6 +347,11 @@ func (w *Writer) Write(t *tensors.Tensor) error {
 	if w.partial != 0 {
 		return fmt.Errorf("%s: tensor %q: written whole after %d bytes were written in chunks", w.path, t.Name, w.partial)
 	}
+	if !w.opts.AllowNonFinite {
+		if err := CheckFinite(e, 0, t.Data); err != nil {
+			return err
+		}
+	}
 	if err := w.write(t.Name, t.Data); err != nil {
 		return err
 	}
@@ -345,12 +365,15 @@ func (w *Writer) write(name string, data []byte) error {
 	if _, err := w.buf.Write(data); err != nil {
 		return fmt.Errorf("%s: tensor %q: %w", w.path, name, err)
 	}
+	if w.crc != nil {
+		w.crc.Write(data)
+	}
 	w.pos += int64(len(data))
 	if w.pos-w.synced >= writebackChunk {
 		if err := w.buf.Flush(); err != nil {
 			return fmt.Errorf("%s: %w", w.path, err)
 		}
-		startWriteback(w.tmp, w.synced, w.pos-w.synced)
+		startWriteback(w.tmp.File, w.synced, w.pos-w.synced)
 		w.synced = w.pos
 	}
 	return nil
@@ -373,6 +396,11 @@ func (w *Writer) WriteChunk(name string, data []byte) error {
 	}
 	if w.partial+int64(len(data)) > w.sizes[w.next] {
 		return fmt.Errorf("%s: tensor %q: chunks add up to more than its %d bytes", w.path, name, w.sizes[w.next])
+	}
+	if !w.opts.AllowNonFinite {
+		if err := CheckFinite(e, w.partial, data); err != nil {
+			return err
+		}
 	}
 	if err := w.write(name, data); err != nil {
 		return err
@@ -434,25 +462,36 @@ func (w *Writer) Close() error {
 			_, err = w.tmp.WriteAt(header, 8)
 		}
 	}
-	if err == nil {
-		err = w.tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = w.tmp.Sync()
-	}
-	if cerr := w.tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(w.tmp.Name(), w.path)
-	}
+	w.done = true
 	if err != nil {
-		os.Remove(w.tmp.Name())
-		w.done = true
+		w.tmp.Abort()
 		return fmt.Errorf("%s: %w", w.path, err)
 	}
-	w.done = true
-	return syncDir(filepath.Dir(w.path))
+	if err := w.tmp.Commit(); err != nil {
+		return fmt.Errorf("%s: %w", w.path, err)
+	}
+	return nil
+}
+
+// DataCRC returns the CRC-32C (Castagnoli) of the data section written so
+// far; it needs CreateOptions.Checksum.
+func (w *Writer) DataCRC() uint32 {
+	if w.crc == nil {
+		return 0
+	}
+	return w.crc.Sum32()
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// DataCRC computes the CRC-32C of a file's data section as
+// Writer.DataCRC reports it, reading the file with positioned reads.
+func (f *File) DataCRC() (uint32, error) {
+	h := crc32.New(castagnoli)
+	if _, err := io.Copy(h, io.NewSectionReader(f.f, f.Header.DataOffset, f.Header.DataSize)); err != nil {
+		return 0, fmt.Errorf("%s: %w", f.Path, err)
+	}
+	return h.Sum32(), nil
 }
 
 // Abort discards the temporary file; the destination is left untouched.
@@ -462,17 +501,6 @@ func (w *Writer) Abort() error {
 		return nil
 	}
 	w.done = true
-	w.tmp.Close()
-	return os.Remove(w.tmp.Name())
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	_ = d.Sync() // some file systems cannot sync a directory; the rename stands
+	w.tmp.Abort()
 	return nil
 }

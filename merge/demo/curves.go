@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"image/color"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/permute"
 )
 
@@ -168,8 +170,13 @@ func Plot(path, title string, naive, aligned []Point) error {
 	p.Legend.Top = false
 	p.Legend.Left = false
 	p.Add(plotter.NewGrid())
-	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
+	w, err := p.WriterTo(7*vg.Inch, 4.5*vg.Inch, "png")
+	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	return nil
+	var b bytes.Buffer
+	if _, err := w.WriteTo(&b); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return fsafe.WriteFile(path, b.Bytes(), true) // atomically
 }
