@@ -23,32 +23,39 @@ trap 'rm -rf "$tmp" "$out"' EXIT
 go build -o "$tmp/wtool" ./cmd/wtool
 /usr/bin/python3 bench/nn/mkresnet.py "$tmp" "$n" "$size"
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# peak RssAnon (KiB) of a command, sampled every 50 ms
+# peak RssAnon (KiB) of a command, sampled every 50 ms; CPU seconds (user +
+# system) from /usr/bin/time
 peak() {
-  "$@" & local pid=$! max=0 v
+  /usr/bin/time -f "%U %S" -o "$tmp/cpu" "$@" & local pid=$! max=0 v c
   while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+    for c in $(pgrep -P "$pid") "$pid"; do
+      v=$(awk '/^RssAnon/ {print $2}' "/proc/$c/status" 2>/dev/null || echo 0)
+      [ -n "$v" ] && [ "$v" -gt "$max" ] && max=$v
+    done
     sleep 0.05
   done
   wait "$pid"
   echo "$max" > "$tmp/peak"
 }
-ws=() fs=() ls=() cs=()
+ws=() fs=() ls=() cs=() wc=() fc=() lc=() cc=()
 for i in $(seq "$runs"); do
   s=$(date +%s.%N)
   peak "$tmp/wtool" stats "$tmp/a" "$tmp/b" --calib "$tmp/images.safetensors" -o "$out/go.safetensors" --force -q --batch-size "$bs"
   e=$(date +%s.%N)
   wt=$(echo "$e - $s" | bc -l); wm=$(( $(cat "$tmp/peak") / 1024 ))
+  wcpu=$(awk '{print $1 + $2}' "$tmp/cpu")
   rm -f "$out/go.safetensors"
-  ft=$(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" forward)
-  lt=$(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" lean)
-  ct=$(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" collector "$out/py.safetensors")
+  read -r ft fcpu < <(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" forward)
+  read -r lt lcpu < <(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" lean)
+  read -r ct ccpu < <(/usr/bin/python3 bench/nn/stats_torch.py "$tmp/a" "$tmp/b" "$tmp/images.safetensors" "$bs" collector "$out/py.safetensors")
   rm -f "$out/py.safetensors"
-  ws+=("$wt"); fs+=("$ft"); ls+=("$lt"); cs+=("$ct")
-  printf 'run %d: wtool stats %.2f s (whole command, file written; peak RssAnon %d MiB) | PyTorch: forward passes %.2f s, same statistics %.2f s, wtool_collect.py %.2f s (computation)\n' \
-    "$i" "$wt" "$wm" "$ft" "$lt" "$ct"
+  ws+=("$wt"); fs+=("$ft"); ls+=("$lt"); cs+=("$ct"); wc+=("$wcpu"); fc+=("$fcpu"); lc+=("$lcpu"); cc+=("$ccpu")
+  printf 'run %d: wtool stats %.1f s, %.1f CPU s (whole command, file written; peak RssAnon %d MiB) | PyTorch: forward passes %.1f s (%.1f CPU s), same statistics %.1f s (%.1f CPU s), wtool_collect.py %.1f s (%.1f CPU s)\n' \
+    "$i" "$wt" "$wcpu" "$wm" "$ft" "$fcpu" "$lt" "$lcpu" "$ct" "$ccpu"
 done
 mw=$(median "${ws[@]}"); mf=$(median "${fs[@]}"); ml=$(median "${ls[@]}"); mc=$(median "${cs[@]}")
-printf 'median: wtool %.2f s; PyTorch forward only %.2f s, same statistics %.2f s (ratio %.2f), wtool_collect.py %.2f s (ratio %.2f)\n' \
+mwc=$(median "${wc[@]}"); mfc=$(median "${fc[@]}"); mlc=$(median "${lc[@]}"); mcc=$(median "${cc[@]}")
+printf 'median wall: wtool %.1f s; PyTorch forward only %.1f s, same statistics %.1f s (ratio %.2f), wtool_collect.py %.1f s (ratio %.2f)\n' \
   "$mw" "$mf" "$ml" "$(echo "$mw / $ml" | bc -l)" "$mc" "$(echo "$mw / $mc" | bc -l)"
+printf 'median CPU:  wtool %.1f s; PyTorch forward only %.1f s, same statistics %.1f s (ratio %.2f), wtool_collect.py %.1f s (ratio %.2f)\n' \
+  "$mwc" "$mfc" "$mlc" "$(echo "$mwc / $mlc" | bc -l)" "$mcc" "$(echo "$mwc / $mcc" | bc -l)"

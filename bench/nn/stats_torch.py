@@ -10,7 +10,8 @@ MODE lean: the forward passes plus the joint statistics of wtool's file
   summed in float64 (torch.mm in float32, no file written).
 MODE collector: tools/wtool_collect.py's collect_joint_stats (float64
   products), written to OUT.
-Prints the seconds taken (model loading excluded). torch uses 2 threads.
+Prints the wall-clock and CPU seconds taken (model loading excluded). torch
+uses 2 threads.
 """
 import os
 import sys
@@ -84,7 +85,7 @@ def main(a, b, images, bs, mode, out=None):
     ma, mb = load(a), load(b)
     x = torch.from_numpy(wc.read_safetensors(images)[0]["x"])
     batches = [x[i:i + int(bs)] for i in range(0, len(x), int(bs))]
-    t = time.time()
+    t, c = time.time(), time.process_time()
     if mode == "forward":
         with torch.no_grad():
             for xb in batches:
@@ -94,7 +95,7 @@ def main(a, b, images, bs, mode, out=None):
         lean(ma, mb, batches)
     else:
         wc.collect_joint_stats(ma, mb, batches, out, points="default")
-    print(f"{time.time() - t:.3f}")
+    print(f"{time.time() - t:.3f} {time.process_time() - c:.3f}")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,9 @@ or lie inside an input.`,
 					return err
 				}
 			}
-			if err := stats.Write(cmd.Context(), out, s, checkpoint.WriteOptions{Force: force, Inputs: reg.Inputs(), AllowNonFinite: allowNonFinite}); err != nil {
+			// a Gram matrix is encoded whole: hold few of them ahead of the writer
+			wo := checkpoint.WriteOptions{Force: force, Inputs: reg.Inputs(), AllowNonFinite: allowNonFinite, MaxMemory: 256 << 20}
+			if err := stats.Write(cmd.Context(), out, s, wo); err != nil {
 				return err
 			}
 			g.info("wrote %s: %s statistics of %d entries over %d samples", out, s.Kind, len(s.Modules), s.Samples)

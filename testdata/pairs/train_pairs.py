@@ -25,7 +25,9 @@ Prints each model's test accuracy and the naive average's (all tensors
 averaged, BatchNorm running statistics included) and writes results.json.
 
 Run from the repository root or anywhere:
-    /usr/bin/python3 testdata/pairs/train_pairs.py [resnet|vit ...]
+    /usr/bin/python3 testdata/pairs/train_pairs.py [resnet|vit|vit:a,c ...]
+(models may be trained by several runs at once; each run writes its models,
+and the naive averages of the pairs complete on disk, into results.json).
 CPU only, deterministic for a given torch build (a few minutes).
 """
 import json
@@ -121,34 +123,52 @@ def write(out, sd, cfg):
         f.write("\n")
 
 
-def main(families):
+def load(family, name):
+    """A written model's state dict (float32) and config."""
+    d = os.path.join(HERE, f"{family}-{name}")
+    return wc.load_checkpoint(d), json.load(open(os.path.join(d, "config.json")))
+
+
+def record(updates):
+    """Merge entries into results.json (re-read now: other runs may have written it)."""
+    path = os.path.join(HERE, "results.json")
+    results = json.load(open(path)) if os.path.exists(path) else {}
+    results.update(updates)
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def main(jobs):
     torch.set_num_threads(2)
     xtr, ytr = digits("train")
     xte, yte = digits("test")
-    path = os.path.join(HERE, "results.json")
-    results = json.load(open(path)) if os.path.exists(path) else {}
-    for family in families:
+    for job in jobs:
+        family, _, names = job.partition(":")
+        names = names.split(",") if names else list(JOBS)
         base = RESNET if family == "resnet" else VIT
-        sds = {}
-        for name, (seed, labels) in JOBS.items():
+        for name in names:
+            seed, labels = JOBS[name]
             mask = torch.ones(len(ytr), dtype=torch.bool) if labels is None else torch.isin(ytr, torch.tensor(list(labels)))
             cfg = dict(base, trained_on="digits " + ("0-9" if labels is None else f"{labels.start}-{labels.stop - 1}"), seed=seed)
             t0 = time.time()
             model = train(family, cfg, xtr[mask], ytr[mask], seed, **TRAIN[family])
-            sds[name] = stored(model)
-            write(os.path.join(HERE, f"{family}-{name}"), sds[name], cfg)
-            acc = accuracy(family, cfg, sds[name], xte, yte)
-            results[f"{family}-{name}"] = {"test_accuracy": round(acc, 4)}
+            sd = stored(model)
+            write(os.path.join(HERE, f"{family}-{name}"), sd, cfg)
+            acc = accuracy(family, cfg, sd, xte, yte)
+            record({f"{family}-{name}": {"test_accuracy": round(acc, 4)}})
             print(f"{family}-{name}: test accuracy {acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        # the naive averages, once both models of a pair exist
         for p, q in (("a", "b"), ("c", "d")):
-            avg = {k: ((sds[p][k] + sds[q][k]) / 2 if sds[p][k].is_floating_point() else sds[p][k]) for k in sds[p]}
+            if not all(os.path.exists(os.path.join(HERE, f"{family}-{m}", "model.safetensors")) for m in (p, q)):
+                continue
+            (sp, _), (sq, _) = load(family, p), load(family, q)
+            avg = {k: ((sp[k] + sq[k]) / 2 if sp[k].is_floating_point() else sp[k]) for k in sp}
             acc = accuracy(family, base, avg, xte, yte)
-            results[f"{family}-{p}{q} naive average"] = {"test_accuracy": round(acc, 4)}
+            record({f"{family}-{p}{q} naive average": {"test_accuracy": round(acc, 4)}})
             print(f"{family}: naive average of {p} and {q}: test accuracy {acc:.4f}", flush=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["resnet", "vit"])
+    main(sys.argv[1:] or ["resnet", "vit"])  # FAMILY or FAMILY:a,b,... (parallel runs may train different models)
