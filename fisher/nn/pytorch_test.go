@@ -102,8 +102,8 @@ func relErr(got []float32, want []float64) float64 {
 // TestFamiliesMatchPyTorch: on testdata/families' tiny models of every
 // family the engine runs, (1) the logits equal PyTorch's forward pass in
 // float64 to 1e-5 of the largest logit; (2) BatchNorm running statistics
-// recomputed in training mode equal PyTorch's (momentum=None, float64) to
-// 1e-5; (3) single and joint statistics with the default activation points
+// recomputed in training mode equal PyTorch's (momentum=None and 0.1,
+// float64) to 1e-5; (3) single and joint statistics with the default activation points
 // equal tools/wtool_collect.py's (same entries, same order, values to 1e-5
 // of their scale).
 func TestFamiliesMatchPyTorch(t *testing.T) {
@@ -131,7 +131,8 @@ func TestFamiliesMatchPyTorch(t *testing.T) {
 			if n.Arch.Family == "resnet" {
 				t.Run("batchnorm", func(t *testing.T) {
 					bd := openTestData(t, filepath.Join(md, "bn-data.safetensors"))
-					compareBN(t, loadNet(t, md), bd, filepath.Join(md, "bn.safetensors"), 8, 2)
+					compareBN(t, loadNet(t, md), bd, filepath.Join(md, "bn.safetensors"), BNOptions{BatchSize: 8, Batches: 2})
+					compareBN(t, loadNet(t, md), bd, filepath.Join(md, "bn-momentum.safetensors"), BNOptions{BatchSize: 8, Batches: 2, Momentum: 0.1})
 				})
 			}
 			t.Run("single stats", func(t *testing.T) {
@@ -154,9 +155,9 @@ func TestFamiliesMatchPyTorch(t *testing.T) {
 
 // compareBN recomputes the BatchNorm statistics and compares them with
 // PyTorch's (a file of running_mean, running_var, num_batches_tracked).
-func compareBN(t *testing.T, n *Net, d *Data, ref string, bs, nb int) {
+func compareBN(t *testing.T, n *Net, d *Data, ref string, opts BNOptions) {
 	t.Helper()
-	got, err := RecomputeBatchNorm(context.Background(), n, d, BNOptions{BatchSize: bs, Batches: nb})
+	got, err := RecomputeBatchNorm(context.Background(), n, d, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +326,7 @@ func TestTrainedPairsMatchPyTorch(t *testing.T) {
 			}
 			compareStats(t, s, filepath.Join(d, "joint.safetensors"))
 			if name == "resnet" {
-				compareBN(t, loadNet(t, filepath.Join(pairsDir, name+"-a")), train, filepath.Join(d, "bn.safetensors"), 32, 2)
+				compareBN(t, loadNet(t, filepath.Join(pairsDir, name+"-a")), train, filepath.Join(d, "bn.safetensors"), BNOptions{BatchSize: 32, Batches: 2})
 			}
 		})
 	}

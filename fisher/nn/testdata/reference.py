@@ -95,6 +95,7 @@ def cmd_all(out, *families):
             bn = os.path.join(d, "bn-data.safetensors")
             wc.write_safetensors(bn, {"x": torch.randn(16, 3, 64, 64, generator=g)})
             cmd_bn(d, bn, os.path.join(d, "bn.safetensors"), 8, 2)
+            cmd_bn(d, bn, os.path.join(d, "bn-momentum.safetensors"), 8, 2, momentum=0.1)
         cmd_stats(d, data, os.path.join(d, "single.safetensors"), 4)
         cmd_stats(d + "," + d + "-b", data, os.path.join(d, "joint.safetensors"), 4)
 
@@ -141,12 +142,12 @@ def cmd_forward_dir(model, data, out):
     wc.write_safetensors(out, {"logits": run(family, m, x).contiguous()})
 
 
-def cmd_bn(model, data, out, bs, nb):
+def cmd_bn(model, data, out, bs, nb, momentum=None):
     family, c, m = build(model)
     x = load_data(data, c, family).to(torch.float64)
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.momentum = None
+            mod.momentum = momentum
             mod.reset_running_stats()
     m.train()
     with torch.no_grad():
