@@ -135,7 +135,7 @@ def perplexity(sd, test):
 
 
 def main(which):
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("WTOOL_TRAIN_THREADS", "2")))
     train_ids, test_ids, files = text()
     test = windows(test_ids)
     g = torch.Generator().manual_seed(0)

@@ -141,7 +141,7 @@ def record(updates):
 
 
 def main(jobs):
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("WTOOL_TRAIN_THREADS", "2")))
     xtr, ytr = digits("train")
     xte, yte = digits("test")
     for job in jobs:
