@@ -250,5 +250,24 @@ func sameArch(a, b *Net) error {
 	if len(a.Arch.Modules) != len(b.Arch.Modules) {
 		return fmt.Errorf("the second model has %d modules, the first %d", len(b.Arch.Modules), len(a.Arch.Modules))
 	}
+	for _, k := range engineKeys {
+		va, vb := configValue(a.Arch.Config, k), configValue(b.Arch.Config, k)
+		if va != vb {
+			return fmt.Errorf("the models' config.json differ in %s (%s and %s)", k, va, vb)
+		}
+	}
 	return nil
+}
+
+// engineKeys are the config.json keys the forward passes read.
+var engineKeys = []string{"stem_stride", "stem_pool", "batch_norm_eps", "image_size", "num_channels", "patch_size",
+	"layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps", "hidden_act", "hidden_activation", "activation_function",
+	"rope_theta", "rope_scaling", "partial_rotary_factor", "sliding_window", "use_sliding_window",
+	"num_attention_heads", "num_key_value_heads", "n_head", "head_dim", "num_experts_per_tok", "tie_word_embeddings"}
+
+func configValue(c *arch.Config, k string) string {
+	if c == nil || !c.Has(k) {
+		return "(unset)"
+	}
+	return fmt.Sprint(c.Raw[k])
 }

@@ -53,6 +53,15 @@ func TestFromTensorsInMemory(t *testing.T) {
 	if ra != rb || ra.Accuracy < 0.97 {
 		t.Errorf("in memory %+v, from disk %+v", ra, rb)
 	}
+	// the same weights under another stem cannot run beside them
+	cfg.Raw["stem_pool"] = true
+	other, err := FromTensors(cfg, tm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CollectStats(context.Background(), []*Net{disk, other}, d, StatsOptions{}); err == nil {
+		t.Error("a joint pass of two models with different stems")
+	}
 }
 
 // TestErrors: unsupported families, mismatched data and pairs, and
