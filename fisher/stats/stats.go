@@ -181,6 +181,17 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
 		a.buf = make([]float32, d*d)
 	}
 	buf := a.buf[:d*d]
+	if &xa[0] == &xb[0] { // a Gram matrix: half the products (SYRK); the lower triangle is mirrored by Stats
+		blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
+			0, blas32.Symmetric{N: d, Stride: d, Data: buf, Uplo: blas.Upper})
+		for i := range d {
+			row, dst := buf[i*d+i:(i+1)*d], g[i*d+i:(i+1)*d]
+			for j, v := range row {
+				dst[j] += float64(v)
+			}
+		}
+		return
+	}
 	blas32.Gemm(blas.Trans, blas.NoTrans, 1,
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xb},
@@ -196,6 +207,10 @@ func (a *Accumulator) Stats(source string) *Stats {
 	k := Single
 	if a.joint {
 		k = Joint
+	}
+	for _, m := range a.modules { // Gram matrices are accumulated in their upper triangle
+		mirrorUpper(m.Gram, m.Dim)
+		mirrorUpper(m.GramB, m.Dim)
 	}
 	return &Stats{Kind: k, Modules: a.modules, Samples: a.samples, Source: source}
 }
@@ -249,5 +264,22 @@ func (s *Stats) metadata() map[string]string {
 		"format": Format, "version": Version, "kind": string(s.Kind),
 		"modules": strings.Join(names, ","), "samples": strconv.FormatInt(s.Samples, 10),
 		"source": s.Source,
+	}
+}
+
+// mirrorUpper copies the upper triangle of a d x d matrix to the lower one.
+func mirrorUpper(g []float64, d int) {
+	if g == nil {
+		return
+	}
+	const blk = 64
+	for i0 := 0; i0 < d; i0 += blk {
+		for j0 := i0; j0 < d; j0 += blk {
+			for i := i0; i < min(i0+blk, d); i++ {
+				for j := max(j0, i+1); j < min(j0+blk, d); j++ {
+					g[j*d+i] = g[i*d+j]
+				}
+			}
+		}
 	}
 }
