@@ -123,7 +123,7 @@ func (a *Accumulator) Add(module string, x []float32, rows int) error {
 	}
 	m.Count += int64(rows)
 	accumulate(m.Sum, m.Abs, x, rows, m.Dim)
-	a.gramInto(m.Gram, x, x, rows, m.Dim)
+	a.gramInto(m.Gram, x, x, rows, m.Dim, true)
 	return nil
 }
 
@@ -143,9 +143,9 @@ func (a *Accumulator) AddJoint(module string, xa, xb []float32, rows int) error 
 	m.Count += int64(rows)
 	accumulate(m.Sum, m.Abs, xa, rows, m.Dim)
 	accumulate(m.SumB, m.AbsB, xb, rows, m.Dim)
-	a.gramInto(m.Gram, xa, xa, rows, m.Dim)
-	a.gramInto(m.GramB, xb, xb, rows, m.Dim)
-	a.gramInto(m.Cross, xa, xb, rows, m.Dim)
+	a.gramInto(m.Gram, xa, xa, rows, m.Dim, true)
+	a.gramInto(m.GramB, xb, xb, rows, m.Dim, true)
+	a.gramInto(m.Cross, xa, xb, rows, m.Dim, false)
 	return nil
 }
 
@@ -172,8 +172,11 @@ func accumulate(sum, abs []float64, x []float32, rows, d int) {
 }
 
 // gramInto adds xa^T xb (d x d, from rows x d batches) to g. The batch product
-// is a float32 GEMM, accumulated in float64 across batches.
-func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
+// is a float32 GEMM, accumulated in float64 across batches. A Gram matrix
+// (sym, xa = xb) gets only its upper triangle (SYRK: half the products);
+// Stats mirrors it. A cross product is always whole, even when both models
+// see the same inputs (a first layer's).
+func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int, sym bool) {
 	if rows == 0 {
 		return
 	}
@@ -181,7 +184,7 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
 		a.buf = make([]float32, d*d)
 	}
 	buf := a.buf[:d*d]
-	if &xa[0] == &xb[0] { // a Gram matrix: half the products (SYRK); the lower triangle is mirrored by Stats
+	if sym {
 		blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 			0, blas32.Symmetric{N: d, Stride: d, Data: buf, Uplo: blas.Upper})
 		for i := range d {
