@@ -5,8 +5,8 @@ import "fmt"
 // Parameters shared by several methods.
 
 const (
-	densityDoc = "fraction of task-vector entries kept (ties: the largest, in [0, 1]; dare-*: at random, in (0, 1]): one value or one per model"
-	seedDoc    = "seed of DARE's random masks and of weight matching's group order (default 0)"
+	densityDoc = "fraction of task-vector entries kept, in [0, 1] (ties: the largest; dare-*, della*: at random; breadcrumbs*: the largest after the gamma outliers): one value or one per model"
+	seedDoc    = "seed of the random masks (dare-*, della*) and of weight matching's group order (default 0)"
 )
 
 func weightParam() Param {

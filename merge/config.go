@@ -71,7 +71,7 @@ func ParseConfig(data []byte) (*Plan, error) {
 	if err := checkDuplicateKeys(top); err != nil {
 		return nil, err
 	}
-	p := &Plan{}
+	p := &Plan{Mergekit: true}
 	var method Method
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		if top.Content[i].Value == "merge_method" {

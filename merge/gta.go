@@ -20,60 +20,84 @@ type gtaMethod struct {
 	sparsify  Sparsify
 	consensus bool
 	normalize bool // default
-	custom    func(*Job) (sparsifier, error)
-	extra     []Param
+	// custom builds the method's own sparsifier (breadcrumbs, della);
+	// randomCustom says it draws at random (a seed, rescale: inverse).
+	custom       func(j *Job, r Rescale) (sparsifier, error)
+	randomCustom bool
+	extra        []Param
+	// check is the method's own check of the plan, after the family's.
+	check func(p *Plan) error
 }
 
 func (m gtaMethod) Params() []Param {
 	ps := []Param{weightParam(), lambdaParam(), normalizeParam(m.normalize),
 		{Name: "int8_mask", Kind: Bool, Hidden: true, Doc: "mergekit's memory option; no effect on the result"}}
-	switch m.sparsify {
-	case Magnitude:
-		ps = append(ps, densityParam(InRange(0, 1, false, false), densityDoc))
-	case Random:
-		ps = append(ps,
-			densityParam(InRange(0, 1, true, false), densityDoc),
-			Param{Name: "rescale", Kind: String, Default: Text("inverse"), Choices: []string{"inverse", "l1", "none"},
-				Doc: "DARE rescaling: inverse (1/density, the paper's; default), l1 (mergekit's L1-norm matching), none",
-				Decode: func(s string) (Value, error) {
-					// mergekit's YAML says rescale: true (L1) or false
-					if b, err := strconv.ParseBool(s); err == nil {
-						if b {
-							return Text("l1"), nil
-						}
-						return Text("none"), nil
-					}
-					return Text(s), nil
-				}},
-			seedParam(seedDoc))
+	d := densityParam(InRange(0, 1, false, false), densityDoc)
+	if m.sparsify == NoSparsify && m.custom == nil {
+		// task arithmetic: mergekit accepts density and ignores it
+		d.Doc, d.Hidden = "ignored (mergekit's task_arithmetic accepts it and does not sparsify)", true
+	}
+	ps = append(ps, d)
+	def := "none"
+	if m.random() {
+		def = "l1"
+	}
+	ps = append(ps, Param{Name: "rescale", Kind: String, Default: Text(def), Choices: []string{"l1", "none", "inverse"},
+		Doc: "rescaling of sparsified task vectors: l1 (keep each task vector's L1 norm: mergekit's rescale: true), none (mergekit's false), " +
+			"inverse (divide kept entries by their keep probability: the DARE paper's unbiased rule; random methods only); default " + def,
+		Decode: func(s string) (Value, error) {
+			// mergekit's YAML says rescale: true (L1) or false
+			if b, err := strconv.ParseBool(s); err == nil {
+				if b {
+					return Text("l1"), nil
+				}
+				return Text("none"), nil
+			}
+			return Text(s), nil
+		}})
+	if m.random() {
+		ps = append(ps, seedParam(seedDoc))
 	}
 	return append(ps, m.extra...)
 }
 
+// random reports whether the method drops entries at random.
+func (m gtaMethod) random() bool { return m.sparsify == Random || m.randomCustom }
+
 func (m gtaMethod) Check(p *Plan) error {
 	if p.Base == "" {
 		return fmt.Errorf("%s merges task vectors: give the base model (--base, or base_model in the config)", m.name)
+	}
+	if p.Global("rescale").Text == "inverse" && !m.random() {
+		return &ParamError{Param: "rescale", Err: fmt.Errorf("inverse (1/keep probability) applies to the random methods (dare-*, della*), not %s", m.name)}
+	}
+	if err := requireWeights(p); err != nil {
+		return err
+	}
+	if m.check != nil {
+		return m.check(p)
 	}
 	return nil
 }
 
 func (m gtaMethod) Start(_ context.Context, j *Job) (Merger, error) {
 	g := &gtaMerger{m: m, normalize: j.Plan.Global("normalize").Bool}
+	var err error
+	if g.rescale, err = parseRescale(j.Plan.Global("rescale").Text); err != nil {
+		return nil, err
+	}
 	if m.custom != nil {
-		var err error
-		if g.custom, err = m.custom(j); err != nil {
+		if g.custom, err = m.custom(j, g.rescale); err != nil {
 			return nil, err
 		}
 	}
-	if m.sparsify == Random {
-		var err error
-		if g.rescale, err = parseRescale(j.Plan.Global("rescale").Text); err != nil {
-			return nil, err
-		}
+	if m.random() {
 		g.seed = uint64(j.Plan.Global("seed").Int)
-		j.Note("DARE rescaling: %s", map[Rescale]string{
-			RescaleInverse: "kept entries divided by the density (the DARE paper's; unbiased)",
-			RescaleL1:      "kept entries scaled to keep the task vector's L1 norm (mergekit's)",
+	}
+	if m.sparsify != NoSparsify || m.custom != nil {
+		j.Note("rescaling of the sparsified task vectors: %s", map[Rescale]string{
+			RescaleInverse: "kept entries divided by their keep probability (the DARE paper's; unbiased)",
+			RescaleL1:      "kept entries scaled to keep the task vector's L1 norm (mergekit's rescale: true)",
 			RescaleNone:    "none"}[g.rescale])
 	}
 	return g, nil
@@ -85,7 +109,7 @@ func parseRescale(s string) (Rescale, error) {
 			return r, nil
 		}
 	}
-	return 0, fmt.Errorf("rescale %q: want inverse, l1 or none", s)
+	return 0, fmt.Errorf("rescale %q: want l1, none or inverse", s)
 }
 
 type gtaMerger struct {
@@ -116,13 +140,21 @@ func (g *gtaMerger) Tensor(ctx context.Context, t *TensorJob) (*Kernel, error) {
 	}
 	o := TaskVectorOptions{Weights: ws, Sparsify: g.m.sparsify, Consensus: g.m.consensus, Normalize: normalize, Name: t.Name, sparsifier: g.custom}
 	if g.m.sparsify != NoSparsify || g.custom != nil {
+		// a custom sparsifier gets, per model, the density then the
+		// method's own per-model numbers (breadcrumbs' gamma, della's
+		// epsilon)
 		for _, i := range idx {
 			o.Densities = append(o.Densities, t.ModelNum(i, "density"))
+			if g.custom != nil {
+				for _, prm := range g.m.extra {
+					if prm.Kind == Number && prm.Scope == PerModel {
+						o.Densities = append(o.Densities, t.ModelNum(i, prm.Name))
+					}
+				}
+			}
 		}
 	}
-	if g.m.sparsify == Random {
-		o.Rescale, o.Seed = g.rescale, g.seed
-	}
+	o.Rescale, o.Seed = g.rescale, g.seed
 	var models []*Input
 	for _, i := range idx {
 		models = append(models, t.Models[i])

@@ -60,10 +60,10 @@ func BenchmarkSelect(b *testing.B) {
 	ins := append(append([]*Input{}, ms...), base)
 	for b.Loop() {
 		var sels []*selection
-		var fns []func(in [][]float64, keys []uint64)
+		var fns []func(lo int, in [][]float64, keys []uint64)
 		for i := range 2 {
 			sels = append(sels, newSelection(n/2, n))
-			fns = append(fns, func(in [][]float64, keys []uint64) {
+			fns = append(fns, func(_ int, in [][]float64, keys []uint64) {
 				x, bb := in[i], in[2]
 				for e := range keys {
 					keys[e] = math.Float64bits(math.Abs(x[e] - bb[e]))

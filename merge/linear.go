@@ -17,6 +17,9 @@ func (linearMethod) Params() []Param {
 }
 
 func (linearMethod) Check(p *Plan) error {
+	if err := requireWeights(p); err != nil {
+		return err
+	}
 	if ws, ok := constantWeights(p); ok {
 		if _, _, err := linearScale(ws, p.Global("normalize").Bool); err != nil {
 			return err

@@ -31,6 +31,11 @@ type Plan struct {
 	// AllowNonFinite accepts NaN/Inf in the inputs and writes them in the
 	// result; otherwise either is an error.
 	AllowNonFinite bool
+	// Mergekit is set for plans read from a mergekit YAML configuration:
+	// they mean what they mean in mergekit, so a parameter mergekit
+	// requires (a model's weight) is required, where the command line
+	// has a default.
+	Mergekit bool
 
 	schema map[string]Param // the method's parameters, set by Validate
 }

@@ -449,11 +449,11 @@ func kthSmallestInt(v []int, k int) int {
 }
 
 // selectTop runs the selections sels (one per key function) over a tensor:
-// keyFns[i](in, keys) computes selection i's keys of one block from the
-// decoded inputs ins; uses[i] lists the inputs it reads (a pass decodes
+// keyFns[i](lo, in, keys) computes selection i's keys of the block of
+// elements lo, lo+1, ... from the decoded inputs ins; uses[i] lists the inputs it reads (a pass decodes
 // only the inputs of unfinished selections). It returns when every
 // selection is done.
-func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, sels []*selection, keyFns []func(in [][]float64, keys []uint64)) error {
+func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, sels []*selection, keyFns []func(lo int, in [][]float64, keys []uint64)) error {
 	workers := t.Workers()
 	keyBufs := make([][]uint64, workers)
 	for {
@@ -492,7 +492,7 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 			}
 			keys := keyBufs[w][:len(in[0])]
 			for _, i := range active {
-				keyFns[i](in, keys)
+				keyFns[i](lo, in, keys)
 				sels[i].visit(w, lo, keys)
 			}
 			return nil
@@ -511,7 +511,7 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 					return 0, err
 				}
 				keys := make([]uint64, m)
-				keyFns[i](s.in, keys)
+				keyFns[i](lo, s.in, keys)
 				for e, key := range keys {
 					if key == sels[i].thr {
 						if need--; need == 0 {

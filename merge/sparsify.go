@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 )
 
 // Sparsification of task vectors: a sparsifier prepares, per tensor, with
@@ -16,7 +17,9 @@ import (
 // probabilities) fit the same interface: a file each.
 type sparsifier interface {
 	// prepare runs the passes of one tensor: ins are the models' tensors
-	// then the base's (last); densities are per model.
+	// then the base's (last); densities are per model (for a method's own
+	// sparsifier: per model, the density then the method's per-model
+	// numbers, e.g. density_0, gamma_0, density_1, gamma_1, ...).
 	prepare(ctx context.Context, t *TensorJob, ins []*Input, densities []float64) (trimmer, error)
 }
 
@@ -51,4 +54,59 @@ func checkDensity(d float64, zeroOK bool, what string) error {
 		return fmt.Errorf("%s density %g must be in (0, 1]", what, d)
 	}
 	return nil
+}
+
+// l1Trim scales each sparsified task vector so that it keeps its L1 norm
+// (mergekit's rescale: true): scale[i] = L1(x_i - b) / L1(trimmed), 0
+// (no scaling) when either is below 1e-7, as in mergekit.
+type l1Trim struct {
+	inner trimmer
+	scale []float64
+}
+
+// l1Rescaled measures, in one pass, each model's L1 norm before and after
+// the trimmer and returns the trimmer followed by the rescaling.
+func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) (trimmer, error) {
+	n := len(ins) - 1
+	bufs := sync.Pool{New: func() any { b := make([]float64, BlockSize); return &b }}
+	sums, err := t.Sums(ctx, ins, 2*n, func(lo int, in [][]float64, acc []float64) error {
+		bp := bufs.Get().(*[]float64)
+		defer bufs.Put(bp)
+		b := in[n]
+		for i := range n {
+			d := (*bp)[:len(b)]
+			if !inner.trim(i, d, in[i], b, lo, 1) {
+				continue
+			}
+			var before, after float64
+			for k, x := range in[i][:len(b)] {
+				before += math.Abs(x - b[k])
+				after += math.Abs(d[k])
+			}
+			acc[2*i], acc[2*i+1] = before, after
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	tr := &l1Trim{inner: inner, scale: make([]float64, n)}
+	for i := range n {
+		if before, after := sums[2*i], sums[2*i+1]; before >= 1e-7 && after >= 1e-7 {
+			tr.scale[i] = before / after
+		}
+	}
+	return tr, nil
+}
+
+func (tr *l1Trim) trim(i int, d, x, b []float64, lo int, w float64) bool {
+	if !tr.inner.trim(i, d, x, b, lo, w) {
+		return false
+	}
+	if s := tr.scale[i]; s != 0 {
+		for k := range d {
+			d[k] *= s
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package merge
 
 import (
 	"context"
+	"fmt"
 	"math"
 )
 
@@ -19,7 +20,7 @@ func (magnitudeSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Inp
 	n := len(ins) - 1
 	tr := &magnitudeTrim{thr: make([]Threshold, n), sparse: make([]bool, n)}
 	var sels []*selection
-	var fns []func(in [][]float64, keys []uint64)
+	var fns []func(lo int, in [][]float64, keys []uint64)
 	var which []int
 	var uses [][]int
 	for i := range n {
@@ -30,11 +31,15 @@ func (magnitudeSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Inp
 		if d >= 1 {
 			continue
 		}
+		if int(d*float64(t.N)) <= 0 {
+			// mergekit refuses too ("not gonna zero out the whole tensor")
+			return nil, fmt.Errorf("density %g keeps no entry of the %d (int(density * n) = 0): give a larger density", d, t.N)
+		}
 		tr.sparse[i] = true
 		sels = append(sels, newSelection(int(d*float64(t.N)), t.N))
 		which = append(which, i)
 		uses = append(uses, []int{i, n})
-		fns = append(fns, func(in [][]float64, keys []uint64) {
+		fns = append(fns, func(_ int, in [][]float64, keys []uint64) {
 			x, b := in[i], in[n]
 			for e := range keys {
 				keys[e] = math.Float64bits(math.Abs(x[e] - b[e]))

@@ -29,7 +29,7 @@ func (r randomSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Inpu
 	var which []int
 	for i := range n {
 		d := densities[i]
-		if err := checkDensity(min(d, 1), false, "DARE"); err != nil {
+		if err := checkDensity(min(d, 1), r.rescale != RescaleInverse, "DARE"); err != nil {
 			return nil, err
 		}
 		if d < 1 {

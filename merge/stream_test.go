@@ -156,7 +156,7 @@ func TestStreamingEqualsWholeTensor(t *testing.T) {
 				o := TaskVectorOptions{Weights: w, Densities: dens, Sparsify: Magnitude, Consensus: true, Normalize: true, Lambda: 0.8}
 				return legacyTaskVectors(in(vbase, name), [][]float32{in(va, name), in(vb, name), in(vc, name)}, o, nil), true
 			}},
-			{"dare-ties", Params{"seed": IntValue(5)}, func(name string) ([]float64, bool) {
+			{"dare-ties", Params{"seed": IntValue(5), "rescale": Text("inverse")}, func(name string) ([]float64, bool) {
 				return legacyDAREMerge(in, name, va, vb, vc, vbase, w, dens, RescaleInverse, true, 5), true
 			}},
 			{"dare-linear", Params{"seed": IntValue(6), "rescale": Text("l1")}, func(name string) ([]float64, bool) {

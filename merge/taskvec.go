@@ -110,6 +110,11 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 		if trim, err = sp.prepare(ctx, t, ins, o.Densities); err != nil {
 			return nil, err
 		}
+		if _, own := sp.(randomSparsifier); o.Rescale == RescaleL1 && !own {
+			if trim, err = l1Rescaled(ctx, t, ins, trim); err != nil {
+				return nil, err
+			}
+		}
 	}
 	w := o.Weights
 	var wsum float64

@@ -155,7 +155,7 @@ parameters: {rescale: false}
 dtype: bfloat16
 seed: 9
 `), 0o644)
-	// rescale: false in YAML is "none"; the flags default is the paper's 1/density
+	// rescale: false in YAML is "none"; the default is mergekit's (l1)
 	code, _, stderr = wtool(t, "merge", "--config", cfg, "-o", o2, "-q")
 	if code != 0 {
 		t.Fatal(stderr)
@@ -178,9 +178,9 @@ seed: 9
 	if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", o2, "--method", "ties", "--force"); code != exitUsage || !strings.Contains(stderr, "--method") {
 		t.Errorf("exit %d: %s", code, stderr)
 	}
-	// an unsupported mergekit method is named
-	os.WriteFile(cfg, []byte("models: [{model: "+a+"}]\nmerge_method: della\n"), 0o644)
-	if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", o2, "--force"); code == 0 || !strings.Contains(stderr, `"della"`) {
+	// an unsupported method is named
+	os.WriteFile(cfg, []byte("models: [{model: "+a+"}]\nmerge_method: no_such_method\n"), 0o644)
+	if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", o2, "--force"); code == 0 || !strings.Contains(stderr, `"no_such_method"`) {
 		t.Errorf("exit %d: %s", code, stderr)
 	}
 }

@@ -57,9 +57,9 @@ the flags each takes:
 Task-vector methods (task-arithmetic, ties, dare-*) work on x_i - base and
 need --base. Per-model values (--weights, --density) are one value for all
 models or one per model, comma-separated. normalize defaults as in mergekit
-(on for linear, ties and wm). DARE rescales kept entries by 1/density (the
-paper's, unbiased) unless --rescale l1 (mergekit's L1-norm matching) or none;
-its random masks depend on --seed, the tensor and the model's values, never
+(on for linear, ties, della and wm). DARE and DELLA rescale kept entries to
+keep each task vector's L1 norm (mergekit's rescale: true) unless --rescale
+inverse (1/keep probability: the paper's, unbiased) or none; their random masks depend on --seed, the tensor and the model's values, never
 on the model order. slerp interpolates two models at --t (t=0 gives the first,
 or --base). wm aligns every model to the first by weight matching with the
 permutation spec (--spec) and averages; three or more use MergeMany. pleas
