@@ -32,7 +32,9 @@ func (arceeFusionMethod) Check(p *Plan) error {
 	return nil
 }
 
-func (arceeFusionMethod) Start(context.Context, *Job) (Merger, error) { return arceeFusionMerger{}, nil }
+func (arceeFusionMethod) Start(context.Context, *Job) (Merger, error) {
+	return arceeFusionMerger{}, nil
+}
 
 type arceeFusionMerger struct{}
 
