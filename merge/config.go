@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -109,6 +110,11 @@ func ParseConfig(data []byte) (*Plan, error) {
 			outDType, err = scalar(val, key)
 		case "parameters":
 			err = parseGlobal(p, val, schema, method)
+		case "align": // wtool's extension: weight-match the models first
+			var s string
+			if s, err = scalar(val, key); err == nil {
+				p.Align, err = strconv.ParseBool(s)
+			}
 		default:
 			prm, ok := schema[key]
 			if !ok || prm.Scope != Global || keyNode.Kind != yaml.ScalarNode {

@@ -34,6 +34,11 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if testHookOpened != nil {
 		testHookOpened(j)
 	}
+	if p.Align {
+		if err := j.align(ctx); err != nil {
+			return nil, err
+		}
+	}
 	mg, err := m.Start(ctx, j)
 	if err != nil {
 		return nil, err
@@ -239,6 +244,9 @@ func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 			t.Base = x
 		}
 	}
+	if err := j.alignInputs(t); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -313,6 +321,7 @@ func (s *tensorState) prepare(ctx context.Context) {
 		}()
 	}
 	k, err := s.mg.Tensor(ctx, t)
+	k = affineAsFn(k)
 	if err == nil && (k == nil || (k.Coef == nil && k.Fn == nil && k.Chunk == nil)) {
 		err = fmt.Errorf("merge method %s gave no kernel", s.j.Plan.Method)
 	}

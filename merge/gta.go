@@ -71,6 +71,13 @@ func (m gtaMethod) Check(p *Plan) error {
 	if p.Global("rescale").Text == "inverse" && !m.random() {
 		return &ParamError{Param: "rescale", Err: fmt.Errorf("inverse (1/keep probability) applies to the random methods (dare-*, della*), not %s", m.name)}
 	}
+	if p.Global("rescale").Text == "inverse" {
+		for i := range p.Models {
+			if d, ok := p.ModelValue(i, "density").Num.Constant(); ok && d == 0 && p.Models[i].Path != p.Base {
+				return &ParamError{Param: "density", Err: fmt.Errorf("0 keeps nothing, and rescale: inverse divides by it (give a density in (0, 1], or rescale l1 or none)")}
+			}
+		}
+	}
 	if err := requireWeights(p); err != nil {
 		return err
 	}

@@ -108,6 +108,15 @@ func TestMergeMemoryBoundedAndCancellable(t *testing.T) {
 		{Method: "ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5)}},
 		{Method: "dare-ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "rescale": Text("l1")}},
 		{Method: "slerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Params: Params{"t": Num(0.3)}},
+		// mergekit's other methods: whole-tensor quantities by passes
+		{Method: "breadcrumbs-ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "gamma": Num(0.05), "rescale": Text("l1")}},
+		{Method: "della", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "epsilon": Num(0.1)}},
+		{Method: "model-stock", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"filter_wise": Flag(true)}},
+		{Method: "sce", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"select_topk": Num(0.3)}},
+		{Method: "arcee-fusion", Models: []ModelInput{{Path: pa}}, Base: pbase},
+		{Method: "nuslerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"nuslerp_flatten": Flag(false), "nuslerp_row_wise": Flag(true)}},
+		{Method: "karcher", Models: []ModelInput{{Path: pa}, {Path: pb}, {Path: pbase}}},
+		{Method: "ramplus-tl", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase},
 	} {
 		runtime.GC()
 		h := sampleHeap()

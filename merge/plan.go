@@ -36,6 +36,10 @@ type Plan struct {
 	// requires (a model's weight) is required, where the command line
 	// has a default.
 	Mergekit bool
+	// Align matches every model's hidden units to the first model's by
+	// weight matching (the spec --spec auto gives) before merging, whatever
+	// the method: each model is then read through its permutation.
+	Align bool
 
 	schema map[string]Param // the method's parameters, set by Validate
 }

@@ -22,6 +22,7 @@ type mergeOptions struct {
 	method string
 	base   string
 	dtype  string
+	align  bool
 	// params are the methods' parameter flags, by flag name (every method's
 	// schema contributes; a flag the chosen method does not take is refused).
 	params map[string]*paramFlag
@@ -39,7 +40,7 @@ type paramFlag struct {
 
 // planFlags are the flags that define a merge plan (as opposed to output
 // flags); with --config none of them may be given.
-var planFlags = []string{"method", "base", "dtype"}
+var planFlags = []string{"method", "base", "dtype", "align"}
 
 func newMergeCmd(g *globals) *cobra.Command {
 	o := &mergeOptions{params: map[string]*paramFlag{}}
@@ -90,6 +91,7 @@ model's). NaN/Inf in an input or the result is an error unless
 	f.StringVar(&o.method, "method", "", "merge method (see above)")
 	f.StringVar(&o.base, "base", "", "base model: task vectors are x_i - base; slerp's t=0 end")
 	f.StringVar(&o.dtype, "dtype", "", "output dtype of floating tensors: f32, f16, bf16, f64 (default: the first model's)")
+	f.BoolVar(&o.align, "align", false, "weight-match every model's hidden units to the first's (permutation spec auto) before merging, with any method (align: true in a config)")
 	o.registerParams(f)
 	return cmd
 }
@@ -290,7 +292,7 @@ func (o *mergeOptions) plan(cmd *cobra.Command, args []string) (*merge.Plan, err
 	if err != nil {
 		return nil, usageErrorf("--method: %v", err)
 	}
-	p := &merge.Plan{Method: m.Name(), Base: o.base, DType: o.dtype, Params: merge.Params{}}
+	p := &merge.Plan{Method: m.Name(), Base: o.base, DType: o.dtype, Params: merge.Params{}, Align: o.align}
 	for _, a := range args {
 		p.Models = append(p.Models, merge.ModelInput{Path: a, Params: merge.Params{}})
 	}

@@ -62,9 +62,9 @@ func TestMergeCommandLine(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"dare density above 1", []string{"merge", a, b, "--base", base, "--method", "dare-ties", "--density", "1.5"}, exitUsage, `--density "1.5": 1.5 is not in (0, 1]`},
+		{"dare density above 1", []string{"merge", a, b, "--base", base, "--method", "dare-ties", "--density", "1.5"}, exitUsage, `--density "1.5": 1.5 is not in [0, 1]`},
 		{"dare density inf", []string{"merge", a, b, "--base", base, "--method", "dare-linear", "--density", "inf"}, exitUsage, "not a finite number"},
-		{"dare density 0", []string{"merge", a, b, "--base", base, "--method", "dare-linear", "--density", "0"}, exitUsage, "0 is not in (0, 1]"},
+		{"dare density 0 with inverse", []string{"merge", a, b, "--base", base, "--method", "dare-linear", "--density", "0", "--rescale", "inverse"}, exitUsage, "0 keeps nothing"},
 		{"ties density 2", []string{"merge", a, b, "--base", base, "--method", "ties", "--density", "0.5,2"}, exitUsage, "2 is not in [0, 1]"},
 		{"weights NaN", []string{"merge", a, b, "--method", "linear", "--weights", "nan,1"}, exitUsage, "not a finite number"},
 		{"weights summing to zero", []string{"merge", a, b, "--method", "linear", "--weights", "1,-1"}, exitUsage, "the weights sum to zero"},
@@ -73,7 +73,7 @@ func TestMergeCommandLine(t *testing.T) {
 		{"pleas width NaN", append(append([]string{"merge"}, demo...), "--method", "pleas", "--calib", calib, "--width", "NaN"), exitUsage, "--width"},
 		{"pleas width 3", append(append([]string{"merge"}, demo...), "--method", "pleas", "--calib", calib, "--width", "3"), exitUsage, "3 is not in [1, 2]"},
 		{"pleas negative ridge", append(append([]string{"merge"}, demo...), "--method", "pleas", "--calib", calib, "--ridge", "-1"), exitUsage, "-1 must be a finite number of at least 0"},
-		{"unknown method", []string{"merge", a, b, "--method", "della"}, exitUsage, `unsupported merge method "della"`},
+		{"unknown method", []string{"merge", a, b, "--method", "no-such-method"}, exitUsage, `unsupported merge method "no-such-method"`},
 		{"slerp without t", []string{"merge", a, b, "--method", "slerp"}, exitUsage, "slerp needs t"},
 		{"ties without base", []string{"merge", a, b, "--method", "ties"}, exitUsage, "give the base model"},
 		{"fisher files count", []string{"merge", a, b, "--method", "fisher", "--fisher", a}, exitUsage, "1 files for 2 models"},

@@ -48,9 +48,9 @@ type ParseOptions struct {
 
 // WtoolKeys are the extension keys wtool's own merge methods read from a
 // configuration today (merge/config.go): top-level seed, spec, layers, act,
-// calib, calib_key, stats; per model fisher and stats.
+// calib, calib_key, stats, align; per model fisher and stats.
 var WtoolKeys = ParseOptions{
-	TopLevelKeys: []string{"seed", "spec", "layers", "act", "calib", "calib_key", "stats"},
+	TopLevelKeys: []string{"seed", "spec", "layers", "act", "calib", "calib_key", "stats", "align"},
 	ModelKeys:    []string{"fisher", "stats"},
 }
 
