@@ -54,7 +54,7 @@ type Job struct {
 	opened    []*checkpoint.Model
 	baseOnly  map[string]bool // output tensors only the base has
 	nums      map[string]*numParam
-	aligned   *alignment // Plan.Align's permutations
+	aligned   *alignment     // Plan.Align's permutations
 	ahead     sync.WaitGroup // read-ahead goroutines
 }
 
