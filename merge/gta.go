@@ -101,7 +101,7 @@ func (m gtaMethod) Start(_ context.Context, j *Job) (Merger, error) {
 	if m.random() {
 		g.seed = uint64(j.Plan.Global("seed").Int)
 	}
-	if m.sparsify != NoSparsify || m.custom != nil {
+	if m.random() || (m.custom != nil || m.sparsify != NoSparsify) && g.rescale != RescaleNone {
 		j.Note("rescaling of the sparsified task vectors: %s", map[Rescale]string{
 			RescaleInverse: "kept entries divided by their keep probability (the DARE paper's; unbiased)",
 			RescaleL1:      "kept entries scaled to keep the task vector's L1 norm (mergekit's rescale: true)",
