@@ -27,6 +27,7 @@ type goldenRunner struct {
 	dir  string
 	mu   sync.Mutex
 	dirs map[*mkgolden.Case]string
+	next int // cases written
 }
 
 func newGoldenRunner(t *testing.T) *goldenRunner {
@@ -48,7 +49,8 @@ func (g *goldenRunner) inputs(c *mkgolden.Case) (string, error) {
 	if d, ok := g.dirs[c]; ok {
 		return d, nil
 	}
-	d := filepath.Join(g.dir, fmt.Sprintf("case%d", len(g.dirs)))
+	d := filepath.Join(g.dir, fmt.Sprintf("case%d", g.next))
+	g.next++
 	shape := make([]int64, len(c.Shape))
 	for i, s := range c.Shape {
 		shape[i] = int64(s)
@@ -65,6 +67,16 @@ func (g *goldenRunner) inputs(c *mkgolden.Case) (string, error) {
 	}
 	g.dirs[c] = d
 	return d, nil
+}
+
+// forget deletes a case's inputs.
+func (g *goldenRunner) forget(c *mkgolden.Case) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if d, ok := g.dirs[c]; ok {
+		os.RemoveAll(d)
+		delete(g.dirs, c)
+	}
 }
 
 // config is the case as a mergekit YAML configuration.
