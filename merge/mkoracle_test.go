@@ -52,10 +52,16 @@ type oracleCase struct {
 }
 
 var oracleCases = []oracleCase{
-	{method: "ties", models: 3, base: true, global: map[string]any{"normalize": true}, per: func(i int) map[string]any { return map[string]any{"weight": 0.5 + float64(i)/4, "density": 0.4 + 0.2*float64(i)} }},
+	{method: "ties", models: 3, base: true, global: map[string]any{"normalize": true}, per: func(i int) map[string]any {
+		return map[string]any{"weight": 0.5 + float64(i)/4, "density": 0.4 + 0.2*float64(i)}
+	}},
 	{method: "ties", models: 2, base: true, global: map[string]any{"rescale": true}, per: func(i int) map[string]any { return map[string]any{"weight": 1.0, "density": 0.3} }},
-	{method: "breadcrumbs", models: 3, base: true, global: map[string]any{"rescale": true}, per: func(i int) map[string]any { return map[string]any{"weight": 1.0 - float64(i)/4, "density": 0.5, "gamma": 0.05} }},
-	{method: "breadcrumbs_ties", models: 3, base: true, global: map[string]any{"lambda": 0.8}, per: func(i int) map[string]any { return map[string]any{"weight": 1.0, "density": 0.6, "gamma": 0.1 * float64(i)} }},
+	{method: "breadcrumbs", models: 3, base: true, global: map[string]any{"rescale": true}, per: func(i int) map[string]any {
+		return map[string]any{"weight": 1.0 - float64(i)/4, "density": 0.5, "gamma": 0.05}
+	}},
+	{method: "breadcrumbs_ties", models: 3, base: true, global: map[string]any{"lambda": 0.8}, per: func(i int) map[string]any {
+		return map[string]any{"weight": 1.0, "density": 0.6, "gamma": 0.1 * float64(i)}
+	}},
 	{method: "model_stock", models: 3, base: true},
 	{method: "model_stock", models: 2, base: true, global: map[string]any{"filter_wise": true}},
 	{method: "nearswap", models: 1, base: true, global: map[string]any{"t": 0.05}},
