@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -108,15 +109,6 @@ func TestMergeMemoryBoundedAndCancellable(t *testing.T) {
 		{Method: "ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5)}},
 		{Method: "dare-ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "rescale": Text("l1")}},
 		{Method: "slerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Params: Params{"t": Num(0.3)}},
-		// mergekit's other methods: whole-tensor quantities by passes
-		{Method: "breadcrumbs-ties", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "gamma": Num(0.05), "rescale": Text("l1")}},
-		{Method: "della", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"density": Num(0.5), "epsilon": Num(0.1)}},
-		{Method: "model-stock", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"filter_wise": Flag(true)}},
-		{Method: "sce", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"select_topk": Num(0.3)}},
-		{Method: "arcee-fusion", Models: []ModelInput{{Path: pa}}, Base: pbase},
-		{Method: "nuslerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase, Params: Params{"nuslerp_flatten": Flag(false), "nuslerp_row_wise": Flag(true)}},
-		{Method: "karcher", Models: []ModelInput{{Path: pa}, {Path: pb}, {Path: pbase}}},
-		{Method: "ramplus-tl", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pbase},
 	} {
 		runtime.GC()
 		h := sampleHeap()
@@ -193,6 +185,59 @@ func TestTruncatedInput(t *testing.T) {
 		}
 		if _, err := os.Stat(out); !os.IsNotExist(err) {
 			t.Errorf("%s: output left behind", method)
+		}
+	}
+}
+
+// TestMergekitMethodsMemoryBounded: mergekit's other methods, whose
+// whole-tensor quantities come from streaming passes, allocate in all (live
+// or not) less than a float32 copy of one input tensor (6M elements, 24
+// MiB) beyond what their exact selections use (at most 16 MiB each here:
+// histograms per goroutine and, with the gather capacity shrunk to 64k
+// candidates for the test, 1 MiB of candidates; neither depends on the
+// tensor's size). An implementation holding a task vector in float64
+// needs 48 MiB per model.
+func TestMergekitMethodsMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 36 MB per model")
+	}
+	defer func(c int) { gatherCap = c }(gatherCap)
+	gatherCap = 1 << 16
+	dir := t.TempDir()
+	const rows, cols = 2000, 3000
+	pa, pb, pbase := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors"), filepath.Join(dir, "base.safetensors")
+	bigModel(t, pa, rows, cols, 1)
+	bigModel(t, pb, rows, cols, 2)
+	bigModel(t, pbase, rows, cols, 3)
+	out := filepath.Join(dir, "out.safetensors")
+	two := []ModelInput{{Path: pa}, {Path: pb}}
+	for _, tc := range []struct {
+		p          *Plan
+		selections int
+	}{
+		{&Plan{Method: "breadcrumbs-ties", Models: two, Base: pbase, Params: Params{"density": Num(0.5), "gamma": Num(0.05), "rescale": Text("l1")}}, 4},
+		{&Plan{Method: "della", Models: two, Base: pbase, Params: Params{"density": Num(0.5), "epsilon": Num(0.1)}}, 0},
+		{&Plan{Method: "model-stock", Models: two, Base: pbase, Params: Params{"filter_wise": Flag(true)}}, 0},
+		{&Plan{Method: "sce", Models: two, Base: pbase, Params: Params{"select_topk": Num(0.3)}}, 1},
+		{&Plan{Method: "arcee-fusion", Models: two[:1], Base: pbase}, 3},
+		{&Plan{Method: "nuslerp", Models: two, Base: pbase, Params: Params{"nuslerp_flatten": Flag(false), "nuslerp_row_wise": Flag(true)}}, 0},
+		{&Plan{Method: "multislerp", Models: two, Base: pbase}, 0},
+		{&Plan{Method: "karcher", Models: append(slices.Clone(two), ModelInput{Path: pbase})}, 0},
+		{&Plan{Method: "ramplus-tl", Models: two, Base: pbase}, 0},
+		{&Plan{Method: "nearswap", Models: two[:1], Base: pbase, Params: Params{"t": Num(0.5)}}, 0},
+	} {
+		runtime.GC()
+		before := allocated()
+		_, err := Execute(context.Background(), tc.p, out, checkpoint.WriteOptions{Force: true})
+		alloc := allocated() - before
+		if err != nil {
+			t.Fatalf("%s: %v", tc.p.Method, err)
+		}
+		os.Remove(out)
+		bound := uint64(24+16*tc.selections) << 20
+		t.Logf("%s: %.1f MiB allocated in all (bound %d MiB)", tc.p.Method, float64(alloc)/(1<<20), bound>>20)
+		if alloc > bound {
+			t.Errorf("%s allocated %.1f MiB merging 6M-element tensors (bound %d MiB)", tc.p.Method, float64(alloc)/(1<<20), bound>>20)
 		}
 	}
 }

@@ -89,16 +89,26 @@ type dellaRow struct {
 	model, row int
 	x, b       []float64
 	keys       []uint64
-	idx        []int32
+	sorted     []uint64
+	taken      []int32   // ties handed out per position of sorted
 	p          []float64 // by position in the row
 	err        error
 }
+
+// dellaRows caches one row per model (a block's trims alternate models).
+type dellaRowCache []*dellaRow
 
 func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input, params []float64) (trimmer, error) {
 	n := len(ins) - 1
 	tr := &dellaTrim{ins: ins, keys: make([]uint64, n), dens: make([]float64, n), eps: make([]float64, n),
 		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse}
-	tr.cache.New = func() any { return &dellaRow{model: -1} }
+	tr.cache.New = func() any {
+		c := make(dellaRowCache, n)
+		for i := range c {
+			c[i] = &dellaRow{model: -1}
+		}
+		return &c
+	}
 	var hashed []*Input
 	var which []int
 	for i := range n {
@@ -140,9 +150,10 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 	}
 	m := tr.rows.length
 	if cap(c.x) < m {
-		c.x, c.b, c.keys, c.idx, c.p = make([]float64, m), make([]float64, m), make([]uint64, m), make([]int32, m), make([]float64, m)
+		c.x, c.b, c.p = make([]float64, m), make([]float64, m), make([]float64, m)
+		c.keys, c.sorted, c.taken = make([]uint64, m), make([]uint64, m), make([]int32, m)
 	}
-	c.x, c.b, c.keys, c.idx, c.p = c.x[:m], c.b[:m], c.keys[:m], c.idx[:m], c.p[:m]
+	c.x, c.b, c.keys, c.sorted, c.taken, c.p = c.x[:m], c.b[:m], c.keys[:m], c.sorted[:m], c.taken[:m], c.p[:m]
 	c.model, c.row, c.err = i, row, nil
 	if err := tr.rows.decode(tr.ins[i], row, c.x); err != nil {
 		c.err = err
@@ -154,19 +165,17 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 	}
 	for j := range c.x {
 		c.keys[j] = math.Float64bits(math.Abs(c.x[j] - c.b[j]))
-		c.idx[j] = int32(j)
 	}
-	slices.SortFunc(c.idx, func(a, b int32) int {
-		if c.keys[a] != c.keys[b] {
-			if c.keys[a] < c.keys[b] {
-				return -1
-			}
-			return 1
-		}
-		return int(a - b)
-	})
+	// the rank of entry j: the keys below its own, plus the equal keys
+	// at smaller indices (ties ranked by index)
+	copy(c.sorted, c.keys)
+	slices.Sort(c.sorted)
+	clear(c.taken)
 	d, eps := tr.dens[i], tr.eps[i]
-	for rank, j := range c.idx {
+	for j, k := range c.keys {
+		pos, _ := slices.BinarySearch(c.sorted, k)
+		rank := pos + int(c.taken[pos])
+		c.taken[pos]++
 		p := d
 		if m > 1 {
 			p = d - eps + 2*eps*float64(rank)/float64(m-1)
@@ -184,8 +193,9 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		clear(d)
 		return true
 	}
-	c := tr.cache.Get().(*dellaRow)
-	defer tr.cache.Put(c)
+	cs := tr.cache.Get().(*dellaRowCache)
+	defer tr.cache.Put(cs)
+	c := (*cs)[i]
 	x, b = x[:len(d)], b[:len(d)]
 	for k := range d {
 		e := lo + k
