@@ -136,7 +136,7 @@ func TestExecuteRefusals(t *testing.T) {
 		{"NaN input", &Plan{Method: "linear", Models: []ModelInput{{Path: pa}, {Path: pnan}}}, `tensor "w" has a non-finite value`},
 		{"output is an input", &Plan{Method: "linear", Models: []ModelInput{{Path: pa}, {Path: pa}}}, "refusing to overwrite an input"},
 		{"no base", &Plan{Method: "ties", Models: []ModelInput{{Path: pa}}}, "give the base model"},
-		{"unknown method", &Plan{Method: "della", Models: []ModelInput{{Path: pa}}}, `unsupported merge method "della"`},
+		{"unknown method", &Plan{Method: "no-such-method", Models: []ModelInput{{Path: pa}}}, `unsupported merge method "no-such-method"`},
 	}
 	for _, tc := range cases {
 		o := out
@@ -216,7 +216,7 @@ seed: 42
 
 func TestConfigRefusals(t *testing.T) {
 	for yaml, want := range map[string]string{
-		"models: [{model: a}]\nmerge_method: della\n":                                   `unsupported merge method "della"`,
+		"models: [{model: a}]\nmerge_method: frankenmerge\n":                            `unsupported merge method "frankenmerge"`,
 		"slices: []\nmerge_method: linear\n":                                            `unsupported configuration key "slices"`,
 		"models: [{model: a}]\nmerge_method: linear\ntokenizer_source: union\n":         `unsupported configuration key "tokenizer_source"`,
 		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties": `unsupported model parameter "gamma"`,
