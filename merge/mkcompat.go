@@ -15,7 +15,7 @@ func requireWeights(p *Plan) error {
 	}
 	for _, mi := range p.Models {
 		if _, ok := mi.Params["weight"]; !ok && mi.Path != p.Base {
-			return fmt.Errorf("%s: %s needs a weight for every model but the base model, as in mergekit (parameters: {weight: ...}); %s has none", p.Method, p.Method, mi.Path)
+			return fmt.Errorf("%s needs a weight for every model but the base model, as in mergekit (parameters: {weight: ...}); %s has none", p.Method, mi.Path)
 		}
 	}
 	return nil

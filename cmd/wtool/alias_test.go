@@ -41,7 +41,7 @@ func makeAliasFixtures(t *testing.T, root string) aliasFixtures {
 			t.Fatal(stderr)
 		}
 	}
-	os.WriteFile(f["config"], []byte(fmt.Sprintf("models:\n  - model: %s\n  - model: %s\nmerge_method: linear\n", f["a"], f["b"])), 0o644)
+	os.WriteFile(f["config"], []byte(fmt.Sprintf("models:\n  - model: %s\n    parameters: {weight: 1}\n  - model: %s\n    parameters: {weight: 1}\nmerge_method: linear\n", f["a"], f["b"])), 0o644)
 	os.WriteFile(f["spec"], []byte(`{"groups": {"P_fc1": 64, "P_fc2": 64, "P_fc3": 64, "P_fc4": 64}, "tensors": {
   "fc1.weight": ["P_fc1", null], "fc1.bias": ["P_fc1"],
   "fc2.weight": ["P_fc2", "P_fc1"], "fc2.bias": ["P_fc2"],
