@@ -10,6 +10,8 @@
 #   bench/mergekit.sh [RUNS]     (default 3; needs ~5 GiB free in $TMPDIR;
 #                                 run it under flock /work/ckpt8b/.lock on
 #                                 the shared machine)
+#
+# TENSORS=n makes models of n tensors (16 MiB each) instead of 64.
 set -euo pipefail
 runs=${1:-3}
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/wtool-bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/wtool" ./cmd/wtool
 for m in a:1 b:2 base:3; do
-  go run ./bench/mkckpt -o "$tmp/${m%%:*}.safetensors" -n 64 -rows 4096 -cols 2048 -dtype bf16 -seed "${m##*:}" >/dev/null
+  go run ./bench/mkckpt -o "$tmp/${m%%:*}.safetensors" -n "${TENSORS:-64}" -rows 4096 -cols 2048 -dtype bf16 -seed "${m##*:}" >/dev/null
 done
 sync
 cat "$tmp"/a.safetensors "$tmp"/b.safetensors "$tmp"/base.safetensors >/dev/null

@@ -20,8 +20,9 @@ import (
 	"github.com/wtool/wtool/tensors"
 )
 
-// Methods are the compression methods.
-var Methods = []string{"svd", "fwsvd", "asvd", "whiten"}
+// Methods are the compression methods (the registered scalings: svd,
+// fwsvd, asvd, whiten; one file each).
+var Methods []string
 
 // InputStats gives the statistics of a module's inputs (a single-model
 // *stats.File, or Stats.Lookup of statistics in memory).
@@ -97,8 +98,9 @@ type outRef struct {
 // in its module's own orientation [out, in] (a GPT-2 Conv1D's [in, out]
 // weight is transposed first, and back for the dense format).
 func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOptions, wopts checkpoint.WriteOptions) ([]TensorReport, *checkpoint.Written, error) {
-	if !slices.Contains(Methods, o.Method) {
-		return nil, nil, fmt.Errorf("unknown compression method %q (want %s)", o.Method, strings.Join(Methods, ", "))
+	sc, err := scalingOf(o.Method)
+	if err != nil {
+		return nil, nil, err
 	}
 	if o.Format == "" {
 		o.Format = "factored"
@@ -112,18 +114,8 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 	if o.Alpha == 0 {
 		o.Alpha = 0.5
 	}
-	switch o.Method {
-	case "fwsvd":
-		if o.Fisher == nil {
-			return nil, nil, fmt.Errorf("fwsvd needs a Fisher file (--fisher)")
-		}
-		if err := o.Fisher.CheckAgainst(m); err != nil {
-			return nil, nil, err
-		}
-	case "asvd", "whiten":
-		if o.Stats == nil {
-			return nil, nil, fmt.Errorf("%s needs input statistics (--stats or --calib)", o.Method)
-		}
+	if err := sc.Check(o, m); err != nil {
+		return nil, nil, err
 	}
 	a, err := openArch(m, o.Arch)
 	if err != nil {
@@ -137,12 +129,11 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		return nil, nil, fmt.Errorf("%s: no target can be factorised: %s: %s", m.Path, targets[0].name, targets[0].note)
 	}
 	for _, t := range targets {
-		switch {
-		case t.skip:
-		case o.Method == "fwsvd" && !o.Fisher.Has(t.name):
-			return nil, nil, fmt.Errorf("%s: no Fisher information for %q", o.Fisher.Path, t.name)
-		case (o.Method == "asvd" || o.Method == "whiten") && !o.Stats.Has(t.module):
-			return nil, nil, fmt.Errorf("no input statistics for module %q (%s needs them for every target)", t.module, o.Method)
+		if t.skip {
+			continue
+		}
+		if err := sc.CheckTarget(o, t); err != nil {
+			return nil, nil, err
 		}
 	}
 	// the output tensors, and which part of which target each one is
@@ -490,52 +481,11 @@ func factorTarget(m *checkpoint.Model, t *target, o CompressOptions) (*Factoriza
 	if err != nil {
 		return nil, "", err
 	}
-	switch o.Method {
-	case "svd":
-		f, err := SVDFactorize(w, t.m, t.n, t.rule, o.SVD)
-		return f, "", err
-	case "fwsvd":
-		fv, err := o.Fisher.Get(t.name)
-		if err != nil {
-			return nil, "", err
-		}
-		if fv, err = arch.ToMatrix(t.mod, fv); err != nil { // the weight's orientation
-			return nil, "", err
-		}
-		var imp []float64
-		if o.PerRow {
-			imp = fisher.PerOutput(fv, t.m, t.n)
-		} else {
-			imp = fisher.PerInput(fv, t.m, t.n)
-		}
-		f, err := FWSVD(w, t.m, t.n, imp, o.PerRow, t.rule, o.SVD)
-		return f, "", err
-	case "asvd":
-		s, err := o.Stats.Module(t.module)
-		if err != nil {
-			return nil, "", err
-		}
-		if s.Dim != t.n {
-			return nil, "", fmt.Errorf("statistics of module %q have %d input features, the weight has %d", t.module, s.Dim, t.n)
-		}
-		f, err := ASVD(w, t.m, t.n, s.MeanAbs(), o.Alpha, t.rule, o.SVD)
-		return f, "", err
-	case "whiten":
-		s, err := o.Stats.Module(t.module)
-		if err != nil {
-			return nil, "", err
-		}
-		if s.Dim != t.n {
-			return nil, "", fmt.Errorf("statistics of module %q have %d input features, the weight has %d", t.module, s.Dim, t.n)
-		}
-		f, shift, err := Whiten(w, t.m, t.n, s.Gram, t.rule, o.SVD)
-		note := ""
-		if shift > 0 {
-			note = fmt.Sprintf("Gram not positive definite: diagonal shift %.3g", shift)
-		}
-		return f, note, err
+	sc, err := scalingOf(o.Method)
+	if err != nil {
+		return nil, "", err
 	}
-	return nil, "", fmt.Errorf("unknown method %q", o.Method)
+	return sc.Factor(w, t, o)
 }
 
 // withCompressionMetadata records the method in __metadata__.
