@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -140,9 +141,15 @@ func (g *goldenRunner) run(c *mkgolden.Case, seed uint64) ([]float32, error) {
 	return x.Float32()
 }
 
-// goldenRuns is the number of seeds of a random case (mkgolden's default
-// is 500; 200 keeps the test fast and the checks at 6 standard errors).
-const goldenRuns = 200
+// goldenRuns is the number of seeds of a random case: 100 keeps the test
+// fast (the checks stay at 6 standard errors); WTOOL_GOLDEN_RUNS=500 runs
+// mkgolden's default.
+func goldenRuns() int {
+	if n, err := strconv.Atoi(os.Getenv("WTOOL_GOLDEN_RUNS")); err == nil && n > 1 {
+		return n
+	}
+	return 100
+}
 
 // Every mergekit method wtool has reproduces mergekit's golden vectors:
 // its values (deterministic methods), its refusals, its statistics (DARE,
@@ -160,7 +167,7 @@ func TestMergekitGolden(t *testing.T) {
 			g := newGoldenRunner(t)
 			for _, c := range f.Cases {
 				t.Run(c.Name, func(t *testing.T) {
-					if err := c.Verify(g.run, goldenRuns); err != nil {
+					if err := c.Verify(g.run, goldenRuns()); err != nil {
 						t.Error(err)
 					}
 				})
