@@ -139,7 +139,7 @@ func (ws *refWorkspace) refCostMatrix(s *Spec, g string, a, b Source, p Perms, c
 		if !slices.Equal(shape, bshape) {
 			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", u.Tensor, shape, bshape)
 		}
-		idx, _, err := s.indices(u.Tensor, len(shape), p)
+		idx, _, err := s.indices(u.Tensor, shape, p)
 		if err != nil {
 			return err
 		}
@@ -264,7 +264,7 @@ func refEachPair(s *Spec, a, b Source, p Perms, f func(av, bp []float32)) error 
 		if !slices.Equal(shape, bshape) {
 			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", t, shape, bshape)
 		}
-		idx, _, err := s.indices(t, len(shape), p)
+		idx, _, err := s.indices(t, shape, p)
 		if err != nil {
 			return err
 		}
@@ -347,7 +347,7 @@ func refMergeMany(ctx context.Context, s *Spec, models []MemorySource, opts Matc
 func refApplySource(s *Spec, m MemorySource, p Perms) MemorySource {
 	out := MemorySource{}
 	for name, t := range m {
-		idx, moved, err := s.indices(name, len(t.Shape), p)
+		idx, moved, err := s.indices(name, t.Shape, p)
 		if err != nil || !moved {
 			out[name] = t
 			continue

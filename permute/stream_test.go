@@ -90,7 +90,7 @@ func oddSpec(r *rand.Rand) (*Spec, weights) {
 func llamaCase(r *rand.Rand) (*Spec, weights) {
 	c := llamaCfg{hidden: 32, inter: 48, heads: 4, kvHeads: 2, headDim: 8, layers: 2, vocab: 40, qkvBias: true}
 	w := makeLlama(r, c)
-	s, err := LlamaSpec(w.shapes(), &LlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
+	s, err := legacyLlamaSpec(w.shapes(), &legacyLlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
 	if err != nil {
 		panic(err)
 	}
@@ -213,7 +213,7 @@ func specFor(t *testing.T, w weights) *Spec {
 		}
 		return s
 	}
-	s, err := LlamaSpec(w.shapes(), &LlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
+	s, err := legacyLlamaSpec(w.shapes(), &legacyLlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
