@@ -307,6 +307,10 @@ func (as *ArchSpec) addAttention(at arch.AttentionSpaces, axisOf map[string]Axis
 			at.Layer, q.Name, q.Heads, q.HeadDim, k.Name, k.Heads, k.HeadDim, v.Name, v.Heads, v.HeadDim, o.Name, o.Heads, o.HeadDim)
 	}
 	kv, rep := k.Heads, q.Heads/k.Heads
+	repeat := rep // as an Axis field: 0 means no repeat
+	if rep == 1 {
+		repeat = 0
+	}
 	prefix := at.Out
 	if i := strings.LastIndexByte(prefix, '.'); i > 0 {
 		prefix = prefix[:i]
@@ -330,14 +334,14 @@ func (as *ArchSpec) addAttention(at arch.AttentionSpaces, axisOf map[string]Axis
 		s.Groups[qk] = kv * d
 		s.Within[qk] = Within{Heads: heads, Dim: d}
 		as.Info[qk] = GroupInfo{Kind: KindQK, Spaces: []string{at.Q, at.K}, Layer: at.Layer}
-		axisOf[at.Q] = Axis{Group: qk, Repeat: rep}
+		axisOf[at.Q] = Axis{Group: qk, Repeat: repeat}
 		axisOf[at.K] = Axis{Group: qk}
 	}
 	s.Groups[vo] = kv * d
 	s.Within[vo] = Within{Heads: heads, Dim: d}
 	as.Info[vo] = GroupInfo{Kind: KindVO, Spaces: []string{at.V, at.Out}, Layer: at.Layer}
 	axisOf[at.V] = Axis{Group: vo}
-	axisOf[at.Out] = Axis{Group: vo, Repeat: rep}
+	axisOf[at.Out] = Axis{Group: vo, Repeat: repeat}
 	return nil
 }
 

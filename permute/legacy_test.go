@@ -3,12 +3,14 @@ package permute
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"sort"
 	"strconv"
 	"testing"
 
 	"github.com/wtool/wtool/io/arch"
+	"github.com/wtool/wtool/tensors"
 )
 
 // legacyLlamaConfig holds the attention shapes of a Llama-family model.
@@ -131,4 +133,69 @@ func llamaArchSpec(t testing.TB, w weights, c llamaCfg) *ArchSpec {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// fusedCase returns a spec built from the architecture for a small GPT-2
+// (Conv1D [in, out], c_attn = q|k|v fused along its columns, per-head q/k
+// and v/o features) or Phi-3 (qkv_proj and gate_up_proj fused along their
+// rows, grouped-query attention: o_proj's columns repeat each key/value
+// head's features), with random weights.
+func fusedCase(family string) func(r *rand.Rand) (*Spec, weights) {
+	return func(r *rand.Rand) (*Spec, weights) {
+		w := weights{}
+		add := func(name string, shape ...int64) { w[name] = randomTensor(r, name, tensors.F32, 1, shape...) }
+		var cfg string
+		switch family {
+		case "gpt2":
+			h, inter := int64(32), int64(40)
+			cfg = `{"model_type":"gpt2","n_head":4,"n_embd":32}`
+			add("wte.weight", 11, h)
+			add("wpe.weight", 6, h)
+			add("ln_f.weight", h)
+			add("ln_f.bias", h)
+			for l := range 2 {
+				p := fmt.Sprintf("h.%d.", l)
+				for _, n := range []string{"ln_1", "ln_2"} {
+					add(p+n+".weight", h)
+					add(p+n+".bias", h)
+				}
+				add(p+"attn.c_attn.weight", h, 3*h)
+				add(p+"attn.c_attn.bias", 3*h)
+				add(p+"attn.c_proj.weight", h, h)
+				add(p+"attn.c_proj.bias", h)
+				add(p+"mlp.c_fc.weight", h, inter)
+				add(p+"mlp.c_fc.bias", inter)
+				add(p+"mlp.c_proj.weight", inter, h)
+				add(p+"mlp.c_proj.bias", h)
+			}
+		case "phi3":
+			h, d, heads, kv, inter := int64(24), int64(6), int64(4), int64(2), int64(36)
+			cfg = `{"model_type":"phi3","num_attention_heads":4,"num_key_value_heads":2,"hidden_size":24,"head_dim":6}`
+			add("model.embed_tokens.weight", 9, h)
+			add("model.norm.weight", h)
+			add("lm_head.weight", 9, h)
+			for l := range 2 {
+				p := fmt.Sprintf("model.layers.%d.", l)
+				add(p+"input_layernorm.weight", h)
+				add(p+"post_attention_layernorm.weight", h)
+				add(p+"self_attn.qkv_proj.weight", (heads+2*kv)*d, h)
+				add(p+"self_attn.o_proj.weight", h, heads*d)
+				add(p+"mlp.gate_up_proj.weight", 2*inter, h)
+				add(p+"mlp.down_proj.weight", h, inter)
+			}
+		}
+		c, err := arch.ParseConfig([]byte(cfg))
+		if err != nil {
+			panic(err)
+		}
+		a, err := arch.Describe(c, w.shapes())
+		if err != nil {
+			panic(err)
+		}
+		as, err := BuildSpec(a)
+		if err != nil {
+			panic(err)
+		}
+		return as.Spec, w
+	}
 }

@@ -71,6 +71,26 @@ func TestBuiltinSpecsInvariantInPyTorch(t *testing.T) {
 		if _, err := ApplyCheckpoint(ctx, m, broken, p, filepath.Join(dir, f+"-broken"), checkpoint.WriteOptions{}); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
+		// weight matching finds the planted permutation back exactly
+		pm, err := checkpoint.Open(filepath.Join(dir, f+"-perm"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := MatchModels(ctx, s, []*checkpoint.Model{m, pm}, MatchOptions{Seed: 1})
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		want := p.Inverse()
+		for _, g := range s.GroupNames() {
+			if !slices.Equal(res.Perms[1][g], want[g]) {
+				t.Errorf("%s: weight matching: group %s: found %v, planted %v", f, g, res.Perms[1][g], want[g])
+			}
+		}
+		if res.DistanceAfter > 1e-6*res.DistanceBefore {
+			t.Errorf("%s: weight matching: distance %g -> %g", f, res.DistanceBefore, res.DistanceAfter)
+		}
+		t.Logf("%-8s weight matching: %d groups, %d sweeps, distance %.3g -> %.3g", f, len(s.Groups), res.Sweeps, res.DistanceBefore, res.DistanceAfter)
+		pm.Close()
 		m.Close()
 	}
 	cmd := exec.Command(py, "-B", "testdata/invariance.py", dir)

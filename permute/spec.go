@@ -247,14 +247,6 @@ func (s *Spec) Validate(shapes map[string][]int64) error {
 			}
 		}
 	}
-	for _, g := range s.GroupNames() {
-		if n := s.Groups[g]; n <= 0 {
-			return fmt.Errorf("group %q has size %d", g, n)
-		}
-		if !used[g] && !s.isHeads(g) {
-			return fmt.Errorf("group %q permutes no tensor axis (remove it, or name the axes it acts on)", g)
-		}
-	}
 	for _, w := range slices.Sorted(maps.Keys(s.Within)) {
 		wi := s.Within[w]
 		n, ok := s.Groups[w]
@@ -270,6 +262,14 @@ func (s *Spec) Validate(shapes map[string][]int64) error {
 		}
 		if hi, prod := bits.Mul64(uint64(h), uint64(max(wi.Dim, 0))); wi.Dim <= 0 || hi != 0 || prod != uint64(n) {
 			return fmt.Errorf("within: group %q has %d units, not %d heads (group %q) of %d features", w, n, h, wi.Heads, wi.Dim)
+		}
+	}
+	for _, g := range s.GroupNames() {
+		if n := s.Groups[g]; n <= 0 {
+			return fmt.Errorf("group %q has size %d", g, n)
+		}
+		if !used[g] && !s.isHeads(g) {
+			return fmt.Errorf("group %q permutes no tensor axis (remove it, or name the axes it acts on)", g)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(shapes)) {
