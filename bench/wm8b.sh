@@ -20,6 +20,9 @@
 #   LOCK    a lock file each step holds while it reads the checkpoints
 #           (default /work/ckpt8b/.lock when it exists; empty: none)
 #   DROP    0: do not drop the page cache before each step
+#   TIMEOUT stop each step with SIGINT (Ctrl-C) after this many seconds (a
+#           three-model MergeMany of 8B models takes hours: its memory is
+#           the same after the first minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:-/work/ckpt8b/a}
@@ -51,12 +54,16 @@ measure() {
 	"${lockcmd[@]}" bash -c '
 		[ "'"${DROP:-1}"'" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 		start=$(date +%s.%N)
-		"$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
+		to=()
+		[ -n "'"${TIMEOUT:-}"'" ] && to=(timeout --signal=INT "'"${TIMEOUT:-}"'")
+		"${to[@]}" "$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
 		pid=$!
 		peak=0
 		while kill -0 $pid 2>/dev/null; do
-			v=$(awk "/RssAnon/{print \$2}" /proc/$pid/status 2>/dev/null || true)
-			[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+			for q in $pid $(pgrep -P $pid); do # the command, or the one timeout runs
+				v=$(awk "/RssAnon/{print \$2}" /proc/$q/status 2>/dev/null || true)
+				[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+			done
 			sleep 0.5
 		done
 		wait $pid; rc=$?
@@ -66,25 +73,40 @@ measure() {
 	' _ "$@" | tee -a "$tmp/results.tsv"
 }
 
+# kernelrate LABEL FLOP: the GEMM kernels' GFLOP per CPU-second in the
+# step's CPU profile (contention on a shared machine changes it far less
+# than wall-clock rates)
+kernelrate() {
+	go tool pprof -top -nodecount 100000 "$tmp/wtool" "$tmp/$1.prof" 2>/dev/null | awk -v flop="$2" '
+		/^ *[0-9.]+m?s / && ($NF ~ /bfgemm\.kernel12x32|linalg\.sgemmKernel/) {
+			v = $1; if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else { sub(/s$/, "", v) }
+			k += v
+		}
+		END { if (k > 0) printf "%s: GEMM kernels %.0f CPU-s for %.4g FLOP: %.1f GFLOP per CPU-second\n", "'"$1"'", k, flop, flop / k / 1e9 }'
+}
+
 for step in $STEPS; do
 	case $step in
 	peak)
 		"$tmp/gemm" -shapes 4096x4096x4096 -prec 32 -impl linalg -mintime 3s | awk -F'\t' '{printf "peak float32 GEMM (bench/gemm, 4096^3): %.1f GFLOP/s\n", $7}'
-		"$tmp/wm" -peak 4096 | awk -F'\t' '$1=="bf16"{printf "peak bf16 GEMM (bench/wm -peak, 4096^3): %.1f GFLOP/s\n", $4} $1!="bf16"{print}'
+		"$tmp/wm" -peak 4096 | awk -F'\t' 'NF==5{printf "peak %s GEMM (bench/wm -peak, 4096^3): %.1f GFLOP/s, %.1f GFLOP per CPU-second\n", $1, $4, $5} NF!=5{print}'
 		;;
 	align)
 		mkdir -p "$OUT"
-		measure align "$tmp/wtool" align "$A" "$B" -o "$OUT/aligned" --restarts 1 --max-sweeps "$SWEEPS" --json
-		cat "$tmp/align.err" "$tmp/align.out"
+		measure align env WTOOL_CPUPROFILE="$tmp/align.prof" "$tmp/wtool" align "$A" "$B" -o "$OUT/aligned" --restarts 1 --max-sweeps "$SWEEPS" --json
+		cat "$tmp/align.err"
+		grep -v '^    "layers\.' "$tmp/align.out" || true
+		kernelrate align "$(grep -o '"gemm_flop": [0-9.e+]*' "$tmp/align.out" | awk '{print $2}')"
 		;;
 	merge)
 		mkdir -p "$OUT"
-		measure merge "$tmp/wtool" merge "$A" "$B" --method wm --restarts 1 --max-sweeps "$SWEEPS" -o "$OUT/merged"
+		measure merge env WTOOL_CPUPROFILE="$tmp/merge.prof" "$tmp/wtool" merge "$A" "$B" --method wm --restarts 1 --max-sweeps "$SWEEPS" -o "$OUT/merged"
 		cat "$tmp/merge.err"
+		kernelrate merge "$(grep -o 'GEMM [0-9.]* s, [0-9.e+]* FLOP' "$tmp/merge.err" | awk '{print $4}')"
 		;;
 	many)
 		mkdir -p "$OUT"
-		measure many "$tmp/wtool" merge "$A" "$B" "$C" --method wm --restarts 1 --max-sweeps "$ROUNDS" -o "$OUT/merged3"
+		measure many env WTOOL_CPUPROFILE="$tmp/many.prof" "$tmp/wtool" merge "$A" "$B" "$C" --method wm --restarts 1 --max-sweeps "$ROUNDS" -o "$OUT/merged3"
 		cat "$tmp/many.err"
 		;;
 	*)

@@ -1,238 +1,176 @@
 package merge
 
 import (
-	"fmt"
+	"context"
+	"errors"
 	"math"
-	"runtime"
+	"sync"
 	"unsafe"
 
-	"github.com/wtool/wtool/internal/fault"
-	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
 )
 
-// affine returns, for methods whose result is an affine combination of the
-// inputs (linear; task arithmetic without sparsification), the coefficient
-// of every model and, last, of the base: out = sum_i c_i x_i + c_base base.
-// Those tensors are merged by a streaming kernel that never holds more than
-// the output and a few small buffers.
-func (j *job) affine(name string) ([]float64, bool) {
-	p := j.p
-	if j.perms != nil || (p.Method != "linear" && p.Method != "task-arithmetic") {
-		return nil, false
-	}
-	depth := Depth(name, j.numLayers)
-	var ws []float64
-	var wsum float64
-	for i, mi := range p.Models {
-		w, ok := mi.Weight.Eval(name, depth)
-		if !ok {
-			w = 1
-		}
-		if p.Method == "task-arithmetic" && j.models[i] == j.base {
-			w = 0 // the base is not one of the task vectors
-		}
-		ws = append(ws, w)
-		wsum += w
-	}
-	coef := make([]float64, len(ws)+1)
-	switch p.Method {
-	case "linear":
-		scale := 1.0
-		if p.normalize() {
-			if math.Abs(wsum) < 1e-12 {
-				return nil, false // let the general path report the error
-			}
-			scale = 1 / wsum
-		}
-		for i, w := range ws {
-			coef[i] = w * scale
-		}
-	case "task-arithmetic":
-		lambda, ok := p.Lambda.Eval(name, depth)
-		if !ok {
-			lambda = 1
-		}
-		div := 1.0
-		if p.normalize() && math.Abs(wsum) >= 1e-8 {
-			div = wsum
-		}
-		coef[len(ws)] = 1
-		for i, w := range ws {
-			c := lambda * w / div
-			coef[i] = c
-			coef[len(ws)] -= c
-		}
-	}
-	return coef, true
-}
+// affineBlock is how many elements the affine kernel combines at a time.
+const affineBlock = 1 << 13
 
-const affineChunk = 1 << 15
-
-type input struct {
-	m    *checkpoint.Model
-	data []byte
-	dt   tensors.DType
-	c    float64
-}
-
-type fusedResult struct{ err string }
-
-// fuseBF16 is the hot path of the common merge: two BF16 inputs, a BF16
-// output, one pass with no intermediate buffers. It returns nil when the case
-// does not apply.
-func fuseBF16(ins []input, out tensors.DType, dst []byte, lo, hi int, allowNonFinite bool) *fusedResult {
-	if len(ins) != 2 || out != tensors.BF16 || ins[0].dt != tensors.BF16 || ins[1].dt != tensors.BF16 {
-		return nil
-	}
-	x := u16(ins[0].data[2*lo : 2*hi])
-	y := u16(ins[1].data[2*lo : 2*hi])
-	d := u16(dst[2*lo : 2*hi])
-	if x == nil || y == nil || d == nil {
-		return nil // unaligned data: the general path copies it
-	}
-	y, d = y[:len(x)], d[:len(x)]
-	cx, cy := float32(ins[0].c), float32(ins[1].c)
-	start := 0
-	if n, bad := lerpBF16(d, x, y, cx, cy); !bad {
-		start = n // the vector kernel did these; the scalar loop does the rest
-	}
-	for k := start; k < len(x); k++ {
-		hx := x[k]
-		hy := y[k]
-		if hx&0x7f80 == 0x7f80 || hy&0x7f80 == 0x7f80 {
-			m := ins[0].m
-			if hx&0x7f80 != 0x7f80 {
-				m = ins[1].m
-			}
-			return &fusedResult{fmt.Sprintf("%s: a non-finite value at index %d", m.Path, lo+k)}
-		}
-		v := cx*math.Float32frombits(uint32(hx)<<16) + cy*math.Float32frombits(uint32(hy)<<16)
-		u := math.Float32bits(v)
-		if u&0x7f800000 == 0x7f800000 && !allowNonFinite {
-			return &fusedResult{fmt.Sprintf("the merge produced %g at index %d (use --allow-nonfinite to write it anyway)", v, lo+k)}
-		}
-		d[k] = tensors.BF16FromFloat32(v)
-	}
-	return &fusedResult{}
-}
-
-// produceAffine merges one tensor chunk by chunk: decode a chunk of every
-// input, combine, check, encode into the output.
-func (j *job) produceAffine(e safetensors.Entry, coef []float64) (*tensors.Tensor, func(), error) {
-	var ins []input
-	add := func(m *checkpoint.Model, c float64) error {
-		if c == 0 {
-			return nil
-		}
-		t, err := m.Tensor(e.Name)
-		if err != nil {
-			return err
-		}
-		ins = append(ins, input{m, t.Data, t.DType, c})
-		return nil
-	}
-	for i, m := range j.models {
-		if err := add(m, coef[i]); err != nil {
-			return nil, nil, err
-		}
-	}
-	if c := coef[len(j.models)]; c != 0 {
-		if err := add(j.base, c); err != nil {
-			return nil, nil, err
-		}
-	}
-	size, err := tensors.ByteSize(e.DType, e.Shape)
-	if err != nil {
-		return nil, nil, err
-	}
-	// every byte is overwritten below: reuse buffers instead of zeroing new ones
-	buf := tensors.Buffers.Get(int(size))
-	out := &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: buf}
+// affineChunk computes elements [lo, lo+n) of sum_i Coef[i] Inputs[i] into
+// dst, reading the inputs' bytes directly. A 16-bit output keeps 8 or 11
+// significant bits: float32 sums are exact enough and twice as fast; wider
+// outputs accumulate in float64. Two BF16 inputs into a BF16 output take a
+// fused (AVX2) path. NaN/Inf inputs are errors naming the file (unless
+// allowed); the writer checks what is written.
+func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, dst []byte) error {
+	ins := k.Inputs
 	for _, in := range ins {
-		in.m.Prefetch(e.Name)
+		if in.Data == nil || in.index != nil {
+			return errors.New("affine kernel: inputs must be mapped tensors")
+		}
 	}
-	n := int(out.NumElements())
-	chunks := (n + affineChunk - 1) / affineChunk
-	workers := min(runtime.GOMAXPROCS(0), max(chunks, 1))
-	// A 16-bit output keeps 8 or 11 significant bits: float32 sums are
-	// exact enough and twice as fast; wider outputs accumulate in float64.
-	narrow := e.DType == tensors.BF16 || e.DType == tensors.F16
-	var wg fault.Group // the inputs are mapped: a fault is re-raised on the caller
-	errs := make([]error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			acc64 := make([]float64, affineChunk)
-			acc32 := make([]float32, affineChunk)
-			buf := make([]float32, affineChunk)
-			for c := w; c < chunks; c += workers {
-				lo, hi := c*affineChunk, min((c+1)*affineChunk, n)
-				if fused := fuseBF16(ins, e.DType, out.Data, lo, hi, j.p.AllowNonFinite); fused != nil {
-					if fused.err != "" {
-						errs[w] = fmt.Errorf("%s", fused.err)
-						return
+	narrow := dt == tensors.BF16 || dt == tensors.F16
+	ob := dt.Bits() / 8
+	var sc *affineScratch
+	defer func() {
+		if sc != nil {
+			affinePool.Put(sc)
+		}
+	}()
+	fused := len(ins) == 2 && dt == tensors.BF16 && ins[0].DType == tensors.BF16 && ins[1].DType == tensors.BF16
+	return guardInputs(ins, func() error {
+		for b := 0; b < n; b += affineBlock {
+			if b%checkEvery == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			l, h := lo+b, lo+min(b+affineBlock, n)
+			processed.Add(int64(h - l))
+			if fused {
+				if done, err := fuseBF16(ins, k.Coef, dst[2*b:], l, h); done || err != nil {
+					return err
+				}
+			}
+			if sc == nil {
+				sc = affinePool.Get().(*affineScratch)
+			}
+			a32, a64, bb := sc.acc32[:h-l], sc.acc64[:h-l], sc.buf[:h-l]
+			clear(a32)
+			clear(a64)
+			for i, in := range ins {
+				c := k.Coef[i]
+				bw := in.DType.Bits() / 8
+				src := in.Data[l*bw : h*bw]
+				bad := -1
+				switch {
+				case narrow && in.DType == tensors.BF16:
+					bad = axpyBF16(a32, float32(c), src)
+				default:
+					if err := tensors.DecodeFloat32(bb, src, in.DType); err != nil {
+						return err
+					}
+					if narrow {
+						bad = axpy32(a32, float32(c), bb)
+					} else {
+						bad = axpy64(a64, c, bb)
+					}
+				}
+				if bad >= 0 && !in.allowNonFinite {
+					v, _ := tensorValue(in, l+bad)
+					return &NonFiniteInputError{File: in.FileName(), Tensor: in.Tensor, Index: int64(l + bad), Value: v}
+				}
+			}
+			if !narrow {
+				for i, x := range a64 {
+					a32[i] = float32(x)
+				}
+				if dt == tensors.F64 {
+					if err := tensors.EncodeFloat64(dst[b*ob:(b+h-l)*ob], a64, dt); err != nil {
+						return err
 					}
 					continue
 				}
-				a32, a64, b := acc32[:hi-lo], acc64[:hi-lo], buf[:hi-lo]
-				clear(a32)
-				clear(a64)
-				for _, in := range ins {
-					bw := in.dt.Bits() / 8
-					src := in.data[lo*bw : hi*bw]
-					var bad int
-					switch {
-					case narrow && in.dt == tensors.BF16:
-						bad = axpyBF16(a32, float32(in.c), src)
-					default:
-						if err := tensors.DecodeFloat32(b, src, in.dt); err != nil {
-							errs[w] = fmt.Errorf("%s: tensor %q: %w", in.m.Path, e.Name, err)
-							return
-						}
-						if narrow {
-							bad = axpy32(a32, float32(in.c), b)
-						} else {
-							bad = axpy64(a64, in.c, b)
-						}
-					}
-					if bad >= 0 {
-						errs[w] = fmt.Errorf("%s: tensor %q has a non-finite value at index %d", in.m.Path, e.Name, lo+bad)
-						return
-					}
-				}
-				if !narrow {
-					for k, x := range a64 {
-						a32[k] = float32(x)
-					}
-				}
-				if !j.p.AllowNonFinite {
-					for k, x := range a32 {
-						if !finite(x) {
-							errs[w] = fmt.Errorf("tensor %q: the merge produced %g at index %d (use --allow-nonfinite to write it anyway)", e.Name, x, lo+k)
-							return
-						}
-					}
-				}
-				ob := out.DType.Bits() / 8
-				if err := tensors.EncodeFloat32(out.Data[lo*ob:hi*ob], a32, out.DType); err != nil {
-					errs[w] = err
-					return
-				}
 			}
-		})
+			if err := tensors.EncodeFloat32(dst[b*ob:(b+h-l)*ob], a32, dt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+type affineScratch struct {
+	acc64      []float64
+	acc32, buf []float32
+}
+
+var affinePool = sync.Pool{New: func() any {
+	return &affineScratch{acc64: make([]float64, affineBlock), acc32: make([]float32, affineBlock), buf: make([]float32, affineBlock)}
+}}
+
+// tensorValue decodes one element of a mapped input.
+func tensorValue(in *Input, i int) (float64, bool) {
+	dec := elementDecoder(in.DType)
+	if dec == nil {
+		return 0, false
 	}
-	wg.Wait()
-	for _, in := range ins {
-		in.m.Release(e.Name)
+	es := in.DType.Bits() / 8
+	return dec(in.Data[i*es:]), true
+}
+
+// guardInputs runs fn, which reads the inputs' mapped bytes, inside
+// safetensors.Guard, naming in a fault the input file whose mapping holds
+// the faulting address.
+func guardInputs(ins []*Input, fn func() error) error {
+	name := ""
+	if len(ins) > 0 {
+		name = ins[0].Tensor
 	}
-	for _, err := range errs {
-		if err != nil {
-			tensors.Buffers.Put(buf)
-			return nil, nil, err
+	err := safetensors.Guard("", name, fn)
+	var fe *safetensors.FaultError
+	if errors.As(err, &fe) && fe.File == "" {
+		for _, in := range ins {
+			if len(in.Data) == 0 {
+				continue
+			}
+			start := uintptr(unsafe.Pointer(&in.Data[0]))
+			if fe.Addr >= start-(1<<12) && fe.Addr < start+uintptr(len(in.Data))+(1<<12) {
+				fe.File = in.FileName()
+				break
+			}
+		}
+		if fe.File == "" {
+			fe.File = "an input"
 		}
 	}
-	return out, func() { tensors.Buffers.Put(buf) }, nil
+	return err
+}
+
+// fuseBF16 is the hot path of the common merge: two BF16 inputs, a BF16
+// output, one pass with no intermediate buffers, into d (elements [l, h)
+// of the tensor). It reports false when the data are not 2-byte aligned
+// (the general path copies them) or an input holds a non-finite value (the
+// general path reports or handles it).
+func fuseBF16(ins []*Input, coef []float64, dst []byte, l, h int) (bool, error) {
+	x := u16(ins[0].Data[2*l : 2*h])
+	y := u16(ins[1].Data[2*l : 2*h])
+	d := u16(dst[:2*(h-l)])
+	if x == nil || y == nil || d == nil {
+		return false, nil
+	}
+	y, d = y[:len(x)], d[:len(x)]
+	cx, cy := float32(coef[0]), float32(coef[1])
+	start := 0
+	if done, bad := lerpBF16(d, x, y, cx, cy); !bad {
+		start = done // the vector kernel did these; the scalar loop does the rest
+	}
+	for k := start; k < len(x); k++ {
+		hx, hy := x[k], y[k]
+		if hx&0x7f80 == 0x7f80 || hy&0x7f80 == 0x7f80 {
+			return false, nil
+		}
+		d[k] = tensors.BF16FromFloat32(cx*math.Float32frombits(uint32(hx)<<16) + cy*math.Float32frombits(uint32(hy)<<16))
+	}
+	return true, nil
 }
 
 // axpyBF16 adds c times the bfloat16 values in src to a, returning the index
@@ -273,6 +211,9 @@ func axpy64(a []float64, c float64, x []float32) int {
 	}
 	return bad
 }
+
+// finite reports whether x is neither NaN nor infinite (exponent not all ones).
+func finite(x float32) bool { return math.Float32bits(x)&0x7f800000 != 0x7f800000 }
 
 // u16 views little-endian bytes as uint16 values when they are 2-byte
 // aligned (wtool runs on little-endian machines only), else returns nil.

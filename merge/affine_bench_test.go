@@ -13,10 +13,10 @@ func BenchmarkFuseBF16(b *testing.B) {
 	for i := range x {
 		x[i], y[i] = byte(i*7)&0x3f, byte(i*13)&0x3f
 	}
-	ins := []input{{data: x, dt: tensors.BF16, c: 0.5}, {data: y, dt: tensors.BF16, c: 0.5}}
+	ins := []*Input{{Data: x, DType: tensors.BF16}, {Data: y, DType: tensors.BF16}}
 	b.SetBytes(2 * n)
 	for b.Loop() {
-		fuseBF16(ins, tensors.BF16, d, 0, n, false)
+		fuseBF16(ins, []float64{0.5, 0.5}, d, 0, n)
 	}
 }
 

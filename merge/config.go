@@ -1,9 +1,12 @@
 package merge
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
-	"strconv"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -21,12 +24,16 @@ import (
 //	parameters: {normalize: true, lambda: 1.0}
 //	dtype: bfloat16
 //
-// Supported: models (model, parameters weight/density, and wtool's fisher
-// and stats files per model), merge_method, base_model, dtype, out_dtype,
-// parameters (normalize, lambda, t, rescale, int8_mask, and wtool's width,
-// ridge, alpha, match), and wtool's seed, spec, layers, act, calib,
-// calib_key, stats. Any other key (slices, tokenizer_source, ...) is an
-// error naming it: nothing is ignored silently.
+// The keys are models (each with model and parameters), merge_method,
+// base_model, dtype, out_dtype and parameters. Parameters are the method's
+// (see Method.Params): per-model ones under each model (or under the
+// top-level parameters, as every model's default), global ones under the
+// top-level parameters. wtool's file parameters may also be given directly:
+// a per-model one (fisher, stats) as a key of the model, a global one
+// (calib, spec, seed, ...) as a top-level key. Any other key (slices,
+// tokenizer_source, ...), an unknown method or parameter, and a key given
+// twice in one mapping are errors naming the key and its line: nothing is
+// ignored silently.
 func ReadConfig(path string) (*Plan, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -39,29 +46,61 @@ func ReadConfig(path string) (*Plan, error) {
 	return p, nil
 }
 
-// ParseConfig parses a YAML merge configuration (see ReadConfig).
+// ParseConfig parses a YAML merge configuration (see ReadConfig). The plan
+// it returns passed its method's parameter schema; Plan.Validate checks the
+// rest (model counts, a needed base).
 func ParseConfig(data []byte) (*Plan, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("the configuration is empty")
+		}
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, fmt.Errorf("line %d: a second YAML document (multi-stage configurations are not supported)", extra.Line)
+	} else if !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("the configuration is not a YAML mapping")
 	}
-	p := &Plan{}
-	var dtype, outDType string
 	top := doc.Content[0]
-	for i := 0; i < len(top.Content); i += 2 {
-		key, val := top.Content[i].Value, top.Content[i+1]
+	if err := checkDuplicateKeys(top); err != nil {
+		return nil, err
+	}
+	p := &Plan{}
+	var method Method
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value == "merge_method" {
+			s, err := scalar(top.Content[i+1], "merge_method")
+			if err == nil {
+				method, err = Lookup(s)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("line %d: merge_method: %w", top.Content[i].Line, err)
+			}
+			p.Method = method.Name()
+		}
+	}
+	if method == nil {
+		return nil, fmt.Errorf("merge_method is missing")
+	}
+	schema := map[string]Param{}
+	for _, prm := range method.Params() {
+		schema[prm.Name] = prm
+	}
+	var dtype, outDType string
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		keyNode, val := top.Content[i], top.Content[i+1]
+		key := keyNode.Value
 		var err error
 		switch key {
-		case "models":
-			err = parseModels(p, val)
 		case "merge_method":
-			p.Method, err = scalar(val, key)
-			if err == nil {
-				p.Method, err = CanonicalMethod(p.Method)
-			}
+		case "models":
+			err = parseModels(p, val, schema)
 		case "base_model":
 			p.Base, err = scalar(val, key)
 		case "dtype":
@@ -69,44 +108,55 @@ func ParseConfig(data []byte) (*Plan, error) {
 		case "out_dtype":
 			outDType, err = scalar(val, key)
 		case "parameters":
-			err = parseGlobal(p, val)
-		case "seed":
-			var s string
-			if s, err = scalar(val, key); err == nil {
-				p.Seed, err = strconv.ParseUint(s, 10, 64)
-			}
-		case "spec":
-			p.Spec, err = scalar(val, key)
-		case "layers":
-			var s string
-			if s, err = scalar(val, key); err == nil {
-				p.Layers = strings.Split(s, ",")
-			}
-		case "act":
-			p.Act, err = scalar(val, key)
-		case "calib":
-			p.Calib, err = scalar(val, key)
-		case "calib_key":
-			p.CalibKey, err = scalar(val, key)
-		case "stats":
-			p.JointStats, err = scalar(val, key)
+			err = parseGlobal(p, val, schema, method)
 		default:
-			return nil, fmt.Errorf("line %d: unsupported configuration key %q (wtool merges whole models: no slices, modules or tokenizer surgery)", top.Content[i].Line, key)
+			prm, ok := schema[key]
+			if !ok || prm.Scope != Global || keyNode.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: unsupported configuration key %q (wtool merges whole models: no slices, modules or tokenizer surgery)", keyNode.Line, key)
+			}
+			err = setParam(p.params(), prm, val)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %s: %w", top.Content[i].Line, key, err)
+			return nil, fmt.Errorf("line %d: %s: %w", keyNode.Line, key, err)
 		}
 	}
 	// mergekit computes in dtype and writes out_dtype (default: dtype); wtool
-	// always computes in float32 and writes the output dtype
+	// always computes in float32 or float64 and writes the output dtype
 	p.DType = dtype
 	if outDType != "" {
 		p.DType = outDType
 	}
-	if p.Method == "" {
-		return nil, fmt.Errorf("merge_method is missing")
-	}
 	return p, nil
+}
+
+func (p *Plan) params() Params {
+	if p.Params == nil {
+		p.Params = Params{}
+	}
+	return p.Params
+}
+
+// checkDuplicateKeys refuses a mapping that gives a key twice (YAML parsers
+// differ on which one wins; mergekit's keeps the last).
+func checkDuplicateKeys(n *yaml.Node) error {
+	if n.Kind == yaml.MappingNode {
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind == yaml.ScalarNode {
+				if line, dup := seen[k.Value]; dup {
+					return fmt.Errorf("line %d: key %q is given twice (first on line %d)", k.Line, k.Value, line)
+				}
+				seen[k.Value] = k.Line
+			}
+		}
+	}
+	for _, c := range n.Content {
+		if err := checkDuplicateKeys(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func scalar(n *yaml.Node, what string) (string, error) {
@@ -116,7 +166,31 @@ func scalar(n *yaml.Node, what string) (string, error) {
 	return n.Value, nil
 }
 
-func parseModels(p *Plan, n *yaml.Node) error {
+// setParam decodes one parameter's YAML value into ps.
+func setParam(ps Params, prm Param, n *yaml.Node) error {
+	v, err := prm.ParseYAML(n)
+	if err != nil {
+		return err
+	}
+	ps[prm.Name] = v
+	return nil
+}
+
+func perModelNames(schema map[string]Param) string {
+	var names []string
+	for n, prm := range schema {
+		if prm.Scope == PerModel {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+func parseModels(p *Plan, n *yaml.Node, schema map[string]Param) error {
 	if n.Kind != yaml.SequenceNode {
 		return fmt.Errorf("models must be a list")
 	}
@@ -124,38 +198,34 @@ func parseModels(p *Plan, n *yaml.Node) error {
 		if m.Kind != yaml.MappingNode {
 			return fmt.Errorf("line %d: each model must be a mapping with a 'model' key", m.Line)
 		}
-		mi := ModelInput{}
-		for i := 0; i < len(m.Content); i += 2 {
-			key, val := m.Content[i].Value, m.Content[i+1]
+		mi := ModelInput{Params: Params{}}
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			keyNode, val := m.Content[i], m.Content[i+1]
+			key := keyNode.Value
 			var err error
 			switch key {
 			case "model":
 				mi.Path, err = scalar(val, key)
-			case "fisher":
-				mi.Fisher, err = scalar(val, key)
-			case "stats":
-				mi.Stats, err = scalar(val, key)
 			case "parameters":
 				if val.Kind != yaml.MappingNode {
 					return fmt.Errorf("line %d: parameters must be a mapping", val.Line)
 				}
-				for k := 0; k < len(val.Content); k += 2 {
-					pk, pv := val.Content[k].Value, val.Content[k+1]
-					s, err := parseSetting(pv)
-					if err != nil {
-						return fmt.Errorf("line %d: %s: %w", pv.Line, pk, err)
+				for k := 0; k+1 < len(val.Content); k += 2 {
+					pk := val.Content[k].Value
+					prm, ok := schema[pk]
+					if !ok || prm.Scope != PerModel {
+						return fmt.Errorf("line %d: unsupported model parameter %q for %s (supported: %s)", val.Content[k].Line, pk, p.Method, perModelNames(schema))
 					}
-					switch pk {
-					case "weight":
-						mi.Weight = s
-					case "density":
-						mi.Density = s
-					default:
-						return fmt.Errorf("line %d: unsupported model parameter %q (supported: weight, density)", val.Content[k].Line, pk)
+					if err := setParam(mi.Params, prm, val.Content[k+1]); err != nil {
+						return fmt.Errorf("line %d: %w", val.Content[k+1].Line, err)
 					}
 				}
 			default:
-				return fmt.Errorf("line %d: unsupported model key %q (supported: model, parameters, fisher, stats)", m.Content[i].Line, key)
+				prm, ok := schema[key]
+				if !ok || prm.Scope != PerModel || prm.Kind != Path {
+					return fmt.Errorf("line %d: unsupported model key %q (supported: model, parameters)", keyNode.Line, key)
+				}
+				err = setParam(mi.Params, prm, val)
 			}
 			if err != nil {
 				return fmt.Errorf("line %d: %w", val.Line, err)
@@ -169,131 +239,24 @@ func parseModels(p *Plan, n *yaml.Node) error {
 	return nil
 }
 
-func parseGlobal(p *Plan, n *yaml.Node) error {
+func parseGlobal(p *Plan, n *yaml.Node, schema map[string]Param, m Method) error {
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("parameters must be a mapping")
 	}
-	for i := 0; i < len(n.Content); i += 2 {
-		key, val := n.Content[i].Value, n.Content[i+1]
-		num := func() (float64, error) {
-			s, err := scalar(val, key)
-			if err != nil {
-				return 0, err
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		keyNode, val := n.Content[i], n.Content[i+1]
+		prm, ok := schema[keyNode.Value]
+		if !ok {
+			var names []string
+			for _, x := range m.Params() {
+				names = append(names, x.Name)
 			}
-			return strconv.ParseFloat(s, 64)
+			slices.Sort(names)
+			return fmt.Errorf("line %d: unsupported parameter %q for %s (supported: %s)", keyNode.Line, keyNode.Value, m.Name(), strings.Join(names, ", "))
 		}
-		boolean := func() (bool, error) {
-			s, err := scalar(val, key)
-			if err != nil {
-				return false, err
-			}
-			return strconv.ParseBool(s)
-		}
-		var err error
-		switch key {
-		case "normalize":
-			var b bool
-			if b, err = boolean(); err == nil {
-				p.Normalize = &b
-			}
-		case "lambda":
-			p.Lambda, err = parseSetting(val)
-		case "t":
-			p.T, err = parseSetting(val)
-		case "rescale":
-			// mergekit: rescale true keeps the L1 norm of DARE's task vectors
-			var b bool
-			if b, err = boolean(); err == nil {
-				p.Rescale = RescaleNone
-				if b {
-					p.Rescale = RescaleL1
-				}
-			}
-		case "int8_mask":
-			_, err = boolean() // a memory option of mergekit; no effect on results
-		case "width":
-			p.Width, err = num()
-		case "ridge":
-			p.Ridge, err = num()
-		case "alpha":
-			p.Alpha, err = num()
-		case "match":
-			p.Match, err = scalar(val, key)
-		case "restarts":
-			var v float64
-			if v, err = num(); err == nil {
-				p.Restarts = int(v)
-			}
-		case "max_sweeps":
-			var v float64
-			if v, err = num(); err == nil {
-				p.MaxSweeps = int(v)
-			}
-		default:
-			return fmt.Errorf("line %d: unsupported parameter %q", n.Content[i].Line, key)
-		}
-		if err != nil {
-			return fmt.Errorf("line %d: %s: %w", val.Line, key, err)
+		if err := setParam(p.params(), prm, val); err != nil {
+			return fmt.Errorf("line %d: %w", val.Line, err)
 		}
 	}
 	return nil
-}
-
-// parseSetting reads a number, a list of numbers (gradient) or a list of
-// {filter, value} conditions.
-func parseSetting(n *yaml.Node) (Setting, error) {
-	switch n.Kind {
-	case yaml.ScalarNode:
-		v, err := strconv.ParseFloat(n.Value, 64)
-		if err != nil {
-			return Setting{}, fmt.Errorf("%q is not a number", n.Value)
-		}
-		return Const(v), nil
-	case yaml.SequenceNode:
-		if len(n.Content) == 0 {
-			return Setting{}, fmt.Errorf("empty list")
-		}
-		if n.Content[0].Kind == yaml.ScalarNode {
-			var g []float64
-			for _, e := range n.Content {
-				if e.Kind != yaml.ScalarNode {
-					return Setting{}, fmt.Errorf("line %d: a gradient is a list of numbers", e.Line)
-				}
-				v, err := strconv.ParseFloat(e.Value, 64)
-				if err != nil {
-					return Setting{}, fmt.Errorf("line %d: %q is not a number", e.Line, e.Value)
-				}
-				g = append(g, v)
-			}
-			return Setting{Gradient: g}, nil
-		}
-		var s Setting
-		for _, e := range n.Content {
-			if e.Kind != yaml.MappingNode {
-				return Setting{}, fmt.Errorf("line %d: want {filter: ..., value: ...}", e.Line)
-			}
-			var c Cond
-			have := false
-			for k := 0; k < len(e.Content); k += 2 {
-				switch e.Content[k].Value {
-				case "filter":
-					c.Filter = e.Content[k+1].Value
-				case "value":
-					v, err := parseSetting(e.Content[k+1])
-					if err != nil {
-						return Setting{}, err
-					}
-					c.Value, have = v, true
-				default:
-					return Setting{}, fmt.Errorf("line %d: unsupported key %q in a condition", e.Content[k].Line, e.Content[k].Value)
-				}
-			}
-			if !have {
-				return Setting{}, fmt.Errorf("line %d: condition without a value", e.Line)
-			}
-			s.Conds = append(s.Conds, c)
-		}
-		return s, nil
-	}
-	return Setting{}, fmt.Errorf("line %d: want a number, a list of numbers or a list of conditions", n.Line)
 }

@@ -2,139 +2,109 @@ package merge
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"hash/crc64"
-	"math"
-	"math/rand/v2"
+	"io"
 	"slices"
+	"sync"
+	"sync/atomic"
 
-	"github.com/wtool/wtool/fisher"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
-	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/tensors"
 )
 
-// Report describes a finished merge.
-type Report struct {
-	Method string
-	Output *checkpoint.Written
-	Notes  []string // what was chosen on the user's behalf (rescaling, spec, ...)
-	Sweeps int      // weight matching sweeps (wm)
-	Width  int      // pleas: merged hidden width of the first group
-}
-
-// job is an opened plan.
-type job struct {
-	p         *Plan
-	models    []*checkpoint.Model
-	base      *checkpoint.Model // nil when the method has none
-	outDType  tensors.DType
-	numLayers int
-	report    *Report
-
-	spec  *permute.Spec
-	perms []permute.Perms // per model (wm)
-	fish  []*fisher.File  // per model (fisher)
-	reg   *regmeanState
-}
-
-func (j *job) close() {
-	for _, m := range j.models {
-		m.Close()
-	}
-	if j.base != nil && !slices.Contains(j.models, j.base) {
-		j.base.Close()
-	}
-	for _, f := range j.fish {
-		if f != nil {
-			f.Close()
-		}
-	}
-	if j.reg != nil {
-		j.reg.close()
-	}
-}
-
-// Execute runs a merge plan and writes the merged checkpoint to out, one
-// tensor at a time (one layer's tensors for methods that need a layer).
-// opts sets the output layout (sharding, Force); the first model's metadata
-// and companion files are inherited unless opts says otherwise.
+// Execute runs a merge plan and writes the merged checkpoint to out. Every
+// floating tensor is computed chunk by chunk (checkpoint.WriteOptions.Chunks)
+// directly into the writer's buffers; whole-tensor quantities come from
+// extra streaming passes over the mapped inputs, so memory does not grow
+// with the size of the model or of its largest tensor. opts sets the output
+// layout (sharding, Force, MaxMemory); the first model's metadata and
+// companion files are inherited unless opts says otherwise, and every file
+// the plan reads is an input the output may not replace.
 func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOptions) (*Report, error) {
-	if err := p.Validate(); err != nil {
+	m, err := p.validate()
+	if err != nil {
 		return nil, err
 	}
-	opts.AllowNonFinite = opts.AllowNonFinite || p.AllowNonFinite
-	j := &job{p: p, report: &Report{Method: p.Method}}
+	j, err := openJob(p, m, opts)
+	if err != nil {
+		return nil, err
+	}
 	defer j.close()
-	if err := j.open(); err != nil {
+	if testHookOpened != nil {
+		testHookOpened(j)
+	}
+	mg, err := m.Start(ctx, j)
+	if err != nil {
 		return nil, err
 	}
-	if p.Method == "pleas" {
-		return j.pleas(ctx, out, opts)
+	if c, ok := mg.(io.Closer); ok {
+		defer c.Close()
 	}
-	if err := j.prepare(ctx); err != nil {
-		return nil, err
-	}
-	opts, err := j.models[0].DefaultWriteOptions(opts)
-	if err == nil {
-		opts, err = j.models[0].WithDType(opts, j.outDType) // config.json's torch_dtype
+	var written *checkpoint.Written
+	if w, ok := mg.(Writer); ok {
+		written, err = w.Write(ctx, j, out, opts)
+	} else {
+		written, err = j.write(ctx, mg, out, opts)
 	}
 	if err != nil {
 		return nil, err
 	}
-	for _, m := range j.models[1:] {
-		opts.Inputs = append(append(opts.Inputs, m.Path), m.Files()...)
-	}
-	if j.base != nil {
-		opts.Inputs = append(append(opts.Inputs, j.base.Path), j.base.Files()...)
-	}
-	entries := j.entries()
-	written, err := checkpoint.Write(ctx, out, entries, j.produce, opts)
-	if err != nil {
-		return nil, err
-	}
-	j.report.Output = written
-	return j.report, nil
+	j.Report.Output = written
+	return j.Report, nil
 }
 
-func (j *job) open() error {
-	p := j.p
-	for _, mi := range p.Models {
-		m, err := checkpoint.Open(mi.Path)
-		if err != nil {
-			return err
-		}
-		j.models = append(j.models, m)
+// testHookOpened, when set by a test, runs once the inputs are open.
+var testHookOpened func(*Job)
+
+func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
+	j := &Job{Plan: p, Method: m, BaseIndex: -1, Report: &Report{Method: p.Method}, MaxMemory: opts.MaxMemory}
+	if j.MaxMemory <= 0 {
+		j.MaxMemory = checkpoint.DefaultMaxMemory()
 	}
-	for i, m := range j.models[1:] {
-		if err := checkpoint.SameArchitecture(j.models[0], m); err != nil {
-			return fmt.Errorf("models %s and %s differ: %w", p.Models[0].Path, p.Models[i+1].Path, err)
+	ok := false
+	defer func() {
+		if !ok {
+			j.close()
+		}
+	}()
+	for _, mi := range p.Models {
+		mm, err := checkpoint.Open(mi.Path)
+		if err != nil {
+			return nil, err
+		}
+		j.Models = append(j.Models, mm)
+		j.opened = append(j.opened, mm)
+	}
+	for i, mm := range j.Models[1:] {
+		if err := checkpoint.SameArchitecture(j.Models[0], mm); err != nil {
+			return nil, fmt.Errorf("models %s and %s differ: %w", p.Models[0].Path, p.Models[i+1].Path, err)
 		}
 	}
 	if p.Base != "" {
 		for i, mi := range p.Models {
 			if mi.Path == p.Base {
-				j.base = j.models[i]
+				j.Base, j.BaseIndex = j.Models[i], i
+				break
 			}
 		}
-		if j.base == nil {
+		if j.Base == nil {
 			b, err := checkpoint.Open(p.Base)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			j.base = b
+			j.opened = append(j.opened, b)
+			j.Base = b
 			// the base must hold every tensor of the models, same shapes;
 			// it may have more (those pass through, as in mergekit)
-			for _, n := range j.models[0].Names() {
-				mi, _ := j.models[0].Info(n)
+			for _, n := range j.Models[0].Names() {
+				mi, _ := j.Models[0].Info(n)
 				bi, ok := b.Info(n)
 				if !ok {
-					return fmt.Errorf("tensor %q is in %s but not in the base model %s", n, j.models[0].Path, p.Base)
+					return nil, fmt.Errorf("tensor %q is in %s but not in the base model %s", n, j.Models[0].Path, p.Base)
 				}
 				if !slices.Equal(mi.Shape, bi.Shape) {
-					return fmt.Errorf("tensor %q has shape %v in %s but %v in the base model %s", n, mi.Shape, j.models[0].Path, bi.Shape, p.Base)
+					return nil, fmt.Errorf("tensor %q has shape %v in %s but %v in the base model %s", n, mi.Shape, j.Models[0].Path, bi.Shape, p.Base)
 				}
 			}
 		}
@@ -142,303 +112,250 @@ func (j *job) open() error {
 	if p.DType != "" {
 		dt, err := tensors.ParseUserDType(p.DType)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if !dt.IsFloat() {
-			return fmt.Errorf("output dtype %s is not a floating type", dt)
+			return nil, fmt.Errorf("output dtype %s is not a floating type", dt)
 		}
-		j.outDType = dt
+		j.OutDType = dt
 	}
-	for _, n := range j.models[0].Names() {
-		j.numLayers = max(j.numLayers, LayerOf(n)+1)
+	for _, n := range j.Models[0].Names() {
+		j.NumLayers = max(j.NumLayers, LayerOf(n)+1)
 	}
-	return nil
+	j.resolveNums()
+	ok = true
+	return j, nil
 }
 
-// prepare does the per-merge work before streaming: alignment for wm,
-// Fisher files, RegMean statistics.
-func (j *job) prepare(ctx context.Context) error {
-	p := j.p
-	switch p.Method {
-	case "dare-linear", "dare-ties":
-		j.report.Notes = append(j.report.Notes, "DARE rescaling: "+map[Rescale]string{
-			RescaleInverse: "kept entries divided by the density (the DARE paper's; unbiased)",
-			RescaleL1:      "kept entries scaled to keep the task vector's L1 norm (mergekit's)",
-			RescaleNone:    "none"}[p.Rescale])
-	case "wm":
-		return j.align(ctx)
-	case "fisher":
-		for i, mi := range p.Models {
-			f, err := fisher.Open(mi.Fisher)
-			if err != nil {
-				return err
-			}
-			j.fish = append(j.fish, f)
-			if err := f.CheckAgainst(j.models[i]); err != nil {
-				return err
-			}
-		}
-	case "regmean":
-		r, err := newRegmean(ctx, j)
-		if err != nil {
-			return err
-		}
-		j.reg = r
+func (j *Job) close() {
+	j.ahead.Wait() // read-ahead of mapped pages ends before they are unmapped
+	for _, m := range j.opened {
+		m.Close()
 	}
-	return nil
 }
 
-// align computes the permutations of wm: every model aligned to the first
-// (two models) or to each other with MergeMany (three or more).
-func (j *job) align(ctx context.Context) error {
-	spec, err := permute.BuiltinSpec(j.p.Spec, j.models[0], j.p.Layers)
+// WriteOptions completes opts for an output derived from the job's first
+// model: its metadata and companion files, and every file the plan reads as
+// an input the output must not replace.
+func (j *Job) WriteOptions(opts checkpoint.WriteOptions) (checkpoint.WriteOptions, error) {
+	opts, err := j.Models[0].DefaultWriteOptions(opts)
 	if err != nil {
-		return err
+		return opts, err
 	}
-	if err := spec.Validate(permute.Shapes(j.models[0])); err != nil {
-		return err
+	for _, m := range j.opened[1:] {
+		opts.Inputs = append(append(opts.Inputs, m.Path), m.Files()...)
 	}
-	j.spec = spec
-	mo := permute.MatchOptions{Seed: j.p.Seed, Restarts: j.p.Restarts, MaxSweeps: j.p.MaxSweeps, CacheBytes: j.p.CacheSize}
-	if mo.Restarts <= 0 {
-		mo.Restarts = permute.AutoRestarts(spec, permute.Shapes(j.models[0]))
-	}
-	// the models are read in their dtype, a block at a time: memory does
-	// not depend on their size or number
-	res, err := permute.MatchModels(ctx, spec, j.models, mo)
-	if err != nil {
-		return err
-	}
-	j.perms = res.Perms
-	j.report.Sweeps = res.Sweeps
-	if len(j.models) == 2 {
-		j.report.Notes = append(j.report.Notes, fmt.Sprintf("weight matching: %d sweeps (%d group solves, %d skipped), distance %.6g -> %.6g",
-			res.Sweeps, res.Solved, res.Skipped, res.DistanceBefore, res.DistanceAfter))
-	} else {
-		j.report.Notes = append(j.report.Notes, fmt.Sprintf("MergeMany aligned %d models in %d rounds", len(j.models), res.Sweeps))
-	}
-	if st := res.Stats; st.GEMMFLOPs >= 1e12 { // large models: where the time went
-		j.report.Notes = append(j.report.Notes, fmt.Sprintf("matching time: cost matrices %.1f s (GEMM %.1f s, %.4g FLOP), assignments %.1f s (beside the GEMMs), passes over the models %.1f s",
-			st.CostTime.Seconds(), st.GEMMTime.Seconds(), st.GEMMFLOPs, st.SolveTime.Seconds(), st.PassTime.Seconds()))
-	}
-	return nil
+	opts.Inputs = append(opts.Inputs, j.Plan.Inputs()...)
+	opts.AllowNonFinite = opts.AllowNonFinite || j.Plan.AllowNonFinite
+	return opts, nil
 }
 
-func (j *job) entries() []safetensors.Entry {
-	var out []safetensors.Entry
-	first := j.models[0]
+// entries lists the output: the first model's tensors (floating ones in the
+// output dtype), then the base's tensors no model has (passed through).
+func (j *Job) entries() []safetensors.Entry {
+	first := j.Models[0]
+	out := make([]safetensors.Entry, 0, len(first.Names()))
 	for _, e := range first.Entries() {
-		if e.DType.IsFloat() && j.outDType != 0 {
-			e.DType = j.outDType
+		if e.DType.IsFloat() && j.OutDType != 0 {
+			e.DType = j.OutDType
 		}
 		out = append(out, e)
 	}
-	if j.base != nil && !slices.Contains(j.models, j.base) {
-		for _, e := range j.base.Entries() {
+	if j.Base != nil && j.BaseIndex < 0 {
+		for _, e := range j.Base.Entries() {
 			if !first.Has(e.Name) {
-				out = append(out, e) // only in the base: passed through
+				out = append(out, e)
+				if j.baseOnly == nil {
+					j.baseOnly = map[string]bool{}
+				}
+				j.baseOnly[e.Name] = true
 			}
 		}
 	}
 	return out
 }
 
-// floats decodes the named tensor of a model, with the model's alignment
-// permutation applied (wm).
-func (j *job) floats(i int, name string) ([]float32, error) {
-	m := j.models[i]
-	t, err := m.Tensor(name)
+// write streams the merge of every tensor into out.
+func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
+	opts, err := j.WriteOptions(opts)
+	if err == nil {
+		opts, err = j.Models[0].WithDType(opts, j.OutDType) // config.json's torch_dtype
+	}
 	if err != nil {
 		return nil, err
 	}
-	if j.perms != nil {
-		if t, err = j.spec.Apply(t, j.perms[i]); err != nil {
-			return nil, err
+	entries := j.entries()
+	// the writer asks for every tensor's ChunkFunc in the order it writes
+	// them: a tensor's preparation reads the next one's inputs ahead
+	var order []*tensorState
+	opts.Chunks = func(e safetensors.Entry) checkpoint.ChunkFunc {
+		// the first model's floating tensors (entries keep non-float dtypes)
+		if !e.DType.IsFloat() || j.baseOnly[e.Name] {
+			return nil
 		}
+		s := &tensorState{j: j, mg: mg, e: e, order: &order, index: len(order)}
+		order = append(order, s)
+		size, _ := tensors.ByteSize(e.DType, e.Shape)
+		es := int64(e.DType.Bits() / 8)
+		chunk := int64(checkpoint.ChunkSize) / es * es
+		s.left.Store((size + chunk - 1) / chunk)
+		return s.chunk
 	}
-	v, err := t.Float32()
-	m.Release(name)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", m.Path, err)
-	}
-	for k, x := range v {
-		if !finite(x) {
-			return nil, fmt.Errorf("%s: tensor %q has a non-finite value (%g) at index %d", m.Path, name, x, k)
+	first := j.Models[0]
+	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		info, inModels := first.Info(e.Name)
+		switch {
+		case !inModels: // only in the base
+			return j.Base.Passthrough()(ctx, e)
+		case !info.DType.IsFloat(): // integers and narrow floats: the first model's
+			return first.Passthrough()(ctx, e)
 		}
+		// a floating tensor with no elements
+		return &tensors.Tensor{Name: e.Name, DType: e.DType, Shape: e.Shape, Data: []byte{}}, nil, nil
 	}
-	return v, nil
+	return checkpoint.Write(ctx, out, entries, produce, opts)
 }
 
-func (j *job) produce(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
-	first := j.models[0]
-	info, inModels := first.Info(e.Name)
-	if !inModels { // only in the base
-		return j.base.Passthrough()(ctx, e)
+// tensorJob builds the TensorJob of an output entry.
+func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
+	n, _ := tensors.NumElements(e.Shape)
+	t := &TensorJob{Job: j, Name: e.Name, Shape: e.Shape, N: int(n), Depth: Depth(e.Name, j.NumLayers), DType: e.DType}
+	in := func(m *checkpoint.Model) (*Input, error) { return j.input(m, e.Name) }
+	for _, m := range j.Models {
+		x, err := in(m)
+		if err != nil {
+			return nil, err
+		}
+		t.Models = append(t.Models, x)
 	}
-	if !info.DType.IsFloat() { // integers and narrow floats: the first model's
-		return first.Passthrough()(ctx, e)
+	if j.Base != nil {
+		if j.BaseIndex >= 0 {
+			t.Base = t.Models[j.BaseIndex]
+		} else {
+			x, err := in(j.Base)
+			if err != nil {
+				return nil, err
+			}
+			t.Base = x
+		}
 	}
-	if coef, ok := j.affine(e.Name); ok {
-		return j.produceAffine(e, coef)
+	return t, nil
+}
+
+// input returns the named tensor of a model as an Input.
+func (j *Job) input(m *checkpoint.Model, name string) (*Input, error) {
+	x, err := m.Tensor(name)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]float32, info.Size*8/int64(info.DType.Bits()))
-	if err := j.compute(e.Name, info.Shape, out); err != nil {
-		return nil, nil, fmt.Errorf("tensor %q: %w", e.Name, err)
+	in := &Input{Tensor: name, DType: x.DType, Shape: x.Shape, Data: x.Data, allowNonFinite: j.Plan.AllowNonFinite, model: m}
+	if !x.DType.IsFloat() {
+		return nil, fmt.Errorf("%s: tensor %q is %s, not a floating type", in.FileName(), name, x.DType)
 	}
-	if !j.p.AllowNonFinite {
-		for k, x := range out {
-			if !finite(x) {
-				return nil, nil, fmt.Errorf("tensor %q: the merge produced %g at index %d (use --allow-nonfinite to write it anyway)", e.Name, x, k)
+	return in, nil
+}
+
+// prefetchMin is the tensor size from which input pages are prefetched and
+// released explicitly (below it the system calls cost more than they save).
+const prefetchMin = 1 << 20
+
+// tensorState is one output tensor being merged chunk by chunk.
+type tensorState struct {
+	j     *Job
+	mg    Merger
+	e     safetensors.Entry
+	once  sync.Once
+	k     *Kernel
+	t     *TensorJob
+	err   error
+	left  atomic.Int64 // chunks still to fill
+	order *[]*tensorState
+	index int
+	read  sync.Once // its inputs' pages mapped ahead
+}
+
+// readAhead maps the pages of the tensor's inputs (those of at least
+// prefetchMin bytes), every input at once; it runs once, ahead of the
+// tensor's preparation (from the previous tensor's) or at its start.
+func (s *tensorState) readAhead() {
+	s.read.Do(func() {
+		var ms []*checkpoint.Model
+		for _, m := range s.j.opened {
+			if info, ok := m.Info(s.e.Name); ok && info.Size >= prefetchMin {
+				ms = append(ms, m)
+			}
+		}
+		var wg sync.WaitGroup
+		for _, m := range ms {
+			wg.Add(1)
+			go func() { // a hint: the pages are read, nothing else is
+				defer wg.Done()
+				m.Prefetch(s.e.Name)
+			}()
+		}
+		wg.Wait()
+	})
+}
+
+func (s *tensorState) prepare(ctx context.Context) {
+	t, err := s.j.tensorJob(s.e)
+	if err != nil {
+		s.err = err
+		return
+	}
+	s.t = t
+	s.readAhead()
+	if next := s.index + 1; next < len(*s.order) {
+		s.j.ahead.Add(1)
+		go func() {
+			defer s.j.ahead.Done()
+			(*s.order)[next].readAhead()
+		}()
+	}
+	k, err := s.mg.Tensor(ctx, t)
+	if err == nil && (k == nil || (k.Coef == nil && k.Fn == nil && k.Chunk == nil)) {
+		err = fmt.Errorf("merge method %s gave no kernel", s.j.Plan.Method)
+	}
+	if err != nil {
+		s.err = fmt.Errorf("tensor %q: %w", s.e.Name, err)
+		return
+	}
+	s.k = k
+}
+
+func (s *tensorState) chunk(ctx context.Context, off int64, dst []byte) error {
+	s.once.Do(func() { s.prepare(ctx) })
+	if s.err != nil {
+		return s.err
+	}
+	defer func() {
+		if s.left.Add(-1) == 0 {
+			s.finish()
+		}
+	}()
+	k := s.k
+	es := s.e.DType.Bits() / 8
+	lo, n := int(off)/es, len(dst)/es
+	switch {
+	case k.Chunk != nil:
+		return k.Chunk(ctx, off, dst)
+	case k.Coef != nil:
+		return affineChunk(ctx, k, s.e.DType, lo, n, dst)
+	}
+	return elementwise(ctx, k, lo, n, s.e.DType, dst, nil)
+}
+
+// finish runs after the tensor's last chunk.
+func (s *tensorState) finish() {
+	if s.k.Done != nil {
+		s.k.Done()
+	}
+	if t := s.t; t != nil && len(t.Models[0].Data) >= prefetchMin {
+		for _, in := range append(slices.Clone(t.Models), t.Base) {
+			if in != nil && in.model != nil {
+				in.model.Release(s.e.Name)
 			}
 		}
 	}
-	t, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, out)
-	return t, nil, err
+	s.k, s.t = nil, nil
 }
-
-// compute fills out with the merged values of the named tensor.
-func (j *job) compute(name string, shape []int64, out []float32) error {
-	p := j.p
-	depth := Depth(name, j.numLayers)
-	var xs [][]float32
-	for i := range j.models {
-		if j.base != nil && j.models[i] == j.base && j.p.needsBase() {
-			continue // the base is not one of the task vectors
-		}
-		v, err := j.floats(i, name)
-		if err != nil {
-			return err
-		}
-		xs = append(xs, v)
-	}
-	weights := make([]float64, 0, len(xs))
-	densities := make([]float64, 0, len(xs))
-	var rngs []*rand.Rand
-	for i, mi := range p.Models {
-		if j.base != nil && j.models[i] == j.base && p.needsBase() {
-			continue
-		}
-		w, ok := mi.Weight.Eval(name, depth)
-		if !ok {
-			w = 1
-		}
-		d, ok := mi.Density.Eval(name, depth)
-		if !ok {
-			d = 1
-		}
-		weights = append(weights, w)
-		densities = append(densities, d)
-	}
-	lambda, ok := p.Lambda.Eval(name, depth)
-	if !ok {
-		lambda = 1
-	}
-	switch p.Method {
-	case "linear", "wm":
-		return Linear(out, xs, weights, p.normalize())
-	case "slerp":
-		t, ok := p.T.Eval(name, depth)
-		if !ok {
-			return fmt.Errorf("no value of t applies")
-		}
-		a, b := xs[0], xs[1]
-		if p.Base == p.Models[1].Path {
-			a, b = b, a
-		}
-		return Slerp(out, a, b, t)
-	case "fisher":
-		return j.fisherMerge(name, xs, weights, out)
-	case "regmean":
-		return j.reg.compute(j, name, xs, weights, out)
-	}
-	base, err := j.baseFloats(name)
-	if err != nil {
-		return err
-	}
-	o := TaskVectorOptions{Weights: weights, Densities: densities, Lambda: lambda, Normalize: p.normalize()}
-	switch p.Method {
-	case "ties":
-		o.Sparsify, o.Consensus = Magnitude, true
-	case "dare-linear", "dare-ties":
-		o.Sparsify, o.Rescale, o.Consensus = Random, p.Rescale, p.Method == "dare-ties"
-		for _, x := range xs {
-			rngs = append(rngs, dareStream(p.Seed, name, x))
-		}
-		o.RNGs = rngs
-	}
-	return TaskVectors(out, base, xs, o)
-}
-
-func (j *job) baseFloats(name string) ([]float32, error) {
-	t, err := j.base.Tensor(name)
-	if err != nil {
-		return nil, err
-	}
-	v, err := t.Float32()
-	j.base.Release(name)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", j.base.Path, err)
-	}
-	return v, nil
-}
-
-var crcTable = crc64.MakeTable(crc64.ECMA)
-
-// dareStream returns the random stream DARE uses for one model's tensor. It
-// depends on the seed, the tensor's name and the model's own values, never
-// on the model's position in the list or its path: reordering or renaming
-// the models gives the same merge.
-func dareStream(seed uint64, name string, values []float32) *rand.Rand {
-	h := crc64.New(crcTable)
-	h.Write([]byte(name))
-	var buf [4096]byte
-	for off := 0; off < len(values); off += len(buf) / 4 {
-		n := min(len(buf)/4, len(values)-off)
-		for i, v := range values[off : off+n] {
-			binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
-		}
-		h.Write(buf[:4*n])
-	}
-	return rand.New(rand.NewPCG(seed, h.Sum64()))
-}
-
-// fisherMerge is the Fisher-weighted average sum_i F_i x_i / sum_i F_i
-// (Matena & Raffel). Each model's Fisher is floored at 1e-6 of the tensor's
-// mean Fisher over the models, so entries where every Fisher is (near) zero
-// get the plain (weighted) average, never zero; per-model weights multiply
-// the Fisher.
-func (j *job) fisherMerge(name string, xs [][]float32, weights []float64, out []float32) error {
-	fs := make([][]float32, len(xs))
-	var mean float64
-	for i, f := range j.fish {
-		if !f.Has(name) {
-			return Linear(out, xs, weights, true) // no Fisher for this tensor (a frozen or integer one)
-		}
-		v, err := f.Get(name)
-		if err != nil {
-			return err
-		}
-		if len(v) != len(out) {
-			return fmt.Errorf("%s: %d Fisher values for %d weights", f.Path, len(v), len(out))
-		}
-		fs[i] = v
-		for _, x := range v {
-			mean += float64(x)
-		}
-	}
-	mean /= float64(len(out) * len(xs))
-	floor := 1e-6 * mean
-	for e := range out {
-		var num, den float64
-		for i := range xs {
-			f := weights[i] * (max(float64(fs[i][e]), floor) + 1e-30)
-			num += f * float64(xs[i][e])
-			den += f
-		}
-		out[e] = float32(num / den)
-	}
-	return nil
-}
-
-// finite reports whether x is neither NaN nor infinite (exponent not all ones).
-func finite(x float32) bool { return math.Float32bits(x)&0x7f800000 != 0x7f800000 }

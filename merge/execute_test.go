@@ -81,7 +81,7 @@ func TestExecuteFormulas(t *testing.T) {
 		}
 		return out
 	}
-	two := []ModelInput{{Path: pa, Weight: Const(1)}, {Path: pb, Weight: Const(3)}}
+	two := []ModelInput{{Path: pa, Params: Params{"weight": Num(1)}}, {Path: pb, Params: Params{"weight": Num(3)}}}
 
 	out := run(&Plan{Method: "linear", Models: two})
 	near32(t, "linear layer 0", read(t, out, "layers.0.w"), []float64{2.5, 2, 1.5, 1}, 1e-7)
@@ -97,14 +97,14 @@ func TestExecuteFormulas(t *testing.T) {
 	m.Close()
 
 	// weights as a gradient over depth: t = 0 for layer 0, 1 for layer 1
-	grad := []ModelInput{{Path: pa, Weight: Setting{Gradient: []float64{1, 0}}}, {Path: pb, Weight: Setting{Gradient: []float64{0, 1}}}}
+	grad := []ModelInput{{Path: pa, Params: Params{"weight": Varying(Setting{Gradient: []float64{1, 0}})}}, {Path: pb, Params: Params{"weight": Varying(Setting{Gradient: []float64{0, 1}})}}}
 	out = run(&Plan{Method: "linear", Models: grad})
 	near32(t, "gradient layer 0 = a", read(t, out, "layers.0.w"), []float64{1, 2, 3, 4}, 1e-7)
 	near32(t, "gradient layer 1 = b", read(t, out, "layers.1.w"), []float64{-1, 0, 1, 2}, 1e-7)
 	near32(t, "gradient: norm at t=0 = a", read(t, out, "norm"), []float64{2, 2}, 1e-7)
 
 	// task arithmetic: base + 0.5 * ((a - base) + 3 (b - base))
-	out = run(&Plan{Method: "task-arithmetic", Models: two, Base: pbase, Lambda: Const(0.5), DType: "bf16"})
+	out = run(&Plan{Method: "task-arithmetic", Models: two, Base: pbase, Params: Params{"lambda": Num(0.5)}, DType: "bf16"})
 	want := make([]float64, 4)
 	for i := range want {
 		want[i] = float64(base["layers.0.w"][i]) + 0.5*(float64(a["layers.0.w"][i]-base["layers.0.w"][i])+3*float64(b["layers.0.w"][i]-base["layers.0.w"][i]))
@@ -113,7 +113,7 @@ func TestExecuteFormulas(t *testing.T) {
 	near32(t, "tensor only in the base", read(t, out, "extra"), []float64{9}, 0)
 
 	// slerp with base = b: t = 0 gives b
-	out = run(&Plan{Method: "slerp", Models: two, Base: pb, T: Const(0)})
+	out = run(&Plan{Method: "slerp", Models: []ModelInput{{Path: pa}, {Path: pb}}, Base: pb, Params: Params{"t": Num(0)}})
 	near32(t, "slerp t=0 at the base", read(t, out, "layers.0.w"), []float64{3, 2, 1, 0}, 1e-6)
 }
 
@@ -154,7 +154,7 @@ func TestExecuteRefusals(t *testing.T) {
 	// a NaN produced by the merge itself: an error unless allowed
 	big := filepath.Join(dir, "big.safetensors")
 	model(t, big, tensors.F32, map[string][]float32{"w": {3e38, 3e38}, "v": {1}}, 1)
-	p := &Plan{Method: "linear", Models: []ModelInput{{Path: big}, {Path: big}}, Normalize: new(bool)}
+	p := &Plan{Method: "linear", Models: []ModelInput{{Path: big}, {Path: big}}, Params: Params{"normalize": Flag(false)}}
 	if _, err := Execute(ctx, p, out, checkpoint.WriteOptions{}); err == nil || !strings.Contains(err.Error(), "allow-nonfinite") {
 		t.Errorf("overflow: %v", err)
 	}
@@ -188,9 +188,9 @@ seed: 42
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2 := &Plan{Method: "dare-ties", Base: pbase, DType: "bf16", Seed: 42, Lambda: Const(0.9), Models: []ModelInput{
-		{Path: pa, Weight: Const(1), Density: Setting{Gradient: []float64{0.4, 0.8}}},
-		{Path: pb, Weight: Setting{Conds: []Cond{{Filter: "layers.1", Value: Const(2)}, {Value: Const(0.5)}}}, Density: Const(0.6)},
+	p2 := &Plan{Method: "dare-ties", Base: pbase, DType: "bf16", Params: Params{"seed": IntValue(42), "lambda": Num(0.9)}, Models: []ModelInput{
+		{Path: pa, Params: Params{"weight": Num(1), "density": Varying(Setting{Gradient: []float64{0.4, 0.8}})}},
+		{Path: pb, Params: Params{"weight": Varying(Setting{Conds: []Cond{{Filter: "layers.1", Value: Const(2)}, {Value: Const(0.5)}}}), "density": Num(0.6)}},
 	}}
 	o1, o2 := filepath.Join(dir, "o1.safetensors"), filepath.Join(dir, "o2.safetensors")
 	if _, err := Execute(context.Background(), p1, o1, checkpoint.WriteOptions{}); err != nil {
@@ -205,7 +205,7 @@ seed: 42
 		t.Fatal("YAML and flags plans gave different bytes")
 	}
 	// a different seed gives a different DARE merge
-	p2.Seed = 43
+	p2.Params["seed"] = IntValue(43)
 	o3 := filepath.Join(dir, "o3.safetensors")
 	Execute(context.Background(), p2, o3, checkpoint.WriteOptions{})
 	b3, _ := os.ReadFile(o3)
@@ -262,10 +262,11 @@ func TestDemoMerges(t *testing.T) {
 	for _, p := range []*Plan{
 		{Method: "linear", Models: two},
 		{Method: "wm", Models: two},
-		{Method: "pleas", Models: two, Calib: demo + "/digits_train.safetensors", Width: 1},
-		{Method: "pleas", Models: two, Calib: demo + "/digits_train.safetensors", Width: 1.5},
+		{Method: "pleas", Models: two, Params: Params{"calib": Text(demo + "/digits_train.safetensors"), "width": Num(1)}},
+		{Method: "pleas", Models: two, Params: Params{"calib": Text(demo + "/digits_train.safetensors"), "width": Num(1.5)}},
 	} {
-		out := filepath.Join(dir, fmt.Sprintf("%s-%g", p.Method, p.Width))
+		w, _ := p.Params["width"].Num.Constant()
+		out := filepath.Join(dir, fmt.Sprintf("%s-%g", p.Method, w))
 		if _, err := Execute(context.Background(), p, out, checkpoint.WriteOptions{}); err != nil {
 			t.Fatal(err)
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 
@@ -14,11 +13,8 @@ import (
 
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/fisher/stats"
-	"github.com/wtool/wtool/io/checkpoint"
-	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/permute/lap"
-	"github.com/wtool/wtool/tensors"
 )
 
 // PLeaSOptions control PLeaS.
@@ -72,8 +68,11 @@ func PLeaS(ctx context.Context, a, b *mlp.Network, js permute.JointStats, o PLea
 	if o.Width == 0 {
 		o.Width = 1
 	}
-	if o.Width < 1 || o.Width > 2 {
+	if !(o.Width >= 1 && o.Width <= 2) {
 		return nil, fmt.Errorf("pleas: width %g must be between 1 and 2", o.Width)
+	}
+	if !(o.Ridge >= 0) || math.IsInf(o.Ridge, 0) {
+		return nil, fmt.Errorf("pleas: ridge %g must be a finite number of at least 0", o.Ridge)
 	}
 	if o.Ridge == 0 {
 		o.Ridge = 1e-6
@@ -127,7 +126,7 @@ func PLeaS(ctx context.Context, a, b *mlp.Network, js permute.JointStats, o PLea
 		if l < len(groups) {
 			out = groups[l]
 		}
-		layer, err := refit(a.Layers[l], b.Layers[l], m, in, out, o.Ridge)
+		layer, err := refit(ctx, a.Layers[l], b.Layers[l], m, in, out, o.Ridge)
 		if err != nil {
 			return nil, fmt.Errorf("pleas: layer %s: %w", a.Layers[l].Name, err)
 		}
@@ -175,7 +174,7 @@ func meanMatched(match []int, corr []float64, n int, _ float64) float64 {
 // v = [x_A; x_B; 1] of the two source layers and M = E[v v^T] (from the joint
 // statistics), the merged inputs are Z = P v and the targets T = Q v, so the
 // normal equations need only P M P^T and P M Q^T.
-func refit(la, lb mlp.Layer, st *stats.Module, in, out []unit, ridge float64) (mlp.Layer, error) {
+func refit(ctx context.Context, la, lb mlp.Layer, st *stats.Module, in, out []unit, ridge float64) (mlp.Layer, error) {
 	d := la.In
 	if st.Dim != d || st.Cross == nil {
 		return mlp.Layer{}, fmt.Errorf("joint statistics of %d features needed, got %d (joint=%v)", d, st.Dim, st.Cross != nil)
@@ -293,6 +292,9 @@ func refit(la, lb mlp.Layer, st *stats.Module, in, out []unit, ridge float64) (m
 		if bias {
 			cols = append(cols, nin)
 		}
+		if err := ctx.Err(); err != nil {
+			return mlp.Layer{}, err
+		}
 		w, err := solveBlock(&ZZ, &ZT, cols, rows, ridge, bias)
 		if err != nil {
 			return mlp.Layer{}, err
@@ -311,7 +313,8 @@ func refit(la, lb mlp.Layer, st *stats.Module, in, out []unit, ridge float64) (m
 }
 
 // solveBlock solves (ZZ[cols,cols] + ridge) X = ZT[cols, rows] by Cholesky
-// (the ridge, relative to the mean diagonal, spares the bias column).
+// (the ridge, relative to the mean diagonal, spares the bias column). A
+// singular system is retried with ten times the ridge, up to a ridge of 1.
 func solveBlock(zz, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (*mat.Dense, error) {
 	k := len(cols)
 	a := mat.NewSymDense(k, nil)
@@ -333,7 +336,7 @@ func solveBlock(zz, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (
 			rhs.Set(i, j, zt.At(ci, rj))
 		}
 	}
-	for r := ridge; r < 1; r *= 10 {
+	for r := ridge; ; r *= 10 {
 		b := mat.NewSymDense(k, nil)
 		b.CopySym(a)
 		for i := range nb {
@@ -346,133 +349,11 @@ func solveBlock(zz, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (
 				return &x, nil
 			}
 		}
+		if !(r > 0 && r < 1) { // also stops a zero or invalid ridge
+			break
+		}
 	}
 	return nil, fmt.Errorf("least-squares system is singular even with a ridge")
-}
-
-// pleas runs a PLeaS plan: two MLP checkpoints, joint statistics from the
-// plan's file or computed on its calibration inputs, a merged checkpoint of
-// the (possibly wider) architecture with config.json's sizes updated.
-func (j *job) pleas(ctx context.Context, out string, opts checkpoint.WriteOptions) (*Report, error) {
-	p := j.p
-	act, err := mlp.ParseActivation(p.Act)
-	if err != nil {
-		return nil, err
-	}
-	var nets []*mlp.Network
-	for _, m := range j.models {
-		n, err := mlp.Load(m, p.Layers, act)
-		if err != nil {
-			return nil, fmt.Errorf("pleas merges MLPs (a chain of Linear layers): %w", err)
-		}
-		nets = append(nets, n)
-	}
-	var js permute.JointStats
-	if p.JointStats != "" {
-		f, err := stats.Open(p.JointStats)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		if f.Kind != stats.Joint {
-			return nil, fmt.Errorf("%s: pleas needs joint statistics of the two models, not %s ones", p.JointStats, f.Kind)
-		}
-		js = f
-	} else {
-		in, err := mlp.OpenInputs(p.Calib, p.CalibKey)
-		if err != nil {
-			return nil, err
-		}
-		defer in.Close()
-		s, err := mlp.CollectStats(ctx, nets, in, mlp.Options{})
-		if err != nil {
-			return nil, err
-		}
-		js = permute.StatsOf(s)
-	}
-	o := PLeaSOptions{Width: p.Width, Ridge: p.Ridge}
-	if p.Match == "weight" {
-		spec, err := permute.MLPSpec(permute.Shapes(j.models[0]), p.Layers)
-		if err != nil {
-			return nil, err
-		}
-		a, b := permute.NewCheckpointSource(j.models[0], 0), permute.NewCheckpointSource(j.models[1], 0)
-		mr, err := permute.WeightMatching(ctx, spec, a, b, permute.MatchOptions{Seed: p.Seed, Restarts: p.restarts()})
-		if err != nil {
-			return nil, err
-		}
-		o.Perms = mr.Perms
-		j.report.Sweeps = mr.Sweeps
-	}
-	res, err := PLeaS(ctx, nets[0], nets[1], js, o)
-	if err != nil {
-		return nil, err
-	}
-	if len(res.Widths) > 0 {
-		j.report.Width = res.Widths[0]
-	}
-	j.report.Notes = append(j.report.Notes, fmt.Sprintf("PLeaS: %s matching, hidden widths %v, ridge %g", p.Match, res.Widths, o.Ridge))
-	return j.writeNetwork(ctx, res.Net, out, opts)
-}
-
-// writeNetwork writes an MLP as a checkpoint like the first input model
-// (dtype, metadata, companion files; config.json's "sizes" updated).
-func (j *job) writeNetwork(ctx context.Context, n *mlp.Network, out string, opts checkpoint.WriteOptions) (*Report, error) {
-	first := j.models[0]
-	opts, err := first.DefaultWriteOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	for _, m := range j.models[1:] {
-		opts.Inputs = append(append(opts.Inputs, m.Path), m.Files()...)
-	}
-	dt := j.outDType
-	byName := map[string]*tensors.Tensor{}
-	var entries []safetensors.Entry
-	for _, l := range n.Layers {
-		wdt, bdt := dt, dt
-		if dt == 0 {
-			wi, _ := first.Info(l.Name + ".weight")
-			bi, _ := first.Info(l.Name + ".bias")
-			wdt, bdt = wi.DType, bi.DType
-		}
-		w, err := tensors.FromFloat32(l.Name+".weight", wdt, []int64{int64(l.Out), int64(l.In)}, l.W)
-		if err != nil {
-			return nil, err
-		}
-		byName[w.Name] = w
-		entries = append(entries, safetensors.Entry{Name: w.Name, DType: w.DType, Shape: w.Shape})
-		if l.B != nil {
-			b, err := tensors.FromFloat32(l.Name+".bias", bdt, []int64{int64(l.Out)}, l.B)
-			if err != nil {
-				return nil, err
-			}
-			byName[b.Name] = b
-			entries = append(entries, safetensors.Entry{Name: b.Name, DType: b.DType, Shape: b.Shape})
-		}
-	}
-	if first.Dir != "" && !checkpoint.IsSingleFile(out) {
-		if cfg, err := updatedConfig(filepath.Join(first.Dir, "config.json"), n, j.p); err == nil && cfg != nil {
-			if opts.Files == nil {
-				opts.Files = map[string][]byte{}
-			}
-			opts.Files["config.json"] = cfg
-		} else if err != nil {
-			return nil, err
-		}
-	}
-	if opts, err = first.WithDType(opts, dt); err != nil { // config.json's torch_dtype
-		return nil, err
-	}
-	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
-		return byName[e.Name], nil, nil
-	}
-	written, err := checkpoint.Write(ctx, out, entries, produce, opts)
-	if err != nil {
-		return nil, err
-	}
-	j.report.Output = written
-	return j.report, nil
 }
 
 // updatedConfig rewrites a model's config.json for the merged widths: a
@@ -497,7 +378,7 @@ func updatedConfig(path string, n *mlp.Network, p *Plan) ([]byte, error) {
 	if _, ok := cfg["sizes"]; ok {
 		cfg["sizes"] = sizes
 	}
-	cfg["wtool_merge"] = map[string]any{"method": p.Method, "width": p.Width, "match": p.Match}
+	cfg["wtool_merge"] = map[string]any{"method": p.Method, "width": p.Float("width"), "match": p.Global("match").Text}
 	out, err := json.MarshalIndent(cfg, "", "  ")
 	return append(out, '\n'), err
 }

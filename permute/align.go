@@ -3,6 +3,7 @@ package permute
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/wtool/wtool/io/checkpoint"
 )
@@ -51,6 +52,9 @@ func Align(ctx context.Context, ref, model *checkpoint.Model, s *Spec, opts Alig
 	switch opts.Method {
 	case "weight", "":
 		mr, err := WeightMatching(ctx, s, a, b, opts.Match)
+		// the cost matrices (1.6 GB for an 8B model) are garbage now: hand
+		// the memory back before the caller writes the aligned model
+		debug.FreeOSMemory()
 		if err != nil {
 			return nil, err
 		}

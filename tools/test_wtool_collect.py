@@ -681,3 +681,73 @@ class TestCLI(Tmp):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ResBlock(nn.Module):
+    """A torchvision-style BasicBlock (conv1, bn1, conv2, bn2)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, 1, 1, bias=False).double(), nn.BatchNorm2d(c).double()
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, 1, 1, bias=False).double(), nn.BatchNorm2d(c).double()
+
+    def forward(self, x):
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, c=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c, 3, 1, 1, bias=False).double()
+        self.layer1 = nn.Sequential(ResBlock(c), ResBlock(c))
+        self.norm = nn.LayerNorm(c).double()
+        self.fc = nn.Linear(c, 2).double()
+
+    def forward(self, x):
+        y = self.layer1(F.relu(self.conv1(x)))
+        return self.fc(self.norm(y.mean((2, 3))))
+
+
+class TestActivationPoints(Tmp):
+    def test_default_points(self):
+        m = TinyResNet()
+        self.assertEqual(wc.default_points(m), [
+            "layer1.0:in", "layer1.0.conv2:in", "layer1.0:out", "layer1.1.conv2:in", "layer1.1:out", "norm:in"])
+
+    def test_point_statistics_by_hand(self):
+        torch.manual_seed(0)
+        m = TinyResNet().eval()
+        x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+        out = self.path("s.safetensors")
+        t = wc.collect_stats(m, [x[:2], x[2:]], out, points="default")
+        with torch.no_grad():
+            stem = F.relu(m.conv1(x))
+            b0 = m.layer1[0](stem)
+            hidden = F.relu(m.layer1[0].bn1(m.layer1[0].conv1(stem)))
+            pooled = m.layer1(stem).mean((2, 3))
+        for name, act in (("layer1.0:in", stem), ("layer1.0:out", b0), ("layer1.0.conv2:in", hidden)):
+            rows = act.permute(0, 2, 3, 1).reshape(-1, 3)  # one sample per position per image
+            self.assertEqual(int(t[name + ".count"]), 5 * 16)
+            np.testing.assert_allclose(np64(t[name + ".gram"]), np64(rows.t() @ rows), rtol=1e-12)
+            np.testing.assert_allclose(np64(t[name + ".sum"]), np64(rows.sum(0)), rtol=1e-12)
+        np.testing.assert_allclose(np64(t["norm:in.gram"]), np64(pooled.t() @ pooled), rtol=1e-12)
+        _, meta = wc.read_safetensors(out)
+        names = meta["modules"].split(",")
+        # forward order, points and module inputs interleaved
+        self.assertEqual(names[:5], ["conv1", "layer1.0:in", "layer1.0.conv1", "layer1.0.conv2:in", "layer1.0.conv2"])
+        self.assertEqual(names[-2:], ["norm:in", "fc"])
+
+    def test_joint_points_and_explicit_list(self):
+        torch.manual_seed(1)
+        a, b = TinyResNet().eval(), TinyResNet().eval()
+        x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+        t = wc.collect_joint_stats(a, b, [x], self.path("j.safetensors"), modules=[], points="layer1.1:out,fc:in")
+        with torch.no_grad():
+            ya = a.layer1(F.relu(a.conv1(x))).permute(0, 2, 3, 1).reshape(-1, 3)
+            yb = b.layer1(F.relu(b.conv1(x))).permute(0, 2, 3, 1).reshape(-1, 3)
+        np.testing.assert_allclose(np64(t["layer1.1:out.cross"]), np64(ya.t() @ yb), rtol=1e-12)
+        self.assertEqual(sorted(k.rsplit(".", 1)[0] for k in t if k.endswith(".count")), ["fc:in", "layer1.1:out"])
+        with self.assertRaisesRegex(ValueError, "MODULE:in or MODULE:out"):
+            wc.collect_stats(a, [x], self.path("e.safetensors"), points="layer1.1")
+        with self.assertRaisesRegex(ValueError, "no module"):
+            wc.collect_stats(a, [x], self.path("e.safetensors"), points="nope:in")

@@ -62,6 +62,7 @@ __all__ = [
     "collect_stats",
     "collect_joint_stats",
     "collect_fisher",
+    "default_points",
     "cross_entropy64",
     "read_safetensors",
     "read_safetensors_header",
@@ -366,6 +367,100 @@ def _check_finite(t, what):
 
 
 # ---------------------------------------------------------------------------
+# activation points
+# ---------------------------------------------------------------------------
+
+
+def _is_norm(module):
+    """A LayerNorm or RMSNorm-like module (any class named *LayerNorm or *RMSNorm); not BatchNorm."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return False
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+
+
+def _is_resnet_block(module):
+    """A ResNet-style block: children conv1, bn1, conv2, bn2 (torchvision's BasicBlock and Bottleneck)."""
+    return all(isinstance(getattr(module, c, None), nn.Conv2d) for c in ("conv1", "conv2")) and \
+        all(isinstance(getattr(module, b, None), nn.modules.batchnorm._BatchNorm) for b in ("bn1", "bn2"))
+
+
+def default_points(model):
+    """The activation points docs/stats.md defines for a model, as "MODULE:in"/"MODULE:out" names.
+
+    - the input of every LayerNorm and RMSNorm (not BatchNorm): the
+      residual stream wherever a block writes it (pre-LN transformers: at
+      every block boundary and between attention and MLP; post-LN: the sum
+      before the norm);
+    - ResNet-style blocks (a module with children conv1, bn1, conv2, bn2):
+      every block's output (a stage's channels after the block), the input
+      of every convolution of a block after its first (the block's hidden
+      channels), and the first block's input (the stem's output).
+
+    wtool's engine (fisher/nn) records the same points under the same names.
+    """
+    pts, first = [], True
+    for name, m in model.named_modules():
+        if _is_norm(m):
+            pts.append(f"{name}:in")
+        elif _is_resnet_block(m):
+            if first:
+                pts.append(f"{name}:in")
+                first = False
+            convs = sorted((int(c[4:]), c) for c, _ in m.named_children() if c.startswith("conv") and c[4:].isdigit())
+            pts += [f"{name}.{c}:in" for k, c in convs if k >= 2]
+            pts.append(f"{name}:out")
+    return pts
+
+
+def _select_points(model, points, max_gram_elems):
+    """[(point name, module, "in" or "out")] of the requested activation points, checked."""
+    if points is None:
+        return []
+    if isinstance(points, str):
+        points = default_points(model) if points == "default" else [p for p in points.split(",") if p]
+    named = dict(model.named_modules())
+    out = []
+    for p in points:
+        mod, sep, side = p.rpartition(":")
+        if not sep or side not in ("in", "out"):
+            raise ValueError(f"activation point {p!r}: want MODULE:in or MODULE:out")
+        if mod not in named:
+            raise ValueError(f"activation point {p!r}: no module {mod!r} in {type(model).__name__}")
+        out.append((p, named[mod], side))
+    if len({p for p, _, _ in out}) != len(out):
+        raise ValueError(f"points= lists a point twice: {[p for p, _, _ in out]}")
+    return out
+
+
+def _point_rows(name, x, max_gram_elems):
+    """Sample rows of an activation: [N, C, H, W] maps give one row of C channels per
+    position per image; anything else one row per vector along the last axis."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"activation point {name!r} is not a tensor")
+    x = x.detach()
+    if x.dim() == 4:
+        x = x.permute(0, 2, 3, 1)
+    d = x.shape[-1]
+    if d * d > max_gram_elems:
+        raise ValueError(f"activation point {name!r}: {d} features give a Gram matrix of {d * d} elements, above max_gram_elems={max_gram_elems}")
+    x = x.reshape(-1, d)
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    step = max(1, _CHUNK_ELEMS // d)
+    for i in range(0, x.shape[0], step):
+        yield x[i:i + step]
+
+
+def _point_hook(module, side, fn):
+    """Register fn(tensor) on a module's input (pre-hook) or output (hook)."""
+    if side == "in":
+        return module.register_forward_pre_hook(lambda mod, inputs: fn(inputs[0] if inputs else None))
+    return module.register_forward_hook(lambda mod, inputs, output: fn(output))
+
+
+# ---------------------------------------------------------------------------
 # accumulators
 # ---------------------------------------------------------------------------
 
@@ -375,7 +470,7 @@ class _Moments:
     B-side and cross terms for joint statistics)."""
 
     def __init__(self, d, joint):
-        self.d, self.joint, self.count = d, joint, 0
+        self.d, self.joint, self.count = d, joint, 0  # d None: set by the first rows
         self.t = None
 
     def _alloc(self, device):
@@ -386,6 +481,8 @@ class _Moments:
             self.t[k] = torch.zeros(d, d, dtype=torch.float64, device=device)
 
     def add(self, xa, xb=None):
+        if self.d is None:
+            self.d = xa.shape[1]
         if self.t is None:
             self._alloc(xa.device)
         t = self.t
@@ -419,7 +516,7 @@ class _Moments:
 # ---------------------------------------------------------------------------
 
 
-def _select_modules(model, modules, max_gram_elems):
+def _select_modules(model, modules, max_gram_elems, allow_empty=False):
     """[(name, module, d)] of the Linear/Conv1D/Conv2d modules to hook, checked."""
     named = dict(model.named_modules())
     if modules is None:
@@ -430,7 +527,7 @@ def _select_modules(model, modules, max_gram_elems):
         if isinstance(modules, str):
             modules = [m for m in modules.split(",") if m]
         modules = list(modules)
-        if not modules:
+        if not modules and not allow_empty:
             raise ValueError("modules= is empty")
         chosen = []
         for n in modules:
@@ -545,7 +642,7 @@ def _default_source(*models):
 # ---------------------------------------------------------------------------
 
 
-def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_ELEMS, source=None):
+def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_ELEMS, source=None, points=None):
     """Collect the input statistics of a model's Linear/Conv1D/Conv2d modules.
 
     Runs ``model`` in eval mode under ``torch.no_grad()`` on every batch of
@@ -565,14 +662,35 @@ def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_EL
     with ``modules``). Default modules that never run are left out with a
     warning; requested ones are an error.
 
+    ``points``: activation points to record as well (docs/stats.md):
+    ``"default"`` (:func:`default_points`: the residual stream at every
+    norm, a ResNet's block outputs and hidden channels), or a list (or
+    comma-separated string) of ``"MODULE:in"``/``"MODULE:out"`` names, the
+    input or output of a module; a 4-D [N, C, H, W] activation gives one
+    sample of C channels per position per image, others one sample per
+    vector along the last axis. ``None`` (default): module inputs only.
+
     Writes the ``kind: single`` wtool-stats file (docs/stats.md) to ``path``
     and returns the written tensors as a dict.
     """
-    sel = _select_modules(model, modules, max_gram_elems)
+    pts = _select_points(model, points, max_gram_elems)
+    sel = _select_modules(model, modules, max_gram_elems, allow_empty=bool(pts))
     mods = {n: (m, d) for n, m, d in sel}
     acc = {n: _Moments(d, joint=False) for n, _, d in sel}
+    acc.update({p: _Moments(None, joint=False) for p, _, _ in pts})
     order = []
     state = {"batch": -1}
+
+    def point_for(name):
+        def fn(x):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"activation point {name!r} is not a tensor")
+            _check_finite(x, f"activation point {name!r} in batch {state['batch']}")
+            if name not in order:
+                order.append(name)
+            for rows in _point_rows(name, x, max_gram_elems):
+                acc[name].add(rows)
+        return fn
 
     def hook_for(name):
         module, _ = mods[name]
@@ -591,6 +709,7 @@ def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_EL
     device = _device(model)
     samples = 0
     handles = [m.register_forward_hook(hook_for(n)) for n, m, _ in sel]
+    handles += [_point_hook(m, side, point_for(p)) for p, m, side in pts]
     try:
         with _Modes(model), torch.no_grad():
             for i, batch in enumerate(batches):
@@ -603,7 +722,7 @@ def collect_stats(model, batches, path, modules=None, max_gram_elems=MAX_GRAM_EL
             h.remove()
     if state["batch"] < 0:
         raise ValueError("no calibration batches: `batches` is empty")
-    order = _finish_order(order, [n for n, _, _ in sel], modules is not None)
+    order = _finish_order(order, [n for n, _, _ in sel] + [p for p, _, _ in pts], modules is not None or points not in (None, "default"))
     tensors = {}
     for n in order:
         tensors.update(acc[n].tensors(n))
@@ -629,7 +748,8 @@ def _finish_order(order, selected, explicit):
     return order
 
 
-def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_elems=MAX_GRAM_ELEMS, source=None):
+def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_elems=MAX_GRAM_ELEMS, source=None,
+                        points=None):
     """Collect joint input statistics of two models of the same architecture.
 
     The same batches (as for :func:`collect_stats`) go through both models;
@@ -653,11 +773,21 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
     of an expert are over the tokens the model routes to it, so gram_a of the
     joint file equals model A's own gram.
 
+    ``points`` adds activation points, as for :func:`collect_stats`
+    (``"default"`` takes model A's default points), on the same samples in
+    both models.
+
     Writes the ``kind: joint`` wtool-stats file to ``path`` and returns the
     written tensors as a dict.
     """
-    sel_a = _select_modules(model_a, modules, max_gram_elems)
-    sel_b = _select_modules(model_b, modules, max_gram_elems)
+    explicit_points = points not in (None, "default")
+    if points == "default":
+        points = default_points(model_a)
+    pts_a = _select_points(model_a, points, max_gram_elems)
+    pts_b = _select_points(model_b, points, max_gram_elems)
+    pnames = {p for p, _, _ in pts_a}
+    sel_a = _select_modules(model_a, modules, max_gram_elems, allow_empty=bool(pts_a))
+    sel_b = _select_modules(model_b, modules, max_gram_elems, allow_empty=bool(pts_b))
     sig_a = [(n, type(m).__name__, d) for n, m, d in sel_a]
     sig_b = [(n, type(m).__name__, d) for n, m, d in sel_b]
     if sig_a != sig_b:
@@ -672,6 +802,7 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
     mods_a = {n: m for n, m, _ in sel_a}
     mods_b = {n: m for n, m, _ in sel_b}
     acc = {n: _Moments(d, joint=True) for n, _, d in sel_a}
+    acc.update({p: _Moments(None, joint=True) for p in pnames})
     calls = {"a": {}, "b": {}}
     order = {"a": [], "b": []}
     state = {"batch": -1}
@@ -712,10 +843,14 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
                         continue
                     got = {"a": {}, "b": {}}
                     hs = []
+                    def grab(side, n, x):
+                        if side == "a" and n not in ran:  # forward order: the order A's expert calls them
+                            ran.append(n)
+                        got[side].setdefault(n, []).append(x.detach())
                     for side, mods in (("a", mods_a), ("b", mods_b)):
                         for n in names:
                             hs.append(mods[n].register_forward_hook(
-                                lambda mod, inputs, output, side=side, n=n: got[side].setdefault(n, []).append(inputs[0].detach())))
+                                lambda mod, inputs, output, side=side, n=n: grab(side, n, inputs[0])))
                     try:
                         block_a.experts[e](ra[rows])
                         block_b.experts[e](rb[rows])
@@ -740,7 +875,25 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
             calls[side].setdefault(name, []).append(x)
         return hook
 
+    def point_for(side, name):
+        def fn(x):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"activation point {name!r} of model {side.upper()} is not a tensor")
+            x = x.detach()
+            _check_finite(x, f"activation point {name!r} of model {side.upper()}: batch {state['batch']}")
+            if name not in order[side]:
+                order[side].append(name)
+            calls[side].setdefault(name, []).append(x)
+        return fn
+
+    def rows_of(name, x):
+        if name in pnames:
+            return _point_rows(name, x, max_gram_elems)
+        return _rows(name, mods_a[name], x)
+
     handles = [m.register_forward_hook(hook_for("a", n)) for n, m, _ in sel_a if n not in experts]
+    handles += [_point_hook(m, side, point_for("a", p)) for p, m, side in pts_a]
+    handles += [_point_hook(m, side, point_for("b", p)) for p, m, side in pts_b]
     handles += [m.register_forward_hook(hook_for("b", n)) for n, m, _ in sel_b if n not in experts]
     handles += [b.register_forward_pre_hook(moe_hook_for("a", n)) for n, b in moe_a.items()]
     handles += [b.register_forward_pre_hook(moe_hook_for("b", n)) for n, b in moe_b.items()]
@@ -766,7 +919,7 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
                     if shapes_a != shapes_b:
                         raise ValueError(f"batch {i}: module {name!r} got inputs of shapes {shapes_a} in A but {shapes_b} in B")
                     for xa, xb in zip(xs_a, xs_b):
-                        for ra, rb in zip(_rows(name, mods_a[name], xa), _rows(name, mods_a[name], xb)):
+                        for ra, rb in zip(rows_of(name, xa), rows_of(name, xb)):
                             acc[name].add(ra, rb)
                 run_experts(i)
                 samples += n
@@ -785,7 +938,7 @@ def collect_joint_stats(model_a, model_b, batches, path, modules=None, max_gram_
             if n == (blk + "." if blk else "") + "gate":
                 fwd += sorted((m for m in ran if experts[m][0] == blk), key=lambda m: (experts[m][1], ran.index(m)))
     fwd += [m for m in ran if m not in fwd]
-    names = _finish_order(fwd, [n for n, _, _ in sel_a], modules is not None)
+    names = _finish_order(fwd, [n for n, _, _ in sel_a] + sorted(pnames), modules is not None or explicit_points)
     tensors = {}
     for n in names:
         tensors.update(acc[n].tensors(n))
@@ -1215,10 +1368,11 @@ def _cmd_stats(args):
     batches = (x[a:b] for a, b in _slices(x.shape[0], args.batch_size))
     src = (f"wtool_collect.py {__version__} (torch {torch.__version__}) stats of "
            f"{' and '.join(args.models)} on {args.calib}:{key}")
+    points = None if args.points == "none" else args.points
     if len(models) == 1:
-        t = collect_stats(models[0], batches, args.output, modules=modules, source=src)
+        t = collect_stats(models[0], batches, args.output, modules=modules, source=src, points=points)
     else:
-        t = collect_joint_stats(models[0], models[1], batches, args.output, modules=modules, source=src)
+        t = collect_joint_stats(models[0], models[1], batches, args.output, modules=modules, source=src, points=points)
     nmod = sum(1 for k in t if k.endswith(".count"))
     kind = "single" if len(models) == 1 else "joint"
     _say(args, f"wrote {args.output}: {kind} statistics of {nmod} modules on {x.shape[0]} samples")
@@ -1287,6 +1441,10 @@ def _parser():
                                    "with the cross Gram. MODEL is a .safetensors file or a directory holding "
                                    "model.safetensors (or a sharded index).")
     s.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint(s): one or two")
+    s.add_argument("--points", default="default", metavar="default|none|M:in,M:out,...",
+                   help="activation points to record besides the module inputs: default (every LayerNorm/RMSNorm "
+                        "input, ResNet block outputs and hidden channels; none for a plain MLP), none, or a "
+                        "comma-separated list of MODULE:in / MODULE:out (docs/stats.md)")
     common(s, 256)
     s.set_defaults(run=_cmd_stats)
 

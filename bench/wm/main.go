@@ -16,11 +16,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/permute/bfgemm"
+	"github.com/wtool/wtool/tensors/linalg"
 )
 
 func main() {
@@ -29,7 +31,7 @@ func main() {
 	cache := flag.String("cache", "1GiB", "bytes of each model kept mapped between uses")
 	seed := flag.Uint64("seed", 0, "seed of the group order")
 	profile := flag.String("cpuprofile", "", "write a CPU profile to this file")
-	peak := flag.Int("peak", 0, "instead: print the GFLOP/s of the bf16 cost GEMM on n x n x n random bf16 matrices (best of 3)")
+	peak := flag.Int("peak", 0, "instead: print the GFLOP/s (of wall time and per CPU-second) of the bf16 cost GEMM and of the float32 GEMM on n x n x n random matrices")
 	flag.Parse()
 	if *peak > 0 {
 		peakBF16(*peak)
@@ -85,27 +87,51 @@ func check(err error) {
 	}
 }
 
-// peakBF16 times the bf16 GEMM the cost matrices use on n x n x n.
+// peakBF16 times the bf16 GEMM the cost matrices use, and the float32 GEMM
+// of tensors/linalg, on n x n x n random matrices (best of 3). Besides
+// GFLOP/s of wall time it prints GFLOP per CPU-second (user + system time
+// of the process), which other processes on a shared machine disturb much
+// less.
 func peakBF16(n int) {
-	if !bfgemm.Available() {
-		fmt.Println("bf16 GEMM: not available (no AVX512-BF16)")
-		return
-	}
+	flop := 2 * float64(n) * float64(n) * float64(n)
 	r := rand.New(rand.NewPCG(1, 2))
-	mk := func() bfgemm.Operand {
-		d := make([]uint16, n*n)
-		for i := range d {
-			d[i] = uint16(math.Float32bits(float32(r.NormFloat64())) >> 16)
+	time3 := func(f func()) (wall, cpu float64) {
+		wall, cpu = math.Inf(1), math.Inf(1)
+		for range 3 {
+			c0 := cpuSeconds()
+			t := time.Now()
+			f()
+			wall = min(wall, time.Since(t).Seconds())
+			cpu = min(cpu, cpuSeconds()-c0)
 		}
-		return bfgemm.Operand{Data: d, Ld: 2 * n, Layout: bfgemm.PairRows}
+		return wall, cpu
 	}
-	a, b := mk(), mk()
 	c := make([]float32, n*n)
-	best := math.Inf(1)
-	for range 3 {
-		t := time.Now()
-		bfgemm.MulABt(n, n, n, a, b, c, n, false, bfgemm.Options{})
-		best = min(best, time.Since(t).Seconds())
+	if bfgemm.Available() {
+		mk := func() bfgemm.Operand {
+			d := make([]uint16, n*n)
+			for i := range d {
+				d[i] = uint16(math.Float32bits(float32(r.NormFloat64())) >> 16)
+			}
+			return bfgemm.Operand{Data: d, Ld: 2 * n, Layout: bfgemm.PairRows}
+		}
+		a, b := mk(), mk()
+		wall, cpu := time3(func() { bfgemm.MulABt(n, n, n, a, b, c, n, false, bfgemm.Options{}) })
+		fmt.Printf("bf16\t%d\t%.6f\t%.2f\t%.2f\n", n, wall, flop/wall/1e9, flop/cpu/1e9)
+	} else {
+		fmt.Println("bf16 GEMM: not available (no AVX512-BF16)")
 	}
-	fmt.Printf("bf16\t%d\t%.6f\t%.2f\n", n, best, 2*float64(n)*float64(n)*float64(n)/best/1e9)
+	a, b := make([]float32, n*n), make([]float32, n*n)
+	for i := range a {
+		a[i], b[i] = float32(r.NormFloat64()), float32(r.NormFloat64())
+	}
+	wall, cpu := time3(func() { linalg.MatMul32(c, a, b, n, n, n, false, true) })
+	fmt.Printf("f32\t%d\t%.6f\t%.2f\t%.2f\n", n, wall, flop/wall/1e9, flop/cpu/1e9)
+}
+
+// cpuSeconds is the process's user and system time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

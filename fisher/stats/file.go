@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
@@ -96,8 +97,7 @@ func Write(ctx context.Context, path string, s *Stats, opts checkpoint.WriteOpti
 			}
 			entries = append(entries, safetensors.Entry{Name: name, DType: tensors.F64, Shape: shape})
 			byName[name] = func() *tensors.Tensor {
-				t, _ := tensors.FromFloat64(name, tensors.F64, shape, data)
-				return t
+				return f64Tensor(name, shape, data)
 			}
 		}
 	}
@@ -423,4 +423,19 @@ func Merge(a, b *Stats) error {
 	}
 	a.Samples += b.Samples
 	return nil
+}
+
+// littleEndian is true on little-endian machines, where a []float64 is
+// already the F64 encoding of safetensors.
+var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+
+// f64Tensor returns an F64 tensor of the values: a view of their memory on
+// little-endian machines (a Gram matrix of 4608 features is 170 MB, not
+// worth copying to write), an encoded copy elsewhere.
+func f64Tensor(name string, shape []int64, v []float64) *tensors.Tensor {
+	if littleEndian && len(v) > 0 {
+		return &tensors.Tensor{Name: name, DType: tensors.F64, Shape: shape, Data: unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 8*len(v))}
+	}
+	t, _ := tensors.FromFloat64(name, tensors.F64, shape, v)
+	return t
 }

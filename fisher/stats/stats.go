@@ -123,7 +123,7 @@ func (a *Accumulator) Add(module string, x []float32, rows int) error {
 	}
 	m.Count += int64(rows)
 	accumulate(m.Sum, m.Abs, x, rows, m.Dim)
-	a.gramInto(m.Gram, x, x, rows, m.Dim)
+	a.gramInto(m.Gram, x, x, rows, m.Dim, true)
 	return nil
 }
 
@@ -143,9 +143,9 @@ func (a *Accumulator) AddJoint(module string, xa, xb []float32, rows int) error 
 	m.Count += int64(rows)
 	accumulate(m.Sum, m.Abs, xa, rows, m.Dim)
 	accumulate(m.SumB, m.AbsB, xb, rows, m.Dim)
-	a.gramInto(m.Gram, xa, xa, rows, m.Dim)
-	a.gramInto(m.GramB, xb, xb, rows, m.Dim)
-	a.gramInto(m.Cross, xa, xb, rows, m.Dim)
+	a.gramInto(m.Gram, xa, xa, rows, m.Dim, true)
+	a.gramInto(m.GramB, xb, xb, rows, m.Dim, true)
+	a.gramInto(m.Cross, xa, xb, rows, m.Dim, false)
 	return nil
 }
 
@@ -172,8 +172,11 @@ func accumulate(sum, abs []float64, x []float32, rows, d int) {
 }
 
 // gramInto adds xa^T xb (d x d, from rows x d batches) to g. The batch product
-// is a float32 GEMM, accumulated in float64 across batches.
-func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
+// is a float32 GEMM, accumulated in float64 across batches. A Gram matrix
+// (sym, xa = xb) gets only its upper triangle (SYRK: half the products);
+// Stats mirrors it. A cross product is always whole, even when both models
+// see the same inputs (a first layer's).
+func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int, sym bool) {
 	if rows == 0 {
 		return
 	}
@@ -181,6 +184,17 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int) {
 		a.buf = make([]float32, d*d)
 	}
 	buf := a.buf[:d*d]
+	if sym {
+		blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
+			0, blas32.Symmetric{N: d, Stride: d, Data: buf, Uplo: blas.Upper})
+		for i := range d {
+			row, dst := buf[i*d+i:(i+1)*d], g[i*d+i:(i+1)*d]
+			for j, v := range row {
+				dst[j] += float64(v)
+			}
+		}
+		return
+	}
 	blas32.Gemm(blas.Trans, blas.NoTrans, 1,
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xb},
@@ -196,6 +210,10 @@ func (a *Accumulator) Stats(source string) *Stats {
 	k := Single
 	if a.joint {
 		k = Joint
+	}
+	for _, m := range a.modules { // Gram matrices are accumulated in their upper triangle
+		mirrorUpper(m.Gram, m.Dim)
+		mirrorUpper(m.GramB, m.Dim)
 	}
 	return &Stats{Kind: k, Modules: a.modules, Samples: a.samples, Source: source}
 }
@@ -249,5 +267,22 @@ func (s *Stats) metadata() map[string]string {
 		"format": Format, "version": Version, "kind": string(s.Kind),
 		"modules": strings.Join(names, ","), "samples": strconv.FormatInt(s.Samples, 10),
 		"source": s.Source,
+	}
+}
+
+// mirrorUpper copies the upper triangle of a d x d matrix to the lower one.
+func mirrorUpper(g []float64, d int) {
+	if g == nil {
+		return
+	}
+	const blk = 64
+	for i0 := 0; i0 < d; i0 += blk {
+		for j0 := i0; j0 < d; j0 += blk {
+			for i := i0; i < min(i0+blk, d); i++ {
+				for j := max(j0, i+1); j < min(j0+blk, d); j++ {
+					g[j*d+i] = g[i*d+j]
+				}
+			}
+		}
 	}
 }

@@ -165,8 +165,8 @@ func TestAgainstReferences(t *testing.T) {
 		"fisher": filepath.Join(dir, "gpt2.fisher.safetensors")})
 	out = filepath.Join(work, "gpt2-regmean")
 	plan := &merge.Plan{Method: "regmean", DType: "f32", Models: []merge.ModelInput{
-		{Path: gpt2, Stats: filepath.Join(dir, "gpt2.stats.safetensors")},
-		{Path: filepath.Join(dir, "gpt2-b"), Stats: filepath.Join(dir, "gpt2-b.stats.safetensors")}}}
+		{Path: gpt2, Params: merge.Params{"stats": merge.Text(filepath.Join(dir, "gpt2.stats.safetensors"))}},
+		{Path: filepath.Join(dir, "gpt2-b"), Params: merge.Params{"stats": merge.Text(filepath.Join(dir, "gpt2-b.stats.safetensors"))}}}}
 	rep, err := merge.Execute(context.Background(), plan, out, checkpoint.WriteOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -308,7 +308,11 @@ func TestRegMeanFewImages(t *testing.T) {
 	}
 	dist := func(alpha float64) (float64, []string) {
 		out := filepath.Join(t.TempDir(), "m")
-		plan := &merge.Plan{Method: "regmean", Alpha: alpha, DType: "f32", Models: []merge.ModelInput{{Path: a, Stats: sa}, {Path: b, Stats: sb}}}
+		plan := &merge.Plan{Method: "regmean", DType: "f32", Params: merge.Params{}, Models: []merge.ModelInput{
+			{Path: a, Params: merge.Params{"stats": merge.Text(sa)}}, {Path: b, Params: merge.Params{"stats": merge.Text(sb)}}}}
+		if alpha != 0 { // 0: the default
+			plan.Params["alpha"] = merge.Num(alpha)
+		}
 		rep, err := merge.Execute(context.Background(), plan, out, checkpoint.WriteOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -339,7 +343,7 @@ func TestDeterministic(t *testing.T) {
 	llama := filepath.Join(dir, "llama")
 	var msgs []string
 	for range 3 {
-		plan := &merge.Plan{Method: "pleas", JointStats: filepath.Join(dir, "gpt2.stats.safetensors"), Models: []merge.ModelInput{{Path: llama}, {Path: llama}}}
+		plan := &merge.Plan{Method: "pleas", Params: merge.Params{"stats": merge.Text(filepath.Join(dir, "gpt2.stats.safetensors"))}, Models: []merge.ModelInput{{Path: llama}, {Path: llama}}}
 		_, err := merge.Execute(context.Background(), plan, filepath.Join(t.TempDir(), "p"), checkpoint.WriteOptions{})
 		if err == nil {
 			t.Fatal("pleas merged a Llama")

@@ -27,8 +27,9 @@ func init() { Register(resnet{}) }
 func (resnet) Name() string { return "resnet" }
 
 // MatchConfig: torchvision checkpoints come without a config.json, and
-// transformers' ResNet (model_type "resnet") uses other names.
-func (resnet) MatchConfig(*Config) bool { return false }
+// transformers' ResNet (model_type "resnet") uses other names; wtool's own
+// small ResNets (testdata/pairs) say model_type "torchvision_resnet".
+func (resnet) MatchConfig(c *Config) bool { return c.ModelType == "torchvision_resnet" }
 
 func (resnet) MatchNames(names []string) bool {
 	for _, n := range []string{"conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.0.bn1.weight"} {

@@ -93,27 +93,28 @@ var methods = []method{
 		return &merge.Plan{Method: "linear", Models: models(d, p)}
 	}},
 	{"slerp t=0.5", func(d string, p Pair, _ []string) *merge.Plan {
-		return &merge.Plan{Method: "slerp", Models: models(d, p), T: merge.Const(0.5)}
+		return &merge.Plan{Method: "slerp", Models: models(d, p), Params: merge.Params{"t": merge.Num(0.5)}}
 	}},
 	{"fisher", func(d string, p Pair, f []string) *merge.Plan {
 		ms := models(d, p)
-		ms[0].Fisher, ms[1].Fisher = f[0], f[1]
+		ms[0].Params = merge.Params{"fisher": merge.Text(f[0])}
+		ms[1].Params = merge.Params{"fisher": merge.Text(f[1])}
 		return &merge.Plan{Method: "fisher", Models: ms}
 	}},
 	{"regmean", func(d string, p Pair, _ []string) *merge.Plan {
-		return &merge.Plan{Method: "regmean", Models: models(d, p), Calib: filepath.Join(d, "digits_train.safetensors")}
+		return &merge.Plan{Method: "regmean", Models: models(d, p), Params: merge.Params{"calib": merge.Text(filepath.Join(d, "digits_train.safetensors"))}}
 	}},
 	{"wm (weight matching)", func(d string, p Pair, _ []string) *merge.Plan {
 		return &merge.Plan{Method: "wm", Models: models(d, p)}
 	}},
 	{"pleas width 1.0", func(d string, p Pair, _ []string) *merge.Plan {
-		return &merge.Plan{Method: "pleas", Models: models(d, p), Calib: filepath.Join(d, "digits_train.safetensors"), Width: 1}
+		return &merge.Plan{Method: "pleas", Models: models(d, p), Params: merge.Params{"calib": merge.Text(filepath.Join(d, "digits_train.safetensors")), "width": merge.Num(1)}}
 	}},
 	{"pleas width 1.5", func(d string, p Pair, _ []string) *merge.Plan {
-		return &merge.Plan{Method: "pleas", Models: models(d, p), Calib: filepath.Join(d, "digits_train.safetensors"), Width: 1.5}
+		return &merge.Plan{Method: "pleas", Models: models(d, p), Params: merge.Params{"calib": merge.Text(filepath.Join(d, "digits_train.safetensors")), "width": merge.Num(1.5)}}
 	}},
 	{"pleas width 2.0", func(d string, p Pair, _ []string) *merge.Plan {
-		return &merge.Plan{Method: "pleas", Models: models(d, p), Calib: filepath.Join(d, "digits_train.safetensors"), Width: 2}
+		return &merge.Plan{Method: "pleas", Models: models(d, p), Params: merge.Params{"calib": merge.Text(filepath.Join(d, "digits_train.safetensors")), "width": merge.Num(2)}}
 	}},
 }
 

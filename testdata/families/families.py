@@ -678,7 +678,11 @@ class ResNet(nn.Module):
     def __init__(self, c):
         super().__init__()
         block = BasicBlock if c["block"] == "basic" else Bottleneck
-        self.conv1 = nn.Conv2d(3, c["stem"], 7, 2, 3, bias=False)
+        # the stem: torchvision's 7x7/2 convolution and 3x3/2 max pool unless the
+        # config says otherwise (small images: stem_kernel 3, stem_stride 1, stem_pool false)
+        k = c.get("stem_kernel", 7)
+        self.stem_pool = c.get("stem_pool", True)
+        self.conv1 = nn.Conv2d(c.get("in_channels", 3), c["stem"], k, c.get("stem_stride", 2), k // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(c["stem"])
         cin = c["stem"]
         for s, (n, planes) in enumerate(zip(c["layers"], c["widths"])):
@@ -695,7 +699,9 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(cin, c["num_classes"])
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = F.relu(self.bn1(self.conv1(x)))
+        if self.stem_pool:
+            x = F.max_pool2d(x, 3, 2, 1)
         for s in range(1, 5):
             x = getattr(self, f"layer{s}")(x)
         return self.fc(x.mean((2, 3)))

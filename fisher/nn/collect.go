@@ -1,0 +1,208 @@
+package nn
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/wtool/wtool/fisher/stats"
+)
+
+// DefaultMaxGramElems is the default limit on one entry's Gram matrix
+// (2^26 float64 values, 512 MiB), as tools/wtool_collect.py's.
+const DefaultMaxGramElems = 1 << 26
+
+// StatsOptions control CollectStats.
+type StatsOptions struct {
+	// BatchSize is the number of samples (images or sequences) per batch
+	// (default 64 images, at most 8 sequences, fewer when their logits
+	// would exceed 256 MiB); it changes the result only by float32 rounding.
+	BatchSize int
+	// Limit caps the number of samples (0: all).
+	Limit int
+	// Select chooses the entries to record (nil: every module input and
+	// every activation point, Net.Points).
+	Select func(Point) bool
+	// MaxGramElems refuses entries whose Gram matrix would have more
+	// elements (default DefaultMaxGramElems; negative: no limit).
+	MaxGramElems int
+	// Progress, if set, is called after each batch with samples done and total.
+	Progress func(done, total int)
+	// Source is recorded in the file's metadata.
+	Source string
+}
+
+// Modules selects module inputs only (the entries of files written before
+// activation points existed).
+func Modules(p Point) bool { return p.Kind == ModuleInput }
+
+// CollectStats runs the data through one network, giving single-model
+// statistics, or through two networks of the same architecture on the same
+// samples, giving joint statistics (docs/stats.md): for every selected
+// module input and activation point, the sample count, sums, sums of
+// absolute values and Gram matrices (and the cross Gram of the two models).
+// Samples are the rows of what the point carries: one per image for a
+// Linear head, one per output position per image for a convolution's patch
+// and for a feature map's channels, one per token for a transformer.
+func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) (*stats.Stats, error) {
+	if len(nets) < 1 || len(nets) > 2 {
+		return nil, fmt.Errorf("statistics are for one model or a pair, not %d", len(nets))
+	}
+	p, err := newPass(ctx, nets)
+	if err != nil {
+		return nil, err
+	}
+	var b batch
+	if err := prepare(nets[0], d, &b); err != nil {
+		return nil, err
+	}
+	joint := len(nets) == 2
+	limit := opts.MaxGramElems
+	if limit == 0 {
+		limit = DefaultMaxGramElems
+	}
+	var names []string
+	var dims []int
+	rec := &recorder{want: map[string]int{}, lanes: len(nets), bufs: map[string]*rowBuf{}}
+	for _, pt := range nets[0].Points() {
+		if opts.Select != nil && !opts.Select(pt) {
+			continue
+		}
+		if limit > 0 && pt.Dim*pt.Dim > limit {
+			return nil, fmt.Errorf("%s %q: %d features give a Gram matrix of %d elements (%d MiB in float64), above the limit of %d; leave it out or raise the limit",
+				pt.Kind, pt.Name, pt.Dim, pt.Dim*pt.Dim, pt.Dim*pt.Dim*8>>20, limit)
+		}
+		names = append(names, pt.Name)
+		dims = append(dims, pt.Dim)
+		rec.want[pt.Name] = pt.Dim
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no statistics selected")
+	}
+	if rec.acc, err = stats.NewAccumulator(names, dims, joint); err != nil {
+		return nil, err
+	}
+	p.rec = rec
+	bs := defaultBatch(nets[0], d, opts.BatchSize, 64)
+	total := d.N
+	if opts.Limit > 0 {
+		total = min(total, opts.Limit)
+	}
+	for lo := 0; lo < total; lo += bs {
+		if err := p.check(); err != nil {
+			return nil, err
+		}
+		hi := min(lo+bs, total)
+		if err := d.read(&b, lo, hi); err != nil {
+			return nil, err
+		}
+		if _, err := p.run(&b); err != nil {
+			return nil, fmt.Errorf("batch at sample %d: %w", lo, err)
+		}
+		rec.acc.AddSamples(hi - lo)
+		if opts.Progress != nil {
+			opts.Progress(hi, total)
+		}
+	}
+	if err := rec.flushAll(); err != nil {
+		return nil, err
+	}
+	s := rec.acc.Stats(opts.Source)
+	for _, m := range s.Modules {
+		if m.Count == 0 {
+			return nil, fmt.Errorf("%q never ran on the data", m.Name)
+		}
+	}
+	return s, nil
+}
+
+// recorder feeds a pass's activations to a statistics accumulator. Rows
+// are gathered per entry until a block of them (up to 2048, fewer for wide
+// entries) is multiplied at once: deep layers give few rows per batch, and
+// a Gram update costs the same memory traffic whatever its row count.
+type recorder struct {
+	acc   *stats.Accumulator
+	want  map[string]int // name -> dimension
+	lanes int
+	bufs  map[string]*rowBuf
+	order []string // entries with buffered rows, in first-use order
+}
+
+// rowBuf holds an entry's pending rows, one slice per lane.
+type rowBuf struct {
+	dim, rows, cap int
+	x              [][]float32
+}
+
+func (r *recorder) wants(name string) bool { _, ok := r.want[name]; return ok }
+
+// gramChunk bounds the rows of one float32 Gram product before it is
+// added to the float64 sums; bufBytes bounds one lane's pending rows of an
+// entry.
+const (
+	gramChunk = 2048
+	bufBytes  = 16 << 20
+)
+
+func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
+	if want := r.want[name]; want != dim {
+		return fmt.Errorf("%q: %d features, expected %d", name, dim, want)
+	}
+	b := r.bufs[name]
+	if b == nil {
+		c := min(gramChunk, max(256, bufBytes/4/dim))
+		b = &rowBuf{dim: dim, cap: c, x: make([][]float32, r.lanes)}
+		for i := range b.x {
+			b.x[i] = make([]float32, c*dim)
+		}
+		r.bufs[name] = b
+		r.order = append(r.order, name)
+	}
+	for lo := 0; lo < rows; {
+		if b.rows == 0 && rows-lo >= b.cap { // a whole block: no copy
+			hi := lo + b.cap
+			if err := r.send(name, vs, lo, hi, dim); err != nil {
+				return err
+			}
+			lo = hi
+			continue
+		}
+		n := min(rows-lo, b.cap-b.rows)
+		for i := range vs {
+			copy(b.x[i][b.rows*dim:], vs[i][lo*dim:(lo+n)*dim])
+		}
+		b.rows += n
+		lo += n
+		if b.rows == b.cap {
+			if err := r.flush(name, b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *recorder) send(name string, vs [][]float32, lo, hi, dim int) error {
+	if r.lanes == 2 {
+		return r.acc.AddJoint(name, vs[0][lo*dim:hi*dim], vs[1][lo*dim:hi*dim], hi-lo)
+	}
+	return r.acc.Add(name, vs[0][lo*dim:hi*dim], hi-lo)
+}
+
+func (r *recorder) flush(name string, b *rowBuf) error {
+	if b.rows == 0 {
+		return nil
+	}
+	err := r.send(name, b.x, 0, b.rows, b.dim)
+	b.rows = 0
+	return err
+}
+
+// flushAll multiplies every entry's pending rows.
+func (r *recorder) flushAll() error {
+	for _, name := range r.order {
+		if err := r.flush(name, r.bufs[name]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
