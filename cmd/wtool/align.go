@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wtool/wtool/fisher/mlp"
+	"github.com/wtool/wtool/fisher/nn"
 	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
@@ -40,7 +41,8 @@ Methods:
               boundary, a ResNet stage's every block output); heads are
               matched as heads. Needs joint statistics: --stats
               JOINT.safetensors (from 'wtool stats A B --calib X' or
-              tools/wtool_collect.py), or --calib X.safetensors for MLPs.
+              tools/wtool_collect.py), or --calib X.safetensors (computed
+              here, by the engine of 'wtool stats').
 
 The permutation spec says which units may move together. 'auto' (the
 default) builds it from the architecture ('wtool arch' shows what it sees)
@@ -181,8 +183,8 @@ tensors stays mapped between uses (file-backed, reclaimable memory).
 	return cmd
 }
 
-// jointStats opens --stats or computes joint statistics with the MLP engine
-// from --calib.
+// jointStats opens --stats or computes joint statistics from --calib with
+// the built-in engine (fisher/nn) for its architectures, or the MLP engine.
 func jointStats(cmd *cobra.Command, mf *mlpFlags, statsPath string, models []string) (permute.JointStats, func(), error) {
 	if statsPath != "" {
 		f, err := stats.Open(statsPath)
@@ -194,6 +196,29 @@ func jointStats(cmd *cobra.Command, mf *mlpFlags, statsPath string, models []str
 			return nil, nil, fmt.Errorf("%s: %s statistics; activation matching needs joint statistics of the two models ('wtool stats A B')", statsPath, f.Kind)
 		}
 		return f, func() { f.Close() }, nil
+	}
+	var engine []*nn.Net
+	for _, p := range models {
+		n, ok, err := engineModel(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ok {
+			break
+		}
+		engine = append(engine, n)
+	}
+	if len(engine) == len(models) {
+		d, err := nn.OpenData(mf.calib, mf.calibKey, "-")
+		if err != nil {
+			return nil, nil, err
+		}
+		defer d.Close()
+		s, err := nn.CollectStats(cmd.Context(), engine, d, nn.StatsOptions{Source: "wtool align " + strings.Join(models, " ")})
+		if err != nil {
+			return nil, nil, err
+		}
+		return permute.StatsOf(s), func() {}, nil
 	}
 	var nets []*mlp.Network
 	for _, p := range models {
