@@ -16,6 +16,14 @@ type ActivationOptions struct {
 	// (units x units float64: 1.6 GB for an 8B Llama's 14336 MLP units, and
 	// one per group), for callers that choose units by it (PLeaS).
 	Scores bool
+	// Weights are the two models' weights (A, B), optional. With them, the
+	// query and key features inside attention heads without rotary
+	// embeddings (a "qk" group, which no statistics entry records) are
+	// matched by the correlation of the projections' outputs, computed
+	// from the weights and the joint statistics of the projections' input;
+	// without them those features keep their order and move with their
+	// heads.
+	Weights [2]Source
 }
 
 // StatsEntry is a statistics entry (docs/stats.md) that activation
@@ -142,7 +150,9 @@ func blockSpace(a *arch.Arch, block string, in bool) string {
 // assignment over heads, grouped-query aware (a key/value head with its
 // query heads). Inside a head, a feature group no statistics see (query and
 // key features of attention without rotary embeddings: the engine records
-// no queries or keys) keeps its order and moves with its head. The scores
+// no queries or keys) is matched from the projections' weights and input
+// statistics when opts.Weights are given ([ActivationOptions]), and
+// otherwise keeps its order and moves with its head. The scores
 // of a head group are per pair of heads; of a feature group, per pair of
 // features.
 //
@@ -302,6 +312,12 @@ func (s *Spec) matchHeads(ctx context.Context, h string, entries map[string][]St
 		sc, rep, err := s.pooledScores(ctx, w, entries[w], js)
 		if err != nil {
 			return nil, err
+		}
+		if len(rep.Modules) == 0 && opts.Weights[0] != nil && opts.Weights[1] != nil {
+			sc, rep.Modules, err = s.projectedScores(ctx, w, js, opts.Weights)
+			if err != nil {
+				return nil, fmt.Errorf("group %q: %w", w, err)
+			}
 		}
 		if len(rep.Modules) == 0 {
 			continue

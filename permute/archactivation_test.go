@@ -83,10 +83,10 @@ func calibration(t *testing.T, net *nn.Net, n int, seed uint64) *nn.Data {
 }
 
 // TestActivationMatchingEveryFamily: on every family's tiny checkpoint and
-// a copy with a random permutation of every group planted (query/key
-// features inside a head excepted: no statistics see them, they move with
-// their heads), activation matching from joint statistics that fisher/nn
-// computes on random inputs finds the planted permutation back exactly;
+// a copy with a random permutation of every group planted, activation
+// matching from joint statistics that fisher/nn computes on random inputs
+// (and the weights, for query/key features, which no entry records) finds
+// the planted permutation back exactly;
 // every group pools entries of its space (a residual stream: all of its
 // activation points), and the spaces the engine names for its points are
 // the ones StatsEntries finds.
@@ -111,14 +111,6 @@ func TestActivationMatchingEveryFamily(t *testing.T) {
 			s := as.Spec
 			rng := rand.New(rand.NewPCG(uint64(i), 13))
 			p := RandomPerms(rng, s)
-			for _, qk := range as.GroupsOfKind(KindQK) {
-				w := s.Within[qk]
-				for h, src := range p[w.Heads] {
-					for f := range w.Dim {
-						p[qk][h*w.Dim+f] = src*w.Dim + f
-					}
-				}
-			}
 			permPath := filepath.Join(t.TempDir(), f+"-perm")
 			if _, err := ApplyCheckpoint(ctx, m, s, p, permPath, checkpoint.WriteOptions{}); err != nil {
 				t.Fatal(err)
@@ -164,7 +156,28 @@ func TestActivationMatchingEveryFamily(t *testing.T) {
 					t.Errorf("residual group %s pools %d activation points", g, acts)
 				}
 			}
-			got, rep, err := MatchActivations(ctx, s, js, ActivationOptions{Scores: true})
+			// without the weights, query/key features move with their heads
+			noW, _, err := MatchActivations(ctx, s, js, ActivationOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, qk := range as.GroupsOfKind(KindQK) {
+				w := s.Within[qk]
+				for h, src := range noW[w.Heads] {
+					for f := range w.Dim {
+						if noW[qk][h*w.Dim+f] != src*w.Dim+f {
+							t.Fatalf("group %s without weights: head %d feature %d from %d, its head from %d", qk, h, f, noW[qk][h*w.Dim+f], src)
+						}
+					}
+				}
+			}
+			pm, err := checkpoint.Open(permPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pm.Close()
+			weights := [2]Source{NewCheckpointSource(m, 0), NewCheckpointSource(pm, 0)}
+			got, rep, err := MatchActivations(ctx, s, js, ActivationOptions{Scores: true, Weights: weights})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -16,7 +16,6 @@ import (
 	"testing"
 
 	"github.com/wtool/wtool/internal/testenv"
-	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/permute"
@@ -71,42 +70,23 @@ func familyCheckpoints(t *testing.T) string {
 }
 
 // plant writes PATH-perm: PATH with a random permutation (none the
-// identity) of every group of its built-in spec; and PATH-hperm, the same
-// with the query/key features inside each head kept in order (they move
-// with their heads: no statistics see them, activation matching keeps
-// them so).
+// identity) of every group of its built-in spec.
 func plant(path string, seed uint64) error {
 	m, err := checkpoint.Open(path)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	a, err := arch.Open(m)
+	s, err := permute.BuiltinSpec("auto", m, nil)
 	if err != nil {
 		return err
 	}
-	as, err := permute.BuildSpec(a)
-	if err != nil {
-		return err
-	}
-	s := as.Spec
 	rng := rand.New(rand.NewPCG(seed, 91))
 	p := permute.RandomPerms(rng, s)
 	for slices.ContainsFunc(s.GroupNames(), func(g string) bool { return s.Groups[g] > 1 && slices.IsSorted(p[g]) }) {
 		p = permute.RandomPerms(rng, s)
 	}
-	if _, err = permute.ApplyCheckpoint(context.Background(), m, s, p, path+"-perm", checkpoint.WriteOptions{}); err != nil {
-		return err
-	}
-	for _, qk := range as.GroupsOfKind(permute.KindQK) {
-		w := s.Within[qk]
-		for h, src := range p[w.Heads] {
-			for f := range w.Dim {
-				p[qk][h*w.Dim+f] = src*w.Dim + f
-			}
-		}
-	}
-	_, err = permute.ApplyCheckpoint(context.Background(), m, s, p, path+"-hperm", checkpoint.WriteOptions{})
+	_, err = permute.ApplyCheckpoint(context.Background(), m, s, p, path+"-perm", checkpoint.WriteOptions{})
 	return err
 }
 
@@ -234,7 +214,7 @@ func TestAlignByActivationEveryFamily(t *testing.T) {
 	out := t.TempDir()
 	for _, f := range specFamilies {
 		t.Run(f, func(t *testing.T) {
-			orig, perm := filepath.Join(dir, f), filepath.Join(dir, f+"-hperm")
+			orig, perm := filepath.Join(dir, f), filepath.Join(dir, f+"-perm")
 			calib := filepath.Join(dir, "tokens.safetensors")
 			if strings.HasPrefix(f, "resnet") || f == "vit" {
 				calib = filepath.Join(dir, "images.safetensors")
