@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -78,6 +79,26 @@ var oracleCases = []oracleCase{
 	{method: "karcher", models: 3, global: map[string]any{"max_iter": 20}},
 }
 
+// boundaryTies reports whether a model's task vector has two equal
+// non-zero magnitudes (float32 inputs often do).
+func boundaryTies(c *mkgolden.Case) bool {
+	b := c.Base().Values
+	for _, in := range c.Inputs {
+		if in.Model == c.BaseModel {
+			continue
+		}
+		seen := map[float64]bool{}
+		for k, x := range in.Values {
+			d := math.Abs(float64(x) - float64(b[k]))
+			if d != 0 && seen[d] {
+				return true
+			}
+			seen[d] = true
+		}
+	}
+	return false
+}
+
 // The streaming implementations equal the float64 reference (mkref) on
 // random inputs of random shapes, small and multi-block, through a
 // mergekit YAML configuration.
@@ -123,7 +144,20 @@ func TestMethodsMatchReference(t *testing.T) {
 			c.BaseModel = "base"
 			c.Inputs = append(c.Inputs, mkgolden.Input{Model: "base", Values: base})
 		}
+		if strings.HasPrefix(oc.method, "breadcrumbs") && boundaryTies(c) {
+			// equal magnitudes at a rank boundary: mergekit's sort leaves
+			// their order unspecified; mkref drops the first ones at the
+			// top, wtool the last (docs/mergekit.md section 4)
+			return
+		}
 		want, werr := oracle(c)
+		for _, v := range want {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				// a zero divisor (model_stock's cos = -1): mergekit
+				// writes Inf/NaN, wtool refuses to
+				werr = fmt.Errorf("non-finite result")
+			}
+		}
 		got, gerr := g.run(c, 0)
 		if (werr != nil) != (gerr != nil) {
 			rt.Fatalf("%s %v: reference error %v, wtool error %v", oc.method, shape, werr, gerr)
