@@ -1,0 +1,322 @@
+package merge
+
+import (
+	"context"
+	"fmt"
+
+	"gonum.org/v1/gonum/mat"
+
+	"github.com/wtool/wtool/fisher/stats"
+)
+
+// The kinds of a merged element (a unit of a partially merged group, or
+// one index of an axis no group permutes).
+const (
+	kindMerged = iota // the average of A's unit a and B's unit b
+	kindA             // A's unit a alone
+	kindB             // B's unit b alone
+	kindShared        // an unpermuted index: the same element in both models
+)
+
+// elem is one element of a merged axis: its kind and where it comes from
+// in A and in B (-1 where absent).
+type elem struct {
+	kind uint8
+	a, b int32
+}
+
+// refitProblem is one module's masked least-squares problem. The module
+// maps input features x (d of them; a convolution's unfolded patch) to
+// outputs W x + b. Rows are the merged module's outputs, Cols its input
+// features, both in the merged layout; WA, WB are the source weights as
+// [out][d] row-major matrices in the statistics' feature order, BA, BB the
+// biases (nil without).
+type refitProblem struct {
+	St         *stats.Module
+	Rows, Cols []elem
+	WA, WB     []float32
+	BA, BB     []float32
+	Ridge      float64
+}
+
+// term is one source feature of a merged feature: coefficient c times
+// entry i of v = [x_A; x_B; 1].
+type term struct {
+	i int
+	c float64
+}
+
+// refitSolve solves the masked least-squares problem in closed form
+// (PLeaS's step 3). With v = [x_A; x_B; 1] the joint input of the two
+// source modules on the same samples and M = E[v v^T] (the joint second
+// moments), the merged input is z = P v ([merged pairs averaged | A-only |
+// B-only], shared features as they are) and the target t = Q v (the
+// source modules' outputs, pair-averaged for merged rows), so the normal
+// equations of min E||W z + b - t||^2 need only P M P^T and P M Q^T. A-only
+// rows take no B-only input and B-only rows no A-only input: one solve per
+// row kind over the columns it may read. It returns the merged weight
+// [len(Rows)][len(Cols)] and bias (nil without).
+func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, error) {
+	st := p.St
+	d := st.Dim
+	if st.Cross == nil || st.GramB == nil {
+		return nil, nil, fmt.Errorf("joint statistics needed (statistics of the two models on the same data)")
+	}
+	if st.Count == 0 {
+		return nil, nil, fmt.Errorf("no samples in the statistics")
+	}
+	outA, outB := len(p.WA)/max(d, 1), len(p.WB)/max(d, 1)
+	if outA*d != len(p.WA) || outB*d != len(p.WB) {
+		return nil, nil, fmt.Errorf("weights of %d and %d values are not [out, %d] matrices", len(p.WA), len(p.WB), d)
+	}
+	bias := p.BA != nil
+	n := float64(st.Count)
+	one := 2 * d // index of the constant 1 in v
+	// mv returns M[i][j].
+	mv := func(i, j int) float64 {
+		switch {
+		case i == one && j == one:
+			return 1
+		case i == one:
+			i, j = j, i
+			fallthrough
+		case j == one:
+			if i < d {
+				return st.Sum[i] / n
+			}
+			return st.SumB[i-d] / n
+		case i < d && j < d:
+			return st.Gram[i*d+j] / n
+		case i >= d && j >= d:
+			return st.GramB[(i-d)*d+j-d] / n
+		case i < d:
+			return st.Cross[i*d+j-d] / n
+		default:
+			return st.Cross[j*d+i-d] / n
+		}
+	}
+	// the merged input features as terms of v
+	zt := make([][]term, 0, len(p.Cols)+1)
+	for ci, c := range p.Cols {
+		switch c.kind {
+		case kindMerged:
+			zt = append(zt, []term{{int(c.a), 0.5}, {d + int(c.b), 0.5}})
+		case kindA:
+			zt = append(zt, []term{{int(c.a), 1}})
+		case kindB:
+			zt = append(zt, []term{{d + int(c.b), 1}})
+		case kindShared:
+			zt = append(zt, []term{{int(c.a), 0.5}, {d + int(c.b), 0.5}})
+		default:
+			return nil, nil, fmt.Errorf("input feature %d: bad kind %d", ci, c.kind)
+		}
+		for _, t := range zt[len(zt)-1] {
+			if t.i < 0 || t.i >= 2*d {
+				return nil, nil, fmt.Errorf("input feature %d maps outside the %d statistics features", ci, d)
+			}
+		}
+	}
+	nin := len(zt)
+	if bias {
+		zt = append(zt, []term{{one, 1}})
+	}
+	zdim := len(zt)
+	// ZZ = P M P^T
+	zz := mat.NewSymDense(zdim, nil)
+	for r := range zdim {
+		if r%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
+		}
+		for s := r; s < zdim; s++ {
+			var v float64
+			for _, tr := range zt[r] {
+				for _, ts := range zt[s] {
+					v += tr.c * ts.c * mv(tr.i, ts.i)
+				}
+			}
+			zz.SetSym(r, s, v)
+		}
+	}
+	// H_A = M[:, A's x] W_A^T and H_B = M[:, B's x] W_B^T, on the rows of v
+	// that the merged features use: E[v_i (W x_side)_o].
+	need := map[int]int{} // index of v -> row of H
+	var needIdx []int
+	for _, ts := range zt {
+		for _, t := range ts {
+			if _, ok := need[t.i]; !ok {
+				need[t.i] = len(needIdx)
+				needIdx = append(needIdx, t.i)
+			}
+		}
+	}
+	h := func(side int, w []float32, out int) *mat.Dense {
+		if out == 0 {
+			return nil
+		}
+		left := mat.NewDense(len(needIdx), d, nil)
+		for r, i := range needIdx {
+			row := left.RawRowView(r)
+			for j := range d {
+				row[j] = mv(i, side*d+j)
+			}
+		}
+		wm := mat.NewDense(out, d, nil)
+		for k, x := range w {
+			wm.RawMatrix().Data[k] = float64(x)
+		}
+		var res mat.Dense
+		res.Mul(left, wm.T())
+		return &res
+	}
+	hA, hB := h(0, p.WA, outA), h(1, p.WB, outB)
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	// ZT[r][o] = E[z_r t_o]
+	type src struct {
+		side, row int
+		c         float64
+	}
+	rowTerms := func(e elem) []src {
+		switch e.kind {
+		case kindA:
+			return []src{{0, int(e.a), 1}}
+		case kindB:
+			return []src{{1, int(e.b), 1}}
+		default:
+			return []src{{0, int(e.a), 0.5}, {1, int(e.b), 0.5}}
+		}
+	}
+	for ri, e := range p.Rows {
+		for _, s := range rowTerms(e) {
+			if (s.side == 0 && (s.row < 0 || s.row >= outA)) || (s.side == 1 && (s.row < 0 || s.row >= outB)) {
+				return nil, nil, fmt.Errorf("output %d maps outside the source weights", ri)
+			}
+		}
+	}
+	zT := mat.NewDense(zdim, len(p.Rows), nil)
+	for r, ts := range zt {
+		for o, e := range p.Rows {
+			var v float64
+			for _, t := range ts {
+				hr := need[t.i]
+				mean := mv(t.i, one)
+				for _, s := range rowTerms(e) {
+					var x float64
+					if s.side == 0 {
+						x = hA.At(hr, s.row)
+						if bias {
+							x += mean * float64(p.BA[s.row])
+						}
+					} else {
+						x = hB.At(hr, s.row)
+						if bias {
+							x += mean * float64(p.BB[s.row])
+						}
+					}
+					v += t.c * s.c * x
+				}
+			}
+			zT.Set(r, o, v)
+		}
+	}
+	w := make([]float32, len(p.Rows)*nin)
+	var b []float32
+	if bias {
+		b = make([]float32, len(p.Rows))
+	}
+	// one solve per row kind, over the columns that kind may read
+	for _, block := range [][]uint8{{kindMerged, kindShared}, {kindA}, {kindB}} {
+		var rows []int
+		for r, e := range p.Rows {
+			if e.kind == block[0] || (len(block) > 1 && e.kind == block[1]) {
+				rows = append(rows, r)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		var cols []int
+		for c, e := range p.Cols {
+			if (block[0] == kindA && e.kind == kindB) || (block[0] == kindB && e.kind == kindA) {
+				continue
+			}
+			cols = append(cols, c)
+		}
+		if bias {
+			cols = append(cols, nin)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		x, err := solveMasked(zz, zT, cols, rows, p.Ridge, bias)
+		if err != nil {
+			return nil, nil, err
+		}
+		for ri, r := range rows {
+			for ci, c := range cols {
+				if c == nin {
+					b[r] = float32(x.At(ci, ri))
+				} else {
+					w[r*nin+c] = float32(x.At(ci, ri))
+				}
+			}
+		}
+	}
+	return w, b, nil
+}
+
+// solveMasked solves (ZZ[cols,cols] + ridge) X = ZT[cols, rows] by
+// Cholesky, the ridge relative to the mean diagonal and sparing the bias
+// column (the last of cols when bias); a singular system is retried with
+// ten times the ridge, up to 1.
+func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (*mat.Dense, error) {
+	k := len(cols)
+	a := mat.NewSymDense(k, nil)
+	nb := k
+	if bias {
+		nb = k - 1
+	}
+	var meanDiag float64
+	for i, ci := range cols {
+		if i < nb {
+			meanDiag += zz.At(ci, ci)
+		}
+		for j := i; j < k; j++ {
+			a.SetSym(i, j, zz.At(ci, cols[j]))
+		}
+	}
+	meanDiag /= float64(max(nb, 1))
+	if meanDiag == 0 {
+		meanDiag = 1
+	}
+	rhs := mat.NewDense(k, len(rows), nil)
+	for i, ci := range cols {
+		for j, rj := range rows {
+			rhs.Set(i, j, zt.At(ci, rj))
+		}
+	}
+	if ridge <= 0 {
+		ridge = 1e-6
+	}
+	for r := ridge; ; r *= 10 {
+		b := mat.NewSymDense(k, nil)
+		b.CopySym(a)
+		for i := range nb {
+			b.SetSym(i, i, b.At(i, i)+r*meanDiag)
+		}
+		var ch mat.Cholesky
+		if ch.Factorize(b) {
+			var x mat.Dense
+			if err := ch.SolveTo(&x, rhs); err == nil {
+				return &x, nil
+			}
+		}
+		if !(r < 1) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("least-squares system is singular even with a ridge")
+}
