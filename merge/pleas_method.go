@@ -8,8 +8,8 @@ import (
 
 	"github.com/wtool/wtool/fisher/mlp"
 	"github.com/wtool/wtool/fisher/nn"
-	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/permute"
