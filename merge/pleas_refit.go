@@ -139,40 +139,45 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 			zz.SetSym(r, s, v)
 		}
 	}
-	// H_A = M[:, A's x] W_A^T and H_B = M[:, B's x] W_B^T, on the rows of v
-	// that the merged features use: E[v_i (W x_side)_o].
-	need := map[int]int{} // index of v -> row of H
-	var needIdx []int
-	for _, ts := range zt {
-		for _, t := range ts {
-			if _, ok := need[t.i]; !ok {
-				need[t.i] = len(needIdx)
-				needIdx = append(needIdx, t.i)
-			}
-		}
-	}
-	h := func(side int, w []float32, out int) *mat.Dense {
-		if out == 0 {
-			return nil
-		}
-		left := mat.NewDense(len(needIdx), d, nil)
-		for r, i := range needIdx {
-			row := left.RawRowView(r)
-			for j := range d {
-				row[j] = mv(i, side*d+j)
-			}
-		}
-		wm := mat.NewDense(out, d, nil)
+	// E[v_i (W_side x_side)_o] for i < 2d: H_side = M[:, side's x] W_side^T,
+	// from the sums in place (Gram, GramB, Cross), scaled by 1/n
+	wmat := func(w []float32, out int) *mat.Dense {
+		m := mat.NewDense(out, d, nil)
 		for k, x := range w {
-			wm.RawMatrix().Data[k] = float64(x)
+			m.RawMatrix().Data[k] = float64(x)
 		}
-		var res mat.Dense
-		res.Mul(left, wm.T())
-		return &res
+		return m
 	}
-	hA, hB := h(0, p.WA, outA), h(1, p.WB, outB)
+	gram, gramB, cross := mat.NewDense(d, d, st.Gram), mat.NewDense(d, d, st.GramB), mat.NewDense(d, d, st.Cross)
+	var hAa, hAb, hBa, hBb mat.Dense // rows: A's features (a) or B's (b)
+	if outA > 0 {
+		wa := wmat(p.WA, outA)
+		hAa.Mul(gram, wa.T())
+		hAb.Mul(cross.T(), wa.T())
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
+	}
+	if outB > 0 {
+		wb := wmat(p.WB, outB)
+		hBa.Mul(cross, wb.T())
+		hBb.Mul(gramB, wb.T())
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	// hv returns E[v_i (W_side x_side)_o] for i < 2d
+	hv := func(side, i, o int) float64 {
+		switch {
+		case side == 0 && i < d:
+			return hAa.At(i, o) / n
+		case side == 0:
+			return hAb.At(i-d, o) / n
+		case i < d:
+			return hBa.At(i, o) / n
+		default:
+			return hBb.At(i-d, o) / n
+		}
 	}
 	// ZT[r][o] = E[z_r t_o]
 	type src struct {
@@ -201,20 +206,26 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 		for o, e := range p.Rows {
 			var v float64
 			for _, t := range ts {
-				hr := need[t.i]
 				mean := mv(t.i, one)
 				for _, s := range rowTerms(e) {
 					var x float64
-					if s.side == 0 {
-						x = hA.At(hr, s.row)
-						if bias {
-							x += mean * float64(p.BA[s.row])
+					w, b := p.WA, p.BA
+					if s.side == 1 {
+						w, b = p.WB, p.BB
+					}
+					if t.i == one { // E[(W x + b)_o] = W mean + b
+						mu := st.Sum
+						if s.side == 1 {
+							mu = st.SumB
+						}
+						for j := range d {
+							x += float64(w[s.row*d+j]) * mu[j] / n
 						}
 					} else {
-						x = hB.At(hr, s.row)
-						if bias {
-							x += mean * float64(p.BB[s.row])
-						}
+						x = hv(s.side, t.i, s.row)
+					}
+					if bias {
+						x += mean * float64(b[s.row])
 					}
 					v += t.c * s.c * x
 				}
