@@ -47,6 +47,8 @@ func (pleasMethod) Params() []Param {
 			Doc: "pleas: what --budget counts: compute (multiply-accumulates per sample; default) or params"},
 		{Name: "separate_heads", Kind: Bool,
 			Doc: "pleas: keep both models' output heads side by side (A's classes, then B's): models trained on different label sets"},
+		{Name: "refit", Kind: Bool, Default: Value{Bool: true},
+			Doc: "pleas: refit every layer by least squares (default true; false: the aligned average in the merged layout, activation or weight matching then averaging)"},
 		{Name: "reset_bn", Kind: Bool, Default: Value{Bool: true},
 			Doc: "pleas: recompute the merged model's BatchNorm statistics on --calib (default true; false: averaged)"},
 		seedParam(seedDoc),

@@ -65,7 +65,7 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 		}
 		js = permute.StatsOf(st)
 	}
-	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool}
+	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool}
 	match := p.Global("match").Text
 	if match == "weight" {
 		mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
