@@ -46,6 +46,7 @@ func TestPLeaSLlamaLoadsAndRuns(t *testing.T) {
 	}
 	two := []ModelInput{{Path: pairsDir + "llama-a"}, {Path: pairsDir + "llama-b"}}
 	calib := Text(pairsDir + "text_calib.safetensors")
+	match := Text("weight") // activation matching of heads: permute.MatchActivations (h-spec)
 	dir := t.TempDir()
 	res := map[string]float64{"llama-a": ppl(pairsDir + "llama-a"), "llama-b": ppl(pairsDir + "llama-b")}
 	for _, tc := range []struct {
@@ -56,10 +57,10 @@ func TestPLeaSLlamaLoadsAndRuns(t *testing.T) {
 		checkUniform bool
 	}{
 		{name: "naive average", p: nil},
-		{name: "pleas width 1", p: Params{"calib": calib, "width": Num(1)}, inter: 256, heads: 4, kv: 2, checkUniform: true},
-		{name: "pleas width 1.5", p: Params{"calib": calib, "width": Num(1.5)}, inter: 384, heads: 6, kv: 3, checkUniform: true},
-		{name: "pleas width 2", p: Params{"calib": calib, "width": Num(2)}, inter: 512, heads: 8, kv: 4, checkUniform: true},
-		{name: "pleas params budget 1.3", p: Params{"calib": calib, "budget": Num(1.3), "budget_kind": Text("params")}},
+		{name: "pleas width 1", p: Params{"calib": calib, "match": match, "width": Num(1)}, inter: 256, heads: 4, kv: 2, checkUniform: true},
+		{name: "pleas width 1.5", p: Params{"calib": calib, "match": match, "width": Num(1.5)}, inter: 384, heads: 6, kv: 3, checkUniform: true},
+		{name: "pleas width 2", p: Params{"calib": calib, "match": match, "width": Num(2)}, inter: 512, heads: 8, kv: 4, checkUniform: true},
+		{name: "pleas params budget 1.3", p: Params{"calib": calib, "match": match, "budget": Num(1.3), "budget_kind": Text("params")}},
 	} {
 		plan := &Plan{Method: "pleas", Models: two, Params: tc.p}
 		if tc.p == nil {

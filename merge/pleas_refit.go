@@ -285,19 +285,14 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 // ten times the ridge, up to 1.
 func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (*mat.Dense, error) {
 	k := len(cols)
-	a := mat.NewSymDense(k, nil)
 	nb := k
 	if bias {
 		nb = k - 1
 	}
+	src := zz.RawSymmetric()
 	var meanDiag float64
-	for i, ci := range cols {
-		if i < nb {
-			meanDiag += zz.At(ci, ci)
-		}
-		for j := i; j < k; j++ {
-			a.SetSym(i, j, zz.At(ci, cols[j]))
-		}
+	for i := range nb {
+		meanDiag += src.Data[cols[i]*src.Stride+cols[i]]
 	}
 	meanDiag /= float64(max(nb, 1))
 	if meanDiag == 0 {
@@ -305,21 +300,34 @@ func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float6
 	}
 	rhs := mat.NewDense(k, len(rows), nil)
 	for i, ci := range cols {
+		row := rhs.RawRowView(i)
 		for j, rj := range rows {
-			rhs.Set(i, j, zt.At(ci, rj))
+			row[j] = zt.At(ci, rj)
 		}
 	}
 	if ridge <= 0 {
 		ridge = 1e-6
 	}
+	data := make([]float64, k*k)
 	for r := ridge; ; r *= 10 {
-		b := mat.NewSymDense(k, nil)
-		b.CopySym(a)
-		for i := range nb {
-			b.SetSym(i, i, b.At(i, i)+r*meanDiag)
+		// the upper triangle of ZZ[cols, cols] + ridge (row-major)
+		for i, ci := range cols {
+			srow := src.Data[ci*src.Stride:]
+			drow := data[i*k:]
+			for j := i; j < k; j++ {
+				cj := cols[j]
+				if cj >= ci {
+					drow[j] = srow[cj]
+				} else {
+					drow[j] = src.Data[cj*src.Stride+ci]
+				}
+			}
+			if i < nb {
+				drow[i] += r * meanDiag
+			}
 		}
 		var ch mat.Cholesky
-		if ch.Factorize(b) {
+		if ch.Factorize(mat.NewSymDense(k, data)) {
 			var x mat.Dense
 			if err := ch.SolveTo(&x, rhs); err == nil {
 				return &x, nil
