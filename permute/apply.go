@@ -159,9 +159,39 @@ func (s *Spec) axisIndex(a Axis, n int, p Perms, name string, axis int) ([]int, 
 	return idx, nil
 }
 
-// indices returns, per axis of the named tensor (with the given shape),
-// the source index of each output element (nil for an axis left alone), and
-// whether any axis moves.
+// Indices returns, for the named tensor of the given shape under the
+// permutations p, per axis the source position of every output position
+// (nil for an axis that does not move: not permuted, or permuted by
+// identities), and whether any axis moves: permuted[i0, i1, ...] =
+// original[idx[0][i0], idx[1][i1], ...]. It handles blocks, repeated head
+// features and fused axes as [Spec.Apply] does; a merge that reads tensors
+// through permutations (gathering, never materialising) uses it.
+func (s *Spec) Indices(name string, shape []int64, p Perms) ([][]int, bool, error) {
+	idx, moved, err := s.indices(name, shape, p)
+	if err != nil || !moved {
+		return nil, false, err
+	}
+	moved = false
+	for a, ix := range idx {
+		identity := true
+		for k, v := range ix {
+			if v != k {
+				identity = false
+				break
+			}
+		}
+		if identity {
+			idx[a] = nil
+		}
+		moved = moved || idx[a] != nil
+	}
+	if !moved {
+		return nil, false, nil
+	}
+	return idx, true, nil
+}
+
+// indices is Indices.
 func (s *Spec) indices(name string, shape []int64, p Perms) ([][]int, bool, error) {
 	axes, ok := s.Tensors[name]
 	if !ok {

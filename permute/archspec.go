@@ -54,6 +54,9 @@ type ArchSpec struct {
 	Arch  *arch.Arch
 	Info  map[string]GroupInfo
 	Notes []string
+
+	// spaceAxis is the axis template of every permuted space.
+	spaceAxis map[string]Axis
 }
 
 // Direction says what a module does with a group's units.
@@ -169,9 +172,10 @@ func BuildSpec(a *arch.Arch) (*ArchSpec, error) {
 		return nil, fmt.Errorf("the %s layout does not describe %s: no built-in permutation spec can be sure what they index; write one (docs/permutation-spec.md) and pass --spec FILE.json", a.Family, joinNames(unknown))
 	}
 	s := &Spec{Groups: map[string]int{}, Tensors: map[string][]Axis{}}
-	as := &ArchSpec{Spec: s, Arch: a, Info: map[string]GroupInfo{}}
 	// the axis template of every permuted space
 	axisOf := map[string]Axis{}
+	as := &ArchSpec{Spec: s, Arch: a, Info: map[string]GroupInfo{}, spaceAxis: axisOf}
+	s.arch = as
 	layerOf := map[string]int{}
 	for _, m := range a.Modules {
 		for _, sp := range []string{m.In, m.Out} {
@@ -210,6 +214,12 @@ func BuildSpec(a *arch.Arch) (*ArchSpec, error) {
 	}
 	for _, m := range a.Modules {
 		for _, p := range m.Params {
+			if m.Kind == arch.BatchNorm && (p.Name == "running_mean" || p.Name == "running_var") {
+				if s.statistics == nil {
+					s.statistics = map[string]bool{}
+				}
+				s.statistics[p.Tensor] = true
+			}
 			axes := make([]Axis, len(p.Axes))
 			moved := false
 			for i, sp := range p.Axes {

@@ -114,8 +114,8 @@ func TestModuleUses(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		"layers.0.attn.vo model.layers.0.self_attn.qkv_proj.weight 0/2": "writes",
-		"layers.0.attn.vo model.layers.0.self_attn.o_proj.weight 1/0":   "reads",
+		"layers.0.attn.vo model.layers.0.self_attn.qkv_proj.weight 0/2":  "writes",
+		"layers.0.attn.vo model.layers.0.self_attn.o_proj.weight 1/0":    "reads",
 		"layers.0.mlp.hidden model.layers.0.mlp.gate_up_proj.weight 0/0": "writes",
 		"layers.0.mlp.hidden model.layers.0.mlp.gate_up_proj.weight 0/1": "writes",
 		"layers.0.mlp.hidden model.layers.0.mlp.down_proj.weight 1/0":    "reads",

@@ -303,7 +303,7 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 		e.stats.BF16FLOPs += 2 * float64(n) * float64(n) * float64(bf.k)
 		bf.k = 0
 	}
-	uses := e.spec.Uses(g)
+	uses := e.spec.costUses(g)
 	var oa, ob opened
 	defer func() {
 		oa.close()

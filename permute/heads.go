@@ -128,7 +128,7 @@ func (m *matcher) solveCluster(ctx context.Context, h string, a side, b member, 
 	hp := headProblem[float32]{n: n}
 	old := 0.0
 	bp := b.withPerm(p)
-	if len(s.Uses(h)) > 0 {
+	if len(s.costUses(h)) > 0 {
 		m.clusterBufs[0] = growF32(m.clusterBufs[0], n*n)
 		hp.own = m.clusterBufs[0]
 		if err := m.e.cost(ctx, h, a, bp, hp.own); err != nil {

@@ -107,12 +107,12 @@ type MatchResult struct {
 	Stats MatchStats
 }
 
-// permuted returns the spec's tensors that have at least one permuted axis,
-// sorted.
+// permuted returns the spec's tensors that have at least one permuted axis
+// and count in weight matching's objective, sorted.
 func (s *Spec) permuted() []string {
 	var out []string
 	for n, axes := range s.Tensors {
-		if len(axes) > 0 {
+		if len(axes) > 0 && !s.statistics[n] {
 			out = append(out, n)
 		}
 	}
@@ -553,7 +553,7 @@ func SweepFLOPs(s *Spec, shapes map[string][]int64) float64 {
 	total := 0.0
 	for _, g := range s.GroupNames() {
 		n := float64(s.Groups[g])
-		for _, u := range s.Uses(g) {
+		for _, u := range s.costUses(g) {
 			e := 1.0
 			for _, d := range shapes[u.Tensor] {
 				e *= float64(d)

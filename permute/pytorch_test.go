@@ -28,12 +28,7 @@ var torchFamilies = []string{"bert", "gemma", "gpt2", "llama", "mistral", "mixtr
 // not vacuous).
 func TestBuiltinSpecsInvariantInPyTorch(t *testing.T) {
 	py := testenv.Python(t)
-	dir := t.TempDir()
-	gen := exec.Command(py, "-B", "../testdata/families/families.py", dir)
-	gen.Args = append(gen.Args, torchFamilies...)
-	if out, err := gen.CombinedOutput(); err != nil {
-		t.Fatalf("families.py: %v\n%s", err, out)
-	}
+	dir := torchCheckpoints(t)
 	ctx := context.Background()
 	for i, f := range torchFamilies {
 		m, err := checkpoint.Open(filepath.Join(dir, f))

@@ -95,6 +95,26 @@ type Spec struct {
 	Groups  map[string]int
 	Tensors map[string][]Axis
 	Within  map[string]Within
+
+	// arch, for a spec BuildSpec made, is what it knows of the
+	// architecture: activation matching finds the statistics of every
+	// group's space with it.
+	arch *ArchSpec
+	// statistics are tensors that move with their units but are not
+	// weights (BatchNorm running means and variances): weight matching
+	// leaves them out of its objective and distances, as Git Re-Basin
+	// does (they are recomputed from data after a merge: wtool reset-bn).
+	statistics map[string]bool
+}
+
+// costUses is Uses without the tensors weight matching leaves out of its
+// objective.
+func (s *Spec) costUses(group string) []Use {
+	uses := s.Uses(group)
+	if len(s.statistics) == 0 {
+		return uses
+	}
+	return slices.DeleteFunc(uses, func(u Use) bool { return s.statistics[u.Tensor] })
 }
 
 // GroupNames returns the group names in sorted order.
