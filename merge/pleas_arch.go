@@ -115,9 +115,9 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 	s := as.Spec
 	perms := o.Perms
 	if perms == nil {
-		p, _, err := permute.ActivationMatching(ctx, s, js)
+		p, err := activationPerms(ctx, as, a, b, js)
 		if err != nil {
-			return nil, fmt.Errorf("pleas: activation matching: %w", err)
+			return nil, err
 		}
 		perms = p
 	}
@@ -246,6 +246,33 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		}
 	}
 	return res, nil
+}
+
+// activationPerms matches two models by activations (permute's
+// MatchActivations: every statistics entry of a group pooled, heads as
+// heads, query/key features from the projections' weights).
+func activationPerms(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js permute.JointStats) (permute.Perms, error) {
+	p, _, err := permute.MatchActivations(ctx, as.Spec, js, permute.ActivationOptions{
+		Weights: [2]permute.Source{weightsSource{as.Arch, a}, weightsSource{as.Arch, b}}})
+	if err != nil {
+		return nil, fmt.Errorf("pleas: activation matching: %w", err)
+	}
+	return p, nil
+}
+
+// weightsSource gives a model's parameters to permute's matchers.
+type weightsSource struct {
+	arch *arch.Arch
+	w    ModelWeights
+}
+
+func (s weightsSource) Float32(name string) ([]float32, []int64, error) {
+	p, ok := s.arch.Param(name)
+	v, ok2 := s.w.Tensor(name)
+	if !ok || !ok2 {
+		return nil, nil, fmt.Errorf("no tensor %q", name)
+	}
+	return v, p.Shape, nil
 }
 
 // layoutOf orders a group's units: the merged pairs by decreasing score,

@@ -137,8 +137,8 @@ func AllocateWidths(as *permute.ArchSpec, a ModelWeights, js permute.JointStats,
 	}
 	if perms == nil {
 		var err error
-		if perms, _, err = permute.ActivationMatching(context.Background(), as.Spec, js); err != nil {
-			return nil, fmt.Errorf("pleas: activation matching: %w", err)
+		if perms, err = activationPerms(context.Background(), as, a, a, js); err != nil {
+			return nil, err
 		}
 	}
 	wp, err := newWidthProblem(as, js, perms, b.Kind)

@@ -46,7 +46,7 @@ func TestPLeaSLlamaLoadsAndRuns(t *testing.T) {
 	}
 	two := []ModelInput{{Path: pairsDir + "llama-a"}, {Path: pairsDir + "llama-b"}}
 	calib := Text(pairsDir + "text_calib.safetensors")
-	match := Text("weight") // activation matching of heads: permute.MatchActivations (h-spec)
+	match := Text("activation")
 	dir := t.TempDir()
 	res := map[string]float64{"llama-a": ppl(pairsDir + "llama-a"), "llama-b": ppl(pairsDir + "llama-b")}
 	for _, tc := range []struct {

@@ -59,7 +59,7 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 		}
 		js = f
 	} else {
-		st, err := nn.CollectStats(ctx, nets, data, nn.StatsOptions{Select: nn.Modules, MaxGramElems: -1})
+		st, err := nn.CollectStats(ctx, nets, data, nn.StatsOptions{MaxGramElems: -1})
 		if err != nil {
 			return nil, fmt.Errorf("pleas: statistics on %s: %w", p.Global("calib").Text, err)
 		}
@@ -80,8 +80,8 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 		o.Perms = mr.Perms
 		j.Report.Sweeps = mr.Sweeps
 	} else {
-		if o.Perms, _, err = permute.ActivationMatching(ctx, as.Spec, js); err != nil {
-			return nil, fmt.Errorf("pleas: activation matching: %w", err)
+		if o.Perms, err = activationPerms(ctx, as, nets[0], nets[1], js); err != nil {
+			return nil, err
 		}
 	}
 	if b := p.Float("budget"); b > 0 {
