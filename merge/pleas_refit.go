@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas64"
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/wtool/wtool/fisher/stats"
@@ -328,6 +330,10 @@ func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float6
 		}
 		var ch mat.Cholesky
 		if ch.Factorize(mat.NewSymDense(k, data)) {
+			if u, ok := ch.RawU().(*mat.TriDense); ok {
+				cholSolve(u.RawTriangular(), rhs.RawMatrix())
+				return rhs, nil
+			}
 			var x mat.Dense
 			if err := ch.SolveTo(&x, rhs); err == nil {
 				return &x, nil
@@ -338,4 +344,39 @@ func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float6
 		}
 	}
 	return nil, fmt.Errorf("least-squares system is singular even with a ridge")
+}
+
+// cholSolve solves U^T U X = B in place (B becomes X) for the upper
+// Cholesky factor U, by blocks of rows: the updates are matrix products
+// (the fast GEMM), the triangular solves small.
+func cholSolve(u blas64.Triangular, b blas64.General) {
+	const nb = 128
+	k := u.N
+	sub := func(g blas64.General, r0, r1 int) blas64.General {
+		return blas64.General{Rows: r1 - r0, Cols: g.Cols, Stride: g.Stride, Data: g.Data[r0*g.Stride:]}
+	}
+	block := func(r0, c0, r1, c1 int) blas64.General {
+		return blas64.General{Rows: r1 - r0, Cols: c1 - c0, Stride: u.Stride, Data: u.Data[r0*u.Stride+c0:]}
+	}
+	diag := func(i0, i1 int) blas64.Triangular {
+		return blas64.Triangular{Uplo: blas.Upper, Diag: blas.NonUnit, N: i1 - i0, Stride: u.Stride, Data: u.Data[i0*u.Stride+i0:]}
+	}
+	// forward: U^T Y = B
+	for i0 := 0; i0 < k; i0 += nb {
+		i1 := min(i0+nb, k)
+		bi := sub(b, i0, i1)
+		if i0 > 0 {
+			blas64.Gemm(blas.Trans, blas.NoTrans, -1, block(0, i0, i0, i1), sub(b, 0, i0), 1, bi)
+		}
+		blas64.Trsm(blas.Left, blas.Trans, 1, diag(i0, i1), bi)
+	}
+	// backward: U X = Y
+	for i1 := k; i1 > 0; i1 -= nb {
+		i0 := max(i1-nb, 0)
+		bi := sub(b, i0, i1)
+		if i1 < k {
+			blas64.Gemm(blas.NoTrans, blas.NoTrans, -1, block(i0, i1, i1, k), sub(b, i1, k), 1, bi)
+		}
+		blas64.Trsm(blas.Left, blas.NoTrans, 1, diag(i0, i1), bi)
+	}
 }

@@ -239,3 +239,38 @@ func unfold3x3(x []float64, c, h, w int) []float32 {
 	}
 	return out
 }
+
+// TestCholSolveBlocks checks the blocked solve with the Cholesky factor
+// against gonum's on systems larger than one block.
+func TestCholSolveBlocks(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	for _, k := range []int{1, 127, 128, 129, 300} {
+		g := mat.NewDense(k+5, k, nil)
+		for i := range k + 5 {
+			for j := range k {
+				g.Set(i, j, r.NormFloat64())
+			}
+		}
+		var a mat.SymDense
+		a.SymOuterK(1, g.T())
+		rhs := mat.NewDense(k, 7, nil)
+		for i := range k {
+			for j := range 7 {
+				rhs.Set(i, j, r.NormFloat64())
+			}
+		}
+		var ch mat.Cholesky
+		if !ch.Factorize(&a) {
+			t.Fatal("not positive definite")
+		}
+		var want mat.Dense
+		if err := ch.SolveTo(&want, rhs); err != nil {
+			t.Fatal(err)
+		}
+		got := mat.DenseCopyOf(rhs)
+		cholSolve(ch.RawU().(*mat.TriDense).RawTriangular(), got.RawMatrix())
+		if !mat.EqualApprox(got, &want, 1e-8*mat.Norm(&want, math.Inf(1))) {
+			t.Errorf("k=%d: blocked solve differs from gonum's", k)
+		}
+	}
+}
