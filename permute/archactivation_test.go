@@ -109,6 +109,12 @@ func TestActivationMatchingEveryFamily(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := as.Spec
+			if s.Architecture() != as {
+				t.Fatal("the spec does not lead back to its architecture")
+			}
+			if bs, err := BuiltinSpec("auto", m, nil); err != nil || bs.Architecture() == nil || !slices.Equal(bs.GroupNames(), s.GroupNames()) {
+				t.Fatalf("BuiltinSpec auto: %v", err)
+			}
 			rng := rand.New(rand.NewPCG(uint64(i), 13))
 			p := RandomPerms(rng, s)
 			permPath := filepath.Join(t.TempDir(), f+"-perm")

@@ -355,6 +355,11 @@ func (as *ArchSpec) addAttention(at arch.AttentionSpaces, axisOf map[string]Axis
 	return nil
 }
 
+// Architecture returns what BuildSpec knew of the architecture a spec was built
+// from (a spec BuiltinSpec returned for a known family), or nil for any
+// other spec (a chain of Linear layers, a JSON file).
+func (s *Spec) Architecture() *ArchSpec { return s.arch }
+
 // GroupsOfKind returns the groups of a kind, sorted.
 func (as *ArchSpec) GroupsOfKind(k GroupKind) []string {
 	var out []string
