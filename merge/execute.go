@@ -26,6 +26,9 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if err != nil {
 		return nil, err
 	}
+	if len(p.Slices) > 0 {
+		return executeSlices(ctx, p, m, out, opts)
+	}
 	j, err := openJob(p, m, opts)
 	if err != nil {
 		return nil, err
@@ -272,6 +275,11 @@ type tensorState struct {
 	order *[]*tensorState
 	index int
 	read  sync.Once // its inputs' pages mapped ahead
+	// build, if set, makes the TensorJob (a sliced merge's renamed
+	// inputs), and srcs are the inputs' tensor names in j.opened's order
+	// ("" where absent), for reading ahead
+	build func() (*TensorJob, error)
+	srcs  []string
 }
 
 // readAhead maps the pages of the tensor's inputs (those of at least
@@ -280,17 +288,22 @@ type tensorState struct {
 func (s *tensorState) readAhead() {
 	s.read.Do(func() {
 		var ms []*checkpoint.Model
-		for _, m := range s.j.opened {
-			if info, ok := m.Info(s.e.Name); ok && info.Size >= prefetchMin {
-				ms = append(ms, m)
+		var names []string
+		for i, m := range s.j.opened {
+			name := s.e.Name
+			if s.srcs != nil {
+				name = s.srcs[i]
+			}
+			if info, ok := m.Info(name); ok && info.Size >= prefetchMin {
+				ms, names = append(ms, m), append(names, name)
 			}
 		}
 		var wg sync.WaitGroup
-		for _, m := range ms {
+		for i, m := range ms {
 			wg.Add(1)
 			go func() { // a hint: the pages are read, nothing else is
 				defer wg.Done()
-				m.Prefetch(s.e.Name)
+				m.Prefetch(names[i])
 			}()
 		}
 		wg.Wait()
@@ -298,7 +311,13 @@ func (s *tensorState) readAhead() {
 }
 
 func (s *tensorState) prepare(ctx context.Context) {
-	t, err := s.j.tensorJob(s.e)
+	var t *TensorJob
+	var err error
+	if s.build != nil {
+		t, err = s.build()
+	} else {
+		t, err = s.j.tensorJob(s.e)
+	}
 	if err != nil {
 		s.err = err
 		return
@@ -353,7 +372,7 @@ func (s *tensorState) finish() {
 	if t := s.t; t != nil && len(t.Models[0].Data) >= prefetchMin {
 		for _, in := range append(slices.Clone(t.Models), t.Base) {
 			if in != nil && in.model != nil {
-				in.model.Release(s.e.Name)
+				in.model.Release(in.Tensor)
 			}
 		}
 	}

@@ -1,0 +1,336 @@
+package merge
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/wtool/wtool/io/hub"
+	"github.com/wtool/wtool/merge/mkconfig"
+)
+
+// ConfigOptions control how a mergekit configuration becomes a Plan.
+type ConfigOptions struct {
+	// Resolve maps a model reference of the configuration (a local path, a
+	// Hugging Face Hub id, a stage name) to the path wtool opens; nil keeps
+	// paths as written. ResolveLocal is the usual choice: local paths, then
+	// the local Hugging Face cache.
+	Resolve func(ref mkconfig.ModelRef) (string, error)
+}
+
+// ResolveLocal resolves a model reference the way wtool's merge command
+// does: an existing local path as is, else a Hub id ("org/name",
+// revision from "@rev") in the local Hugging Face cache ($HF_HUB_CACHE,
+// $HF_HOME/hub, ~/.cache/huggingface/hub). Nothing is downloaded: a model
+// that is not cached is a *hub.NotCachedError saying so and how to fetch
+// it. A "model+lora" reference is refused (not supported yet).
+func ResolveLocal(ref mkconfig.ModelRef) (string, error) {
+	if ref.LoRA != nil {
+		return "", fmt.Errorf("%s: merging a LoRA adapter into a model (model+lora) is not supported yet: merge the adapter first (e.g. with PEFT's merge_and_unload) and give the merged model", ref)
+	}
+	if ref.OverrideArchitecture != "" {
+		return "", fmt.Errorf("%s: override_architecture is not supported", ref.Model.Path)
+	}
+	arg := ref.Model.Path
+	if ref.Model.Revision != "" {
+		arg += "@" + ref.Model.Revision
+	} else if _, err := os.Stat(arg); err == nil {
+		return arg, nil
+	}
+	return hub.ResolveModel(arg)
+}
+
+// ConfigError is a configuration that cannot become a plan: a key, value
+// or feature wtool refuses, at a line of its file.
+type ConfigError struct {
+	File string // "" when parsing bytes
+	Line int    // 0 when the error concerns the whole configuration
+	Err  error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File + ": ")
+	}
+	if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func cfgErr(line int, format string, a ...any) error {
+	return &ConfigError{Line: line, Err: fmt.Errorf(format, a...)}
+}
+
+// configKeys are the extension keys wtool's methods read from a
+// configuration: every global parameter as a top-level key, every
+// per-model file parameter as a key of a model.
+func configKeys() mkconfig.ParseOptions {
+	o := mkconfig.ParseOptions{}
+	reserved := []string{"models", "slices", "modules", "merge_method", "base_model", "dtype", "out_dtype", "parameters", "tokenizer_source", "tokenizer", "chat_template", "name"}
+	for _, m := range Methods() {
+		for _, prm := range m.Params() {
+			switch {
+			case prm.Scope == Global && !slices.Contains(reserved, prm.Name) && !slices.Contains(o.TopLevelKeys, prm.Name):
+				o.TopLevelKeys = append(o.TopLevelKeys, prm.Name)
+			case prm.Scope == PerModel && prm.Kind == Path && !slices.Contains(o.ModelKeys, prm.Name):
+				o.ModelKeys = append(o.ModelKeys, prm.Name)
+			}
+		}
+	}
+	for _, k := range mkconfig.WtoolKeys.TopLevelKeys {
+		if !slices.Contains(o.TopLevelKeys, k) {
+			o.TopLevelKeys = append(o.TopLevelKeys, k)
+		}
+	}
+	for _, k := range mkconfig.WtoolKeys.ModelKeys {
+		if !slices.Contains(o.ModelKeys, k) {
+			o.ModelKeys = append(o.ModelKeys, k)
+		}
+	}
+	slices.Sort(o.TopLevelKeys)
+	slices.Sort(o.ModelKeys)
+	return o
+}
+
+// FromConfig turns one mergekit configuration (one stage of a multi-stage
+// file) into a plan. Every parameter is decoded by the method's schema
+// (Method.Params): a per-model parameter under a model, a slice, a source
+// or the top-level parameters (every model's default, as in mergekit); a
+// global one under a slice or the top-level parameters, or as a top-level
+// key. models: gives a whole-model plan, slices: a layer-wise one (see
+// Slice). What wtool does not do yet (modules:, tokenizer_source:,
+// tokenizer:, chat_template:, model+lora) is an error naming its line.
+func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
+	m, err := Lookup(c.MergeMethod)
+	if err != nil {
+		return nil, cfgErr(c.Lines["merge_method"], "merge_method: %v", err)
+	}
+	for _, k := range []struct {
+		set  bool
+		key  string
+		what string
+	}{
+		{len(c.Modules) > 0, "modules", "per-module merges (modules:) are not supported yet: merge the whole model with models: or slices:"},
+		{c.TokenizerSource != nil, "tokenizer_source", "tokenizer_source: is not supported yet: wtool merges models of the same vocabulary (drop the key to keep the first model's tokenizer files)"},
+		{c.Tokenizer != nil, "tokenizer", "the tokenizer: section is not supported yet: wtool merges models of the same vocabulary (drop the section to keep the first model's tokenizer files)"},
+		{c.HasChatTemplate, "chat_template", "chat_template: is not supported yet (drop the key to keep the first model's tokenizer_config.json)"},
+	} {
+		if k.set {
+			return nil, cfgErr(c.Lines[k.key], "%s", k.what)
+		}
+	}
+	schema := map[string]Param{}
+	for _, prm := range m.Params() {
+		schema[prm.Name] = prm
+	}
+	names := slices.Sorted(maps.Keys(schema))
+	supported := "it takes none"
+	if len(names) > 0 {
+		supported = "supported: " + strings.Join(names, ", ")
+	}
+	resolve := func(r mkconfig.ModelRef) (string, error) {
+		if o.Resolve == nil {
+			if r.LoRA != nil || r.OverrideArchitecture != "" {
+				return ResolveLocal(r)
+			}
+			return r.Model.String(), nil
+		}
+		path, err := o.Resolve(r)
+		if err != nil {
+			return "", cfgErr(r.Line, "%w", err)
+		}
+		return path, nil
+	}
+	// params decodes a parameters: section; perModelOnly refuses global
+	// parameters (a model's or a source's section)
+	params := func(ps mkconfig.Params, where string, perModelOnly bool) (Params, error) {
+		out := Params{}
+		for _, prm := range ps {
+			def, ok := schema[prm.Name]
+			if !ok {
+				return nil, cfgErr(prm.Line, "unsupported parameter %q for %s in %s (%s)", prm.Name, m.Name(), where, supported)
+			}
+			if perModelOnly && def.Scope != PerModel {
+				return nil, cfgErr(prm.Line, "%s is a parameter of the whole merge, not of one model: give it under the top-level parameters: (mergekit ignores it in %s)", prm.Name, where)
+			}
+			v, err := def.ParseYAML(settingNode(prm.Setting, def.Kind))
+			if err != nil {
+				return nil, cfgErr(prm.Line, "%s: %w", prm.Name, err)
+			}
+			out[prm.Name] = v
+		}
+		return out, nil
+	}
+	extra := func(fs []mkconfig.Field, into Params, where string, scope Scope) error {
+		for _, f := range fs {
+			def, ok := schema[f.Key]
+			if !ok || def.Scope != scope || (scope == PerModel && def.Kind != Path) {
+				return cfgErr(f.Line, "unsupported key %q in %s for %s", f.Key, where, m.Name())
+			}
+			n := fieldNode(f, def.Kind)
+			v, err := def.ParseYAML(n)
+			if err != nil {
+				return cfgErr(f.Line, "%s: %w", f.Key, err)
+			}
+			into[f.Key] = v
+		}
+		return nil
+	}
+	p := &Plan{Method: m.Name(), Source: c}
+	if p.Params, err = params(c.Parameters, "parameters", false); err != nil {
+		return nil, err
+	}
+	if err := extra(c.Extra, p.Params, "the configuration", Global); err != nil {
+		return nil, err
+	}
+	if c.BaseModel != nil {
+		if p.Base, err = resolve(*c.BaseModel); err != nil {
+			return nil, err
+		}
+	}
+	for i, im := range c.Models {
+		mi := ModelInput{}
+		if mi.Path, err = resolve(im.Model); err != nil {
+			return nil, err
+		}
+		where := fmt.Sprintf("the parameters of model %d (%s)", i+1, im.Model)
+		if mi.Params, err = params(im.Parameters, where, true); err != nil {
+			return nil, err
+		}
+		if err := extra(im.Extra, mi.Params, fmt.Sprintf("model %d (%s)", i+1, im.Model), PerModel); err != nil {
+			return nil, err
+		}
+		p.Models = append(p.Models, mi)
+	}
+	for i, os := range c.Slices {
+		s := Slice{Base: p.Base}
+		if os.BaseModel != nil {
+			if s.Base, err = resolve(*os.BaseModel); err != nil {
+				return nil, err
+			}
+		}
+		if s.Params, err = params(os.Parameters, fmt.Sprintf("the parameters of slice %d", i+1), false); err != nil {
+			return nil, err
+		}
+		for k, src := range os.Sources {
+			ss := SliceSource{Layers: src.LayerRange}
+			if ss.Path, err = resolve(src.Model); err != nil {
+				return nil, err
+			}
+			where := fmt.Sprintf("the parameters of source %d of slice %d (%s)", k+1, i+1, src.Model)
+			if ss.Params, err = params(src.Parameters, where, true); err != nil {
+				return nil, err
+			}
+			s.Sources = append(s.Sources, ss)
+			if !slices.ContainsFunc(p.Models, func(mi ModelInput) bool { return mi.Path == ss.Path }) {
+				p.Models = append(p.Models, ModelInput{Path: ss.Path, Params: Params{}})
+			}
+		}
+		// mergekit: a slice's base model is used only when it is one of
+		// its sources (a passthrough slice of another model has none)
+		if !slices.ContainsFunc(s.Sources, func(src SliceSource) bool { return src.Path == s.Base }) {
+			if os.BaseModel != nil {
+				return nil, cfgErr(os.BaseModel.Line, "slice %d: the base model %s is not one of its sources", i+1, os.BaseModel)
+			}
+			s.Base = ""
+		}
+		p.Slices = append(p.Slices, s)
+	}
+	if len(p.Slices) > 0 {
+		p.Base = ""
+	}
+	// mergekit computes in dtype and writes out_dtype (default: dtype);
+	// wtool computes in float32 or float64 and writes the output dtype
+	p.DType = c.DType
+	if c.OutDType != "" {
+		p.DType = c.OutDType
+	}
+	return p, nil
+}
+
+// settingNode writes a mergekit setting as the YAML node a parameter's
+// ParseYAML reads (scalars coerced as mergekit's pydantic does: booleans
+// are 1 and 0 for numbers, numbers are true when not 0 for flags).
+func settingNode(s mkconfig.Setting, k Kind) *yaml.Node {
+	switch {
+	case s.Scalar != nil:
+		return valueNode(*s.Scalar, k, s.Line)
+	case s.Gradient != nil:
+		n := &yaml.Node{Kind: yaml.SequenceNode, Line: s.Line}
+		for _, g := range s.Gradient {
+			n.Content = append(n.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: formatNum(g), Line: s.Line})
+		}
+		return n
+	}
+	n := &yaml.Node{Kind: yaml.SequenceNode, Line: s.Line}
+	for _, c := range s.Conds {
+		e := &yaml.Node{Kind: yaml.MappingNode, Line: c.Line}
+		if c.Filter != "" {
+			e.Content = append(e.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "filter", Line: c.Line}, &yaml.Node{Kind: yaml.ScalarNode, Value: c.Filter, Line: c.Line})
+		}
+		e.Content = append(e.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "value", Line: c.Line},
+			settingNode(mkconfig.Setting{Scalar: c.Scalar, Gradient: c.Gradient, Line: c.Line}, k))
+		n.Content = append(n.Content, e)
+	}
+	return n
+}
+
+func valueNode(v mkconfig.Value, k Kind, line int) *yaml.Node {
+	if v.Line > 0 {
+		line = v.Line
+	}
+	text := v.Str
+	switch v.Kind {
+	case mkconfig.Number:
+		text = formatNum(v.Num)
+		if k == Bool {
+			text = strconv.FormatBool(v.Num != 0)
+		}
+	case mkconfig.Bool:
+		text = strconv.FormatBool(v.Bool)
+		if k == Number || k == Int {
+			text = map[bool]string{true: "1", false: "0"}[v.Bool]
+		}
+	case mkconfig.Null:
+		text = ""
+	}
+	return &yaml.Node{Kind: yaml.ScalarNode, Value: text, Line: line}
+}
+
+func fieldNode(f mkconfig.Field, k Kind) *yaml.Node {
+	if f.List == nil {
+		return valueNode(f.Value, k, f.Line)
+	}
+	n := &yaml.Node{Kind: yaml.SequenceNode, Line: f.Line}
+	for _, v := range f.List {
+		n.Content = append(n.Content, valueNode(v, k, f.Line))
+	}
+	return n
+}
+
+func formatNum(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+
+// withFile gives mkconfig's errors (and the plan's) the file name.
+func withFile(err error, file string) error {
+	switch e := err.(type) {
+	case *ConfigError:
+		c := *e
+		c.File = file
+		return &c
+	case *mkconfig.Error:
+		c := *e
+		c.File = file
+		return &c
+	}
+	return fmt.Errorf("%s: %w", file, err)
+}
