@@ -26,6 +26,7 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if err != nil {
 		return nil, err
 	}
+	opts = withMergekitFiles(opts, p, out)
 	if len(p.Slices) > 0 {
 		return executeSlices(ctx, p, m, out, opts)
 	}

@@ -301,3 +301,12 @@ func TestSlicesRefusals(t *testing.T) {
 		}
 	}
 }
+
+func runPlan(t testing.TB, p *Plan, out string) *Report {
+	t.Helper()
+	rep, err := Execute(context.Background(), p, out, checkpoint.WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
