@@ -28,9 +28,9 @@ type mergeOptions struct {
 	stagesDir string
 	dryRun    bool
 	asJSON    bool
-	method string
-	base   string
-	dtype  string
+	method    string
+	base      string
+	dtype     string
 	// params are the methods' parameter flags, by flag name (every method's
 	// schema contributes; a flag the chosen method does not take is refused).
 	params map[string]*paramFlag
