@@ -212,6 +212,15 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		}
 		p.Models = append(p.Models, mi)
 	}
+	// mergekit merges the base model as one more input of the methods
+	// that give it no role of its own (linear, karcher, passthrough), and
+	// slerp interpolates from it to the one other model: those methods
+	// take it among their models
+	if def, ok := mkconfig.Methods[strings.ReplaceAll(m.Name(), "-", "_")]; ok && len(c.Models) > 0 && p.Base != "" &&
+		(def.Base == mkconfig.BaseInput || def.Name == "slerp") &&
+		!slices.ContainsFunc(p.Models, func(mi ModelInput) bool { return mi.Path == p.Base }) {
+		p.Models = append([]ModelInput{{Path: p.Base, Params: Params{}}}, p.Models...)
+	}
 	for i, os := range c.Slices {
 		s := Slice{Base: p.Base}
 		if os.BaseModel != nil {

@@ -72,6 +72,14 @@ func TestMergekitFilesWritten(t *testing.T) {
 func fakeHub(t *testing.T, repo, modelDir string) string {
 	t.Helper()
 	cache := filepath.Join(t.TempDir(), "hub")
+	t.Setenv("HF_HUB_CACHE", cache)
+	return cacheModel(t, cache, repo, modelDir)
+}
+
+// cacheModel puts a model directory's files into a Hugging Face cache as
+// repo's snapshot at refs/main.
+func cacheModel(t *testing.T, cache, repo, modelDir string) string {
+	t.Helper()
 	rd := filepath.Join(cache, "models--"+strings.ReplaceAll(repo, "/", "--"))
 	commit := strings.Repeat("ab", 20)
 	snap := filepath.Join(rd, "snapshots", commit)
@@ -93,7 +101,6 @@ func fakeHub(t *testing.T, repo, modelDir string) string {
 			t.Fatal(err)
 		}
 	}
-	t.Setenv("HF_HUB_CACHE", cache)
 	return snap
 }
 
