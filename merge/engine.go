@@ -54,6 +54,7 @@ type Job struct {
 	opened    []*checkpoint.Model
 	baseOnly  map[string]bool // output tensors only the base has
 	nums      map[string]*numParam
+	vocab     *vocabJob      // the output vocabulary (Plan.Vocab), nil without one
 	ahead     sync.WaitGroup // read-ahead goroutines
 }
 

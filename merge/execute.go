@@ -80,8 +80,14 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 		j.Models = append(j.Models, mm)
 		j.opened = append(j.opened, mm)
 	}
+	if err := j.buildVocab(); err != nil {
+		return nil, err
+	}
 	for i, mm := range j.Models[1:] {
-		if err := checkpoint.SameArchitecture(j.Models[0], mm); err != nil {
+		if err := j.sameArchitecture(j.Models[0], mm); err != nil {
+			if j.vocab == nil {
+				err = vocabMismatch(err, p.Models[0].Path, p.Models[i+1].Path)
+			}
 			return nil, fmt.Errorf("models %s and %s differ: %w", p.Models[0].Path, p.Models[i+1].Path, err)
 		}
 	}
@@ -107,7 +113,7 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 				if !ok {
 					return nil, fmt.Errorf("tensor %q is in %s but not in the base model %s", n, j.Models[0].Path, p.Base)
 				}
-				if !slices.Equal(mi.Shape, bi.Shape) {
+				if !slices.Equal(mi.Shape, bi.Shape) && !(j.vocab != nil && j.vocab.remap[n]) {
 					return nil, fmt.Errorf("tensor %q has shape %v in %s but %v in the base model %s", n, mi.Shape, j.Models[0].Path, bi.Shape, p.Base)
 				}
 			}
@@ -151,7 +157,7 @@ func (j *Job) WriteOptions(opts checkpoint.WriteOptions) (checkpoint.WriteOption
 	}
 	opts.Inputs = append(opts.Inputs, j.Plan.Inputs()...)
 	opts.AllowNonFinite = opts.AllowNonFinite || j.Plan.AllowNonFinite
-	return opts, nil
+	return j.withVocabFiles(opts)
 }
 
 // entries lists the output: the first model's tensors (floating ones in the
@@ -163,7 +169,7 @@ func (j *Job) entries() []safetensors.Entry {
 		if e.DType.IsFloat() && j.OutDType != 0 {
 			e.DType = j.OutDType
 		}
-		out = append(out, e)
+		out = append(out, j.vocabShape(e))
 	}
 	if j.Base != nil && j.BaseIndex < 0 {
 		for _, e := range j.Base.Entries() {
@@ -224,7 +230,12 @@ func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.
 func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 	n, _ := tensors.NumElements(e.Shape)
 	t := &TensorJob{Job: j, Name: e.Name, Shape: e.Shape, N: int(n), Depth: Depth(e.Name, j.NumLayers), DType: e.DType}
-	in := func(m *checkpoint.Model) (*Input, error) { return j.input(m, e.Name) }
+	in := func(m *checkpoint.Model) (*Input, error) {
+		if j.vocab != nil && j.vocab.remap[e.Name] {
+			return j.vocabInput(m, e.Name)
+		}
+		return j.input(m, e.Name)
+	}
 	for _, m := range j.Models {
 		x, err := in(m)
 		if err != nil {

@@ -218,7 +218,7 @@ func TestConfigRefusals(t *testing.T) {
 	for yaml, want := range map[string]string{
 		"models: [{model: a}]\nmerge_method: frobnicate\n":                              `line 2: merge_method: unsupported merge method "frobnicate"`,
 		"slices: []\nmerge_method: linear\n":                                            `exactly one of models:, slices: or modules: must be given`,
-		"models: [{model: a}]\nmerge_method: linear\ntokenizer_source: union\n":         `line 3: tokenizer_source: is not supported yet`,
+		"models: [{model: a+lora}]\nmerge_method: linear\n":                             `line 1: a+lora: merging a LoRA adapter`,
 		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties": `unsupported parameter "gamma" for ties in the parameters of model 1`,
 		"models: [{model: a}]\nmerge_method: ties\nparameters: {epsilon: 0.1}\n":        `unsupported parameter "epsilon"`,
 		"models: [{model: a}]\n":                                                        "merge_method is missing",

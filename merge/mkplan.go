@@ -108,26 +108,20 @@ func configKeys() mkconfig.ParseOptions {
 // or the top-level parameters (every model's default, as in mergekit); a
 // global one under a slice or the top-level parameters, or as a top-level
 // key. models: gives a whole-model plan, slices: a layer-wise one (see
-// Slice). What wtool does not do yet (modules:, tokenizer_source:,
-// tokenizer:, chat_template:, model+lora) is an error naming its line.
+// Slice); tokenizer_source:, tokenizer: and chat_template: give
+// Plan.Vocab and Plan.ChatTemplate. What wtool does not do yet (modules:,
+// model+lora sources, a vocabulary with slices:) is an error naming its
+// line.
 func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	m, err := Lookup(c.MergeMethod)
 	if err != nil {
 		return nil, cfgErr(c.Lines["merge_method"], "merge_method: %v", err)
 	}
-	for _, k := range []struct {
-		set  bool
-		key  string
-		what string
-	}{
-		{len(c.Modules) > 0, "modules", "per-module merges (modules:) are not supported yet: merge the whole model with models: or slices:"},
-		{c.TokenizerSource != nil, "tokenizer_source", "tokenizer_source: is not supported yet: wtool merges models of the same vocabulary (drop the key to keep the first model's tokenizer files)"},
-		{c.Tokenizer != nil, "tokenizer", "the tokenizer: section is not supported yet: wtool merges models of the same vocabulary (drop the section to keep the first model's tokenizer files)"},
-		{c.HasChatTemplate, "chat_template", "chat_template: is not supported yet (drop the key to keep the first model's tokenizer_config.json)"},
-	} {
-		if k.set {
-			return nil, cfgErr(c.Lines[k.key], "%s", k.what)
-		}
+	if len(c.Modules) > 0 {
+		return nil, cfgErr(c.Lines["modules"], "per-module merges (modules:) are not supported yet: merge the whole model with models: or slices:")
+	}
+	if (c.TokenizerSource != nil || c.Tokenizer != nil) && len(c.Slices) > 0 {
+		return nil, cfgErr(c.Lines["slices"], "slices: with a tokenizer_source: or tokenizer: section are not supported yet")
 	}
 	schema := map[string]Param{}
 	for _, prm := range m.Params() {
@@ -139,13 +133,14 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		supported = "supported: " + strings.Join(names, ", ")
 	}
 	resolve := func(r mkconfig.ModelRef) (string, error) {
-		if o.Resolve == nil {
-			if r.LoRA != nil || r.OverrideArchitecture != "" {
-				return ResolveLocal(r)
+		res := o.Resolve
+		if res == nil {
+			if r.LoRA == nil && r.OverrideArchitecture == "" {
+				return r.Model.String(), nil
 			}
-			return r.Model.String(), nil
+			res = ResolveLocal // refuses them
 		}
-		path, err := o.Resolve(r)
+		path, err := res(r)
 		if err != nil {
 			return "", cfgErr(r.Line, "%w", err)
 		}
@@ -258,6 +253,9 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	if len(p.Slices) > 0 {
 		p.Base = ""
 	}
+	if err := configVocab(c, p, resolve); err != nil {
+		return nil, err
+	}
 	// mergekit computes in dtype and writes out_dtype (default: dtype);
 	// wtool computes in float32 or float64 and writes the output dtype
 	p.DType = c.DType
@@ -342,4 +340,58 @@ func withFile(err error, file string) error {
 		return &c
 	}
 	return fmt.Errorf("%s: %w", file, err)
+}
+
+// configVocab reads tokenizer_source:, tokenizer: and chat_template: into
+// the plan.
+func configVocab(c *mkconfig.Config, p *Plan, resolve func(mkconfig.ModelRef) (string, error)) error {
+	if c.HasChatTemplate {
+		if c.ChatTemplate == "" {
+			return cfgErr(c.Lines["chat_template"], "chat_template is empty")
+		}
+		p.ChatTemplate = c.ChatTemplate
+	}
+	var src *mkconfig.TokenizerSource
+	v := &VocabPlan{}
+	switch {
+	case c.TokenizerSource != nil:
+		src = c.TokenizerSource
+	case c.Tokenizer != nil:
+		src = &c.Tokenizer.Source
+		v.PadToMultipleOf = c.Tokenizer.PadToMultipleOf
+		for _, t := range c.Tokenizer.Tokens {
+			ts := TokenSource{Token: t.Token, Force: t.Force, TokenID: -1}
+			if t.Source != nil {
+				ts.Kind = t.Source.Kind
+				ts.TokenID = t.Source.TokenID
+				if t.Source.HasToken {
+					ts.ByToken = t.Source.Token
+					ts.TokenID = -1
+				}
+				if t.Source.Model != nil {
+					path, err := resolve(*t.Source.Model)
+					if err != nil {
+						return err
+					}
+					ts.Model = path
+				}
+			}
+			v.Tokens = append(v.Tokens, ts)
+		}
+	default:
+		return nil
+	}
+	v.Source = src.Kind
+	if src.Kind == "" {
+		v.Source = "union"
+	}
+	if src.Model != nil {
+		path, err := resolve(*src.Model)
+		if err != nil {
+			return err
+		}
+		v.Model = path
+	}
+	p.Vocab = v
+	return nil
 }

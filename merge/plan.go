@@ -39,12 +39,51 @@ type Plan struct {
 	// model the slices read (without parameters) and Params are the
 	// defaults of every slice. See Slice.
 	Slices []Slice
+	// Vocab, when set, builds the output vocabulary from the models'
+	// tokenizers (mergekit's tokenizer_source: and tokenizer:): every
+	// model's embedding and output head rows are permuted into it before
+	// merging, and the merged tokenizer files and vocab_size are written.
+	// Without it the first model's tokenizer files are copied.
+	Vocab *VocabPlan
+	// ChatTemplate is mergekit's chat_template: "auto", a built-in name
+	// (alpaca, chatml, exaone, llama3, mistral) or a template, written into
+	// the output's tokenizer_config.json ("" = the tokenizer's own).
+	ChatTemplate string
 	// Source is the mergekit configuration the plan was read from (nil for
 	// a plan built from flags or in code): it is written beside the output
 	// as mergekit_config.yml. See MergekitConfig.
 	Source *mkconfig.Config
 
 	schema map[string]Param // the method's parameters, set by Validate
+}
+
+// VocabPlan says where a merge's output vocabulary comes from and how
+// tokens the models lack are embedded (see merge/vocab and
+// docs/mergekit.md, "Tokenizers").
+type VocabPlan struct {
+	// Source is "base" (the base model's tokenizer, else the first
+	// model's), "union" (every model's tokens) or "model" (Model's).
+	Source string
+	Model  string
+	// Tokens are per-token embedding sources (tokenizer.tokens).
+	Tokens []TokenSource
+	// PadToMultipleOf rounds the vocabulary size up (0: no padding).
+	PadToMultipleOf int
+}
+
+// TokenSource is one entry of tokenizer.tokens: the embedding token gets
+// where a model lacks it (or every model, with Force).
+type TokenSource struct {
+	Token string
+	// Kind is "" (mergekit's default rules: the base's row, else the one
+	// model having it, else the mean), "model" (Model's row of the token),
+	// "model_token" (Model's row TokenID, or of the token ByToken when
+	// TokenID < 0) or "zero".
+	Kind    string
+	Model   string
+	TokenID int
+	ByToken string
+	Force   bool
 }
 
 // Slice is one output slice of a layer-wise merge: its sources all give
@@ -158,6 +197,9 @@ func (p *Plan) validate() (Method, error) {
 		return nil, err
 	}
 	if len(p.Slices) > 0 {
+		if p.Vocab != nil || p.ChatTemplate != "" {
+			return nil, fmt.Errorf("a sliced merge cannot build a vocabulary or set a chat template yet")
+		}
 		return p.validateSlices()
 	}
 	p.Method = m.Name()
@@ -299,6 +341,12 @@ func (p *Plan) Inputs() []string {
 			add(src.Path)
 		}
 		add(s.Base)
+	}
+	if p.Vocab != nil {
+		add(p.Vocab.Model)
+		for _, t := range p.Vocab.Tokens {
+			add(t.Model)
+		}
 	}
 	m, err := Lookup(p.Method)
 	if err != nil {
