@@ -54,8 +54,9 @@ type Job struct {
 	opened    []*checkpoint.Model
 	baseOnly  map[string]bool // output tensors only the base has
 	nums      map[string]*numParam
-	vocab     *vocabJob      // the output vocabulary (Plan.Vocab), nil without one
-	ahead     sync.WaitGroup // read-ahead goroutines
+	vocab     *vocabJob                         // the output vocabulary (Plan.Vocab), nil without one
+	loras     map[*checkpoint.Model]*loraSource // LoRA adapters merged into models
+	ahead     sync.WaitGroup                    // read-ahead goroutines
 }
 
 // numParam is a Number parameter resolved for every model.

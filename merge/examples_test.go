@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/wtool/wtool/io/checkpoint"
+	"github.com/wtool/wtool/io/peft"
 	"github.com/wtool/wtool/merge/mkconfig"
 	"github.com/wtool/wtool/tensors"
 )
@@ -32,12 +33,11 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	// what each configuration must do: "" runs; otherwise the refusal
 	refused := map[string]string{
-		"modules.yml":          "per-module merges (modules:) are not supported yet",
-		"tokenizer-source.yml": "merging a LoRA adapter into a model (model+lora) is not supported yet",
-		// the tiny models have no tokenizer.json (TestTokenizerUnion merges
-		// models that have; this configuration's token_id 1234 needs a
-		// vocabulary of over 1234 tokens)
-		"tokenizer-union.yml": "has no tokenizer.json",
+		"modules.yml": "per-module merges (modules:) are not supported yet",
+		// the tiny models share one 8-token tokenizer, without the tokens
+		// this configuration takes from chatml_model: refused for the first
+		// (TestTokenizerUnion merges differing vocabularies)
+		"tokenizer-union.yml": `token "<|im_start|>": configured source chatml_model does not have it`,
 	}
 	layers := map[string]int{"orcamini-platy-44layer.yml": 44}
 
@@ -48,6 +48,15 @@ func TestExampleConfigs(t *testing.T) {
 	for i := range 4 {
 		m := filepath.Join(work, fmt.Sprintf("tiny%d", i))
 		tinyLlama(t, m, 40, uint64(10+i), tensors.BF16)
+		for _, f := range []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} {
+			b, err := os.ReadFile(filepath.Join("vocab", "testdata", "base", f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(m, f), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 		models = append(models, m)
 	}
 	local := filepath.Join(work, "local")
@@ -56,7 +65,23 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	t.Chdir(local) // configurations' local paths (model_a, ...) are relative
 	placed := map[string]bool{}
+	// a LoRA adapter of q_proj in layer 0 of the tiny Llamas
+	adapter := filepath.Join(work, "adapter")
+	{
+		ad := &peft.Adapter{Config: peft.NewConfig(1, 1, []string{"q_proj"}), Modules: map[string]*peft.Module{}}
+		ka, kb := peft.KeysFor("model.layers.0.self_attn.q_proj", false)
+		a, _ := tensors.FromFloat32(ka, tensors.F32, []int64{1, 8}, make([]float32, 8))
+		b, _ := tensors.FromFloat32(kb, tensors.F32, []int64{8, 1}, []float32{1, 2, 3, 4, 5, 6, 7, 8})
+		ad.Modules["model.layers.0.self_attn.q_proj"] = &peft.Module{Name: "model.layers.0.self_attn.q_proj", A: a, B: b}
+		if err := peft.Write(context.Background(), adapter, ad, false); err != nil {
+			t.Fatal(err)
+		}
+	}
 	place := func(ref mkconfig.ModelRef) {
+		if ref.LoRA != nil && !placed[ref.LoRA.Path] {
+			placed[ref.LoRA.Path] = true
+			cacheModel(t, cache, ref.LoRA.Path, adapter)
+		}
 		name := ref.Model.Path
 		if placed[name] {
 			return

@@ -95,7 +95,7 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 	}
 	if p.Base != "" {
 		for i, mi := range p.Models {
-			if mi.Path == p.Base {
+			if mi.Path == p.Base && mi.LoRA == p.BaseLoRA {
 				j.Base, j.BaseIndex = j.Models[i], i
 				break
 			}
@@ -133,6 +133,17 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 	}
 	for _, n := range j.Models[0].Names() {
 		j.NumLayers = max(j.NumLayers, LayerOf(n)+1)
+	}
+	var loras []string
+	for _, mi := range p.Models {
+		loras = append(loras, mi.LoRA)
+	}
+	models := slices.Clone(j.Models)
+	if j.Base != nil && j.BaseIndex < 0 {
+		models, loras = append(models, j.Base), append(loras, p.BaseLoRA)
+	}
+	if err := j.openLoRAs(models, loras); err != nil {
+		return nil, err
 	}
 	j.resolveNums()
 	ok = true
@@ -235,6 +246,11 @@ func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 	in := func(m *checkpoint.Model) (*Input, error) {
 		if j.vocab != nil && j.vocab.remap[e.Name] {
 			return j.vocabInput(m, e.Name)
+		}
+		if ls, ok := j.loras[m]; ok {
+			if lm, ok := ls.byTensor[e.Name]; ok {
+				return j.loraInput(m, ls, lm, e.Name)
+			}
 		}
 		return j.input(m, e.Name)
 	}

@@ -28,8 +28,12 @@ func MergekitConfig(p *Plan) *mkconfig.Config {
 			kinds[prm.Name] = prm
 		}
 	}
-	ref := func(path string) mkconfig.ModelRef {
-		return mkconfig.ModelRef{Model: mkconfig.ModelPath{Path: path}}
+	ref := func(path string, lora ...string) mkconfig.ModelRef {
+		r := mkconfig.ModelRef{Model: mkconfig.ModelPath{Path: path}}
+		if len(lora) > 0 && lora[0] != "" {
+			r.LoRA = &mkconfig.ModelPath{Path: lora[0]}
+		}
+		return r
 	}
 	// params splits values into a parameters: section and extension keys
 	// (file parameters, lists)
@@ -64,7 +68,7 @@ func MergekitConfig(p *Plan) *mkconfig.Config {
 		return out, extra
 	}
 	if p.Base != "" {
-		r := ref(p.Base)
+		r := ref(p.Base, p.BaseLoRA)
 		c.BaseModel = &r
 	}
 	var globalExtra []mkconfig.Field
@@ -73,7 +77,7 @@ func MergekitConfig(p *Plan) *mkconfig.Config {
 	c.Extra = globalExtra
 	if len(p.Slices) == 0 {
 		for _, mi := range p.Models {
-			im := mkconfig.InputModel{Model: ref(mi.Path)}
+			im := mkconfig.InputModel{Model: ref(mi.Path, mi.LoRA)}
 			im.Parameters, im.Extra = params(mi.Params)
 			c.Models = append(c.Models, im)
 		}

@@ -24,15 +24,13 @@ type ConfigOptions struct {
 }
 
 // ResolveLocal resolves a model reference the way wtool's merge command
-// does: an existing local path as is, else a Hub id ("org/name",
-// revision from "@rev") in the local Hugging Face cache ($HF_HUB_CACHE,
+// does: an existing local path as is, else a Hub id ("org/name", revision
+// from "@rev") in the local Hugging Face cache ($HF_HUB_CACHE,
 // $HF_HOME/hub, ~/.cache/huggingface/hub). Nothing is downloaded: a model
 // that is not cached is a *hub.NotCachedError saying so and how to fetch
-// it. A "model+lora" reference is refused (not supported yet).
+// it. A reference's LoRA adapter is resolved by FromConfig with a second
+// call (a reference without LoRA).
 func ResolveLocal(ref mkconfig.ModelRef) (string, error) {
-	if ref.LoRA != nil {
-		return "", fmt.Errorf("%s: merging a LoRA adapter into a model (model+lora) is not supported yet: merge the adapter first (e.g. with PEFT's merge_and_unload) and give the merged model", ref)
-	}
 	if ref.OverrideArchitecture != "" {
 		return "", fmt.Errorf("%s: override_architecture is not supported", ref.Model.Path)
 	}
@@ -109,9 +107,9 @@ func configKeys() mkconfig.ParseOptions {
 // global one under a slice or the top-level parameters, or as a top-level
 // key. models: gives a whole-model plan, slices: a layer-wise one (see
 // Slice); tokenizer_source:, tokenizer: and chat_template: give
-// Plan.Vocab and Plan.ChatTemplate. What wtool does not do yet (modules:,
-// model+lora sources, a vocabulary with slices:) is an error naming its
-// line.
+// Plan.Vocab and Plan.ChatTemplate; a "model+lora" reference gives
+// ModelInput.LoRA (Plan.BaseLoRA). What wtool does not do yet (modules:, a
+// vocabulary or a LoRA with slices:) is an error naming its line.
 func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	m, err := Lookup(c.MergeMethod)
 	if err != nil {
@@ -132,19 +130,37 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	if len(names) > 0 {
 		supported = "supported: " + strings.Join(names, ", ")
 	}
-	resolve := func(r mkconfig.ModelRef) (string, error) {
+	// resolveRef resolves a reference's model and its LoRA adapter
+	resolveRef := func(r mkconfig.ModelRef) (string, string, error) {
 		res := o.Resolve
 		if res == nil {
-			if r.LoRA == nil && r.OverrideArchitecture == "" {
-				return r.Model.String(), nil
+			if r.OverrideArchitecture != "" {
+				res = ResolveLocal // refuses it
+			} else {
+				res = func(r mkconfig.ModelRef) (string, error) { return r.Model.String(), nil }
 			}
-			res = ResolveLocal // refuses them
 		}
+		lora := r.LoRA
+		r.LoRA = nil
 		path, err := res(r)
 		if err != nil {
-			return "", cfgErr(r.Line, "%w", err)
+			return "", "", cfgErr(r.Line, "%w", err)
 		}
-		return path, nil
+		if lora == nil {
+			return path, "", nil
+		}
+		lpath, err := res(mkconfig.ModelRef{Model: *lora, Line: r.Line})
+		if err != nil {
+			return "", "", cfgErr(r.Line, "LoRA adapter: %w", err)
+		}
+		return path, lpath, nil
+	}
+	resolve := func(r mkconfig.ModelRef) (string, error) {
+		path, lora, err := resolveRef(r)
+		if err == nil && lora != "" {
+			err = cfgErr(r.Line, "%s: a LoRA adapter is not supported here", r)
+		}
+		return path, err
 	}
 	// params decodes a parameters: section; perModelOnly refuses global
 	// parameters (a model's or a source's section)
@@ -189,13 +205,13 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		return nil, err
 	}
 	if c.BaseModel != nil {
-		if p.Base, err = resolve(*c.BaseModel); err != nil {
+		if p.Base, p.BaseLoRA, err = resolveRef(*c.BaseModel); err != nil {
 			return nil, err
 		}
 	}
 	for i, im := range c.Models {
 		mi := ModelInput{}
-		if mi.Path, err = resolve(im.Model); err != nil {
+		if mi.Path, mi.LoRA, err = resolveRef(im.Model); err != nil {
 			return nil, err
 		}
 		where := fmt.Sprintf("the parameters of model %d (%s)", i+1, im.Model)
@@ -213,8 +229,8 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	// take it among their models
 	if def, ok := mkconfig.Methods[strings.ReplaceAll(m.Name(), "-", "_")]; ok && len(c.Models) > 0 && p.Base != "" &&
 		(def.Base == mkconfig.BaseInput || def.Name == "slerp") &&
-		!slices.ContainsFunc(p.Models, func(mi ModelInput) bool { return mi.Path == p.Base }) {
-		p.Models = append([]ModelInput{{Path: p.Base, Params: Params{}}}, p.Models...)
+		!slices.ContainsFunc(p.Models, func(mi ModelInput) bool { return mi.Path == p.Base && mi.LoRA == p.BaseLoRA }) {
+		p.Models = append([]ModelInput{{Path: p.Base, Params: Params{}, LoRA: p.BaseLoRA}}, p.Models...)
 	}
 	for i, os := range c.Slices {
 		s := Slice{Base: p.Base}
@@ -228,7 +244,7 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		}
 		for k, src := range os.Sources {
 			ss := SliceSource{Layers: src.LayerRange}
-			if ss.Path, err = resolve(src.Model); err != nil {
+			if ss.Path, ss.LoRA, err = resolveRef(src.Model); err != nil {
 				return nil, err
 			}
 			where := fmt.Sprintf("the parameters of source %d of slice %d (%s)", k+1, i+1, src.Model)

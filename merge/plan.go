@@ -15,6 +15,9 @@ import (
 type ModelInput struct {
 	Path   string
 	Params Params
+	// LoRA is a PEFT LoRA adapter directory merged into the model before
+	// the merge (mergekit's "model+lora"); "" for none.
+	LoRA string
 }
 
 // Plan describes a merge completely; flags and YAML configurations both
@@ -25,6 +28,8 @@ type Plan struct {
 	Models []ModelInput
 	// Base is the base model of task-vector methods (and slerp's t = 0 end).
 	Base string
+	// BaseLoRA is a LoRA adapter merged into the base ("" for none).
+	BaseLoRA string
 	// DType is the output dtype of floating tensors ("" = the first model's).
 	DType string
 	// Params are the method's global parameters (and defaults for its
@@ -200,6 +205,13 @@ func (p *Plan) validate() (Method, error) {
 		if p.Vocab != nil || p.ChatTemplate != "" {
 			return nil, fmt.Errorf("a sliced merge cannot build a vocabulary or set a chat template yet")
 		}
+		for _, s := range p.Slices {
+			for _, src := range s.Sources {
+				if src.LoRA != "" {
+					return nil, fmt.Errorf("%s: a LoRA adapter on a slice source is not supported yet", src.Path)
+				}
+			}
+		}
 		return p.validateSlices()
 	}
 	p.Method = m.Name()
@@ -334,8 +346,10 @@ func (p *Plan) Inputs() []string {
 	}
 	for _, mi := range p.Models {
 		add(mi.Path)
+		add(mi.LoRA)
 	}
 	add(p.Base)
+	add(p.BaseLoRA)
 	for _, s := range p.Slices {
 		for _, src := range s.Sources {
 			add(src.Path)

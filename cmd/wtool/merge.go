@@ -430,10 +430,23 @@ func declareMerge(r *fsafe.Registry, p *merge.Plan, config string) error {
 		if err := declareModel(r, "MODEL", m.Path); err != nil {
 			return err
 		}
+		if err := r.Input("a LoRA adapter", m.LoRA); err != nil {
+			return err
+		}
 	}
 	if p.Base != "" {
 		if err := declareModel(r, "--base", p.Base); err != nil {
 			return err
+		}
+		if err := r.Input("the base's LoRA adapter", p.BaseLoRA); err != nil {
+			return err
+		}
+	}
+	for _, s := range p.Slices {
+		for _, src := range s.Sources {
+			if err := declareModel(r, "a slice source", src.Path); err != nil {
+				return err
+			}
 		}
 	}
 	m, err := merge.Lookup(p.Method)
