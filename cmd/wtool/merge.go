@@ -18,6 +18,7 @@ import (
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/fsafe"
+	"github.com/wtool/wtool/io/hub"
 	"github.com/wtool/wtool/merge"
 )
 
@@ -512,9 +513,17 @@ func (o *mergeOptions) plan(cmd *cobra.Command, args []string) (*merge.Plan, err
 	if err != nil {
 		return nil, usageErrorf("--method: %v", err)
 	}
-	p := &merge.Plan{Method: m.Name(), Base: o.base, DType: o.dtype, Params: merge.Params{}}
+	base, err := resolveModelArg(o.base)
+	if err != nil {
+		return nil, err
+	}
+	p := &merge.Plan{Method: m.Name(), Base: base, DType: o.dtype, Params: merge.Params{}}
 	for _, a := range args {
-		p.Models = append(p.Models, merge.ModelInput{Path: a, Params: merge.Params{}})
+		path, err := resolveModelArg(a)
+		if err != nil {
+			return nil, err
+		}
+		p.Models = append(p.Models, merge.ModelInput{Path: path, Params: merge.Params{}})
 	}
 	schema := map[string]merge.Param{}
 	var accepted []string
@@ -549,6 +558,32 @@ func (o *mergeOptions) plan(cmd *cobra.Command, args []string) (*merge.Plan, err
 		return nil, exitError{code: exitUsage, err: errors.Join(dedupe(errs)...)}
 	}
 	return p, nil
+}
+
+// resolveModelArg turns a model argument that is not a local path but a
+// Hub id ("org/name[@revision]") into its snapshot in the local Hugging
+// Face cache; anything else is kept (a missing path is reported with the
+// other inputs).
+func resolveModelArg(a string) (string, error) {
+	if a == "" {
+		return a, nil
+	}
+	if _, err := os.Stat(a); err == nil {
+		return a, nil
+	}
+	repo, _, _ := strings.Cut(a, "@")
+	if !hub.IsRepoID(repo) || strings.HasPrefix(a, ".") {
+		return a, nil
+	}
+	path, err := hub.ResolveModel(a)
+	var nc *hub.NotCachedError
+	if errors.As(err, &nc) {
+		return "", exitError{code: exitUsage, err: err}
+	}
+	if err != nil {
+		return a, nil
+	}
+	return path, nil
 }
 
 func dedupe(errs []error) []error {
