@@ -34,7 +34,7 @@ func TestMergeStagesDryRunAndCard(t *testing.T) {
 			Name    string `json:"name"`
 			Pending string `json:"pending"`
 			Tensors []struct {
-				Name   string         `json:"name"`
+				Name   string `json:"name"`
 				Inputs []struct{ Model string }
 				Params map[string]any `json:"params"`
 			} `json:"tensors"`
