@@ -115,8 +115,20 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	if err != nil {
 		return nil, cfgErr(c.Lines["merge_method"], "merge_method: %v", err)
 	}
+	if len(c.Modules) == 1 && c.Modules[0].Name == mkconfig.DefaultModule {
+		// the one module of a single-module architecture: its models or
+		// slices, its parameters between the slices' and the global ones
+		mod := c.Modules[0]
+		cc := *c
+		cc.Modules, cc.Models, cc.Slices = nil, mod.Models, mod.Slices
+		cc.Parameters = slices.Clone(c.Parameters)
+		for _, prm := range mod.Parameters {
+			cc.Parameters.Set(prm.Name, prm.Setting)
+		}
+		c = &cc
+	}
 	if len(c.Modules) > 0 {
-		return nil, cfgErr(c.Lines["modules"], "per-module merges (modules:) are not supported yet: merge the whole model with models: or slices:")
+		return nil, cfgErr(c.Lines["modules"], "per-module merges (modules:) are not supported yet (only a single module named %s): merge the whole model with models: or slices:", mkconfig.DefaultModule)
 	}
 	if (c.TokenizerSource != nil || c.Tokenizer != nil) && len(c.Slices) > 0 {
 		return nil, cfgErr(c.Lines["slices"], "slices: with a tokenizer_source: or tokenizer: section are not supported yet")

@@ -161,3 +161,21 @@ func abs32(x float32) float32 {
 	}
 	return x
 }
+
+// TestDefaultModule: modules: with the one module of a single-module
+// architecture is its models (or slices), its parameters over the global
+// ones.
+func TestDefaultModule(t *testing.T) {
+	p, err := ParseConfig([]byte("modules:\n  default:\n    models: [{model: a}, {model: b, parameters: {weight: 2}}]\n    parameters: {weight: 0.25}\nmerge_method: linear\nparameters: {weight: 1, normalize: false}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := p.Params["weight"].Num.Constant()
+	w1, _ := p.ModelValue(1, "weight").Num.Constant()
+	if len(p.Models) != 2 || w != 0.25 || w1 != 2 || p.Global("normalize").Bool {
+		t.Errorf("plan %+v", p)
+	}
+	if _, err := ParseConfig([]byte("modules:\n  text_decoder:\n    models: [{model: a}]\nmerge_method: linear\n")); err == nil || !strings.Contains(err.Error(), "only a single module named default") {
+		t.Errorf("a named module: %v", err)
+	}
+}
