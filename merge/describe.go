@@ -24,7 +24,10 @@ type Description struct {
 	// integers, words, files), default or given.
 	Params map[string]any `json:"params,omitempty"`
 	// NumLayers is the number of layers the output has.
-	NumLayers int                 `json:"num_layers"`
+	NumLayers int `json:"num_layers"`
+	// VocabSize is the output vocabulary's size when the merge builds one
+	// that changes the embeddings (0 otherwise).
+	VocabSize int                 `json:"vocab_size,omitempty"`
 	Tensors   []TensorDescription `json:"tensors"`
 }
 
@@ -50,6 +53,10 @@ type TensorDescription struct {
 type TensorInput struct {
 	Model  string `json:"model"`
 	Tensor string `json:"tensor"`
+	// LoRA is the adapter merged into the model's tensor first.
+	LoRA string `json:"lora,omitempty"`
+	// Vocab: the rows are permuted into the output vocabulary first.
+	Vocab bool `json:"vocab,omitempty"`
 }
 
 // Describe resolves a plan against its models (opened, never read beyond
@@ -82,14 +89,23 @@ func Describe(ctx context.Context, p *Plan) (*Description, error) {
 	}
 	describe := func(j *Job, e safetensors.Entry, t *TensorJob) TensorDescription {
 		td := TensorDescription{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Depth: t.Depth, Base: -1, Params: map[string]any{}}
+		input := func(m *checkpoint.Model, path string, in *Input) TensorInput {
+			ti := TensorInput{Model: path, Tensor: in.Tensor, Vocab: j.vocab != nil && j.vocab.remap[e.Name]}
+			if ls, ok := j.loras[m]; ok {
+				if _, ok := ls.byTensor[in.Tensor]; ok {
+					ti.LoRA = ls.dir
+				}
+			}
+			return ti
+		}
 		for i, in := range t.Models {
-			td.Inputs = append(td.Inputs, TensorInput{Model: j.Plan.Models[i].Path, Tensor: in.Tensor})
+			td.Inputs = append(td.Inputs, input(j.Models[i], j.Plan.Models[i].Path, in))
 			if in == t.Base {
 				td.Base = i
 			}
 		}
 		if t.Base != nil && td.Base < 0 {
-			td.Inputs = append(td.Inputs, TensorInput{Model: j.Plan.Base, Tensor: t.Base.Tensor})
+			td.Inputs = append(td.Inputs, input(j.Base, j.Plan.Base, t.Base))
 			td.Base = len(td.Inputs) - 1
 		}
 		for _, name := range slices.Sorted(maps.Keys(j.Plan.schema)) {
@@ -110,7 +126,7 @@ func Describe(ctx context.Context, p *Plan) (*Description, error) {
 		return td
 	}
 	copied := func(e safetensors.Entry, model, tensor string) TensorDescription {
-		return TensorDescription{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Copy: true, Base: -1, Inputs: []TensorInput{{model, tensor}}}
+		return TensorDescription{Name: e.Name, DType: e.DType.String(), Shape: e.Shape, Copy: true, Base: -1, Inputs: []TensorInput{{Model: model, Tensor: tensor}}}
 	}
 	if len(p.Slices) > 0 {
 		d.NumLayers = p.NumLayers()
@@ -129,6 +145,7 @@ func Describe(ctx context.Context, p *Plan) (*Description, error) {
 			if err != nil {
 				return nil, err
 			}
+			j.dry = true
 			jobs = append(jobs, j)
 		}
 		layout, err := sliceLayout(p, jobs)
@@ -157,7 +174,11 @@ func Describe(ctx context.Context, p *Plan) (*Description, error) {
 		return nil, err
 	}
 	defer j.close()
+	j.dry = true
 	d.NumLayers = j.NumLayers
+	if j.vocab != nil && j.vocab.size > 0 {
+		d.VocabSize = j.vocab.size
+	}
 	first := j.Models[0]
 	for _, e := range j.entries() {
 		if err := ctx.Err(); err != nil {

@@ -56,6 +56,7 @@ type Job struct {
 	nums      map[string]*numParam
 	vocab     *vocabJob                         // the output vocabulary (Plan.Vocab), nil without one
 	loras     map[*checkpoint.Model]*loraSource // LoRA adapters merged into models
+	dry       bool                              // Describe: no input is computed
 	ahead     sync.WaitGroup                    // read-ahead goroutines
 }
 

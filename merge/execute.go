@@ -244,6 +244,9 @@ func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 	n, _ := tensors.NumElements(e.Shape)
 	t := &TensorJob{Job: j, Name: e.Name, Shape: e.Shape, N: int(n), Depth: Depth(e.Name, j.NumLayers), DType: e.DType}
 	in := func(m *checkpoint.Model) (*Input, error) {
+		if j.dry { // Describe: the tensors as stored
+			return j.input(m, e.Name)
+		}
 		if j.vocab != nil && j.vocab.remap[e.Name] {
 			return j.vocabInput(m, e.Name)
 		}

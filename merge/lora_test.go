@@ -110,3 +110,29 @@ func TestLoRASource(t *testing.T) {
 		t.Errorf("an adapter of other modules: %v", err)
 	}
 }
+
+// TestDescribeLoRAAndVocab: --dry-run names the adapter merged into an
+// input and marks vocabulary-permuted embeddings, without computing them.
+func TestDescribeLoRAAndVocab(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "base"), filepath.Join(dir, "other")
+	vocabModel(t, a, "base", 8, 1)
+	vocabModel(t, b, "other", 7, 2)
+	p, err := ParseConfig([]byte(fmt.Sprintf("models:\n  - model: %s\n  - model: %s\nmerge_method: linear\nbase_model: %s\nparameters: {weight: 0.5}\ntokenizer_source: union\n", a, b, a)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Describe(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.VocabSize != 9 {
+		t.Errorf("vocabulary %d, want 9", d.VocabSize)
+	}
+	for _, td := range d.Tensors {
+		want := td.Name != "model.layers.0.mlp.up_proj.weight"
+		if td.Inputs[0].Vocab != want || (want && td.Shape[0] != 9) {
+			t.Errorf("%s: %+v", td.Name, td)
+		}
+	}
+}

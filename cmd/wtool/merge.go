@@ -377,6 +377,9 @@ func printDescription(w io.Writer, d *merge.Description) {
 	if d.NumLayers > 0 {
 		fmt.Fprintf(w, ", %d layers", d.NumLayers)
 	}
+	if d.VocabSize > 0 {
+		fmt.Fprintf(w, ", vocabulary of %d", d.VocabSize)
+	}
 	fmt.Fprintln(w)
 	for i, m := range d.Models {
 		fmt.Fprintf(w, "  model %d: %s\n", i+1, m)
@@ -398,10 +401,17 @@ func printDescription(w io.Writer, d *merge.Description) {
 			if i == t.Base {
 				tag = " (base)"
 			}
+			model := in.Model
+			if in.LoRA != "" {
+				model += "+" + in.LoRA
+			}
+			if in.Vocab {
+				tag += " (rows permuted into the output vocabulary)"
+			}
 			if in.Tensor == t.Name {
-				fmt.Fprintf(&b, " %s%s", in.Model, tag)
+				fmt.Fprintf(&b, " %s%s", model, tag)
 			} else {
-				fmt.Fprintf(&b, " %s[%s]%s", in.Model, in.Tensor, tag)
+				fmt.Fprintf(&b, " %s[%s]%s", model, in.Tensor, tag)
 			}
 		}
 		for _, k := range slices.Sorted(maps.Keys(t.Params)) {
