@@ -7,7 +7,7 @@ import "fmt"
 // the global parameters): mergekit requires one. On the command line
 // weights default to 1.
 func requireWeights(p *Plan) error {
-	if !p.Mergekit {
+	if p.Source == nil { // built from flags or in code
 		return nil
 	}
 	if _, ok := p.Params["weight"]; ok {
