@@ -22,7 +22,7 @@ var configSeeds = []string{
 func TestConfigMessages(t *testing.T) {
 	for yaml, want := range map[string]string{
 		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties\nbase_model: b\n": `line 1: unsupported parameter "gamma" for ties in the parameters of model 1 (a)`,
-		"models: [{model: a}]\nmerge_method: dare_ties\nparameters: {density: 1.5}\nbase_model: b\n":     "1.5 is not in (0, 1]",
+		"models: [{model: a}]\nmerge_method: dare_ties\nparameters: {density: 1.5}\nbase_model: b\n":     "1.5 is not in [0, 1]",
 		"models: [{model: a}]\nmerge_method: ties\nparameters: {lambda: .nan}\nbase_model: b\n":          `line 3: lambda: parameter lambda: NaN is not a finite number`,
 		"models: [{model: a}]\nmerge_method: linear\nparameters: {normalize: maybe}\n":                   `"maybe" is not true or false`,
 		"models: [{model: a}]\nmerge_method: linear\nseed: 3\n":                                          `line 3: unsupported key "seed" in the configuration for linear`,

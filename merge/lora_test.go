@@ -102,7 +102,7 @@ func TestLoRASource(t *testing.T) {
 	if err := peft.Write(context.Background(), badDir, bad, false); err != nil {
 		t.Fatal(err)
 	}
-	p, err := ParseConfig([]byte(fmt.Sprintf("models: [{model: %s+%s}]\nmerge_method: linear\n", base, badDir)))
+	p, err := ParseConfig([]byte(fmt.Sprintf("models: [{model: %s+%s, parameters: {weight: 1}}]\nmerge_method: linear\n", base, badDir)))
 	if err == nil {
 		_, err = Execute(context.Background(), p, filepath.Join(dir, "x"), checkpoint.WriteOptions{})
 	}
