@@ -46,8 +46,12 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 			l, h := lo+b, lo+min(b+affineBlock, n)
 			processed.Add(int64(h - l))
 			if fused {
-				if done, err := fuseBF16(ins, k.Coef, dst[2*b:], l, h); done || err != nil {
+				done, err := fuseBF16(ins, k.Coef, dst[2*b:], l, h)
+				if err != nil {
 					return err
+				}
+				if done { // this block is written; on to the next
+					continue
 				}
 			}
 			if sc == nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -317,7 +319,10 @@ func (s *tensorState) prepare(ctx context.Context) {
 		err = fmt.Errorf("merge method %s gave no kernel", s.j.Plan.Method)
 	}
 	if err != nil {
-		s.err = fmt.Errorf("tensor %q: %w", s.e.Name, err)
+		if !strings.Contains(err.Error(), strconv.Quote(s.e.Name)) { // name the tensor once
+			err = fmt.Errorf("tensor %q: %w", s.e.Name, err)
+		}
+		s.err = err
 		return
 	}
 	s.k = k

@@ -4,22 +4,27 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/wtool/wtool/fisher/mlp"
+	"github.com/wtool/wtool/fisher/nn"
 	"github.com/wtool/wtool/fisher/stats"
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/tensors"
 )
 
-// pleas: PLeaS (Nasery et al., 2024) on MLP checkpoints: match, partially
-// merge to a width, refit every layer in closed form; the output has the
-// merged (possibly wider) architecture.
+// pleas: PLeaS (Nasery et al., 2024): match, partially merge to a width
+// (or per-group widths under a budget), refit every layer in closed form;
+// the output has the merged (possibly wider) architecture. Plain MLP
+// chains go through PLeaS, every family of the built-in engine (ResNet,
+// ViT, BERT, GPT-2, the Llama family) through PLeaSModel.
 type pleasMethod struct{ about }
 
 func init() {
-	Register(pleasMethod{about{name: "pleas", doc: "PLeaS: activation matching, partial merge to --width, least-squares refit"}})
+	Register(pleasMethod{about{name: "pleas", doc: "PLeaS: activation matching, partial merge to --width or --budget, least-squares refit, BatchNorm recomputed"}})
 }
 
 func (pleasMethod) Params() []Param {
@@ -36,6 +41,16 @@ func (pleasMethod) Params() []Param {
 			Doc: "ridge added to the least-squares systems, relative to their mean diagonal (pleas, regmean)"},
 		{Name: "match", Kind: String, Default: Text("activation"), Choices: []string{"activation", "weight"},
 			Doc: "pleas: activation (default) or weight matching"},
+		{Name: "budget", Kind: Number, Default: Num(0), Check: budgetCheck,
+			Doc: "pleas: per-group widths chosen so that the merged model costs at most this times one source (1 to 2; 0: --width for every group)"},
+		{Name: "budget_kind", Kind: String, Default: Text("compute"), Choices: []string{"compute", "params"},
+			Doc: "pleas: what --budget counts: compute (multiply-accumulates per sample; default) or params"},
+		{Name: "separate_heads", Kind: Bool,
+			Doc: "pleas: keep both models' output heads side by side (A's classes, then B's): models trained on different label sets"},
+		{Name: "refit", Kind: Bool, Default: Value{Bool: true},
+			Doc: "pleas: refit every layer by least squares (default true; false: the aligned average in the merged layout, activation or weight matching then averaging)"},
+		{Name: "reset_bn", Kind: Bool, Default: Value{Bool: true},
+			Doc: "pleas: recompute the merged model's BatchNorm statistics on --calib (default true; false: averaged)"},
 		seedParam(seedDoc),
 		restartsParam(),
 	}
@@ -46,7 +61,14 @@ func (pleasMethod) Check(p *Plan) error {
 		return err
 	}
 	if !p.Has("calib") && !p.Has("stats") {
-		return fmt.Errorf("pleas needs data: --calib X.safetensors (MLPs) or --stats JOINT.safetensors")
+		return fmt.Errorf("pleas needs data: --calib X.safetensors (calibration inputs: images, token ids or an MLP's features; BatchNorm statistics are recomputed on them) or --stats JOINT.safetensors")
+	}
+	return nil
+}
+
+func budgetCheck(v float64) error {
+	if v != 0 && !(v >= 1 && v <= 2) {
+		return fmt.Errorf("a budget is between 1 and 2 (times one source model), or 0 for none")
 	}
 	return nil
 }
@@ -65,6 +87,12 @@ func (pleasMerger) Tensor(context.Context, *TensorJob) (*Kernel, error) {
 // both networks in float32 and one layer's joint statistics.
 func (pleasMerger) Write(ctx context.Context, j *Job, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
 	p := j.Plan
+	if a, err := arch.Open(j.Models[0]); err == nil && a.Family != "mlp" && nn.Supports(a) {
+		return writeModelPLeaS(ctx, j, out, opts)
+	}
+	if p.Float("budget") > 0 || p.Global("separate_heads").Bool {
+		return nil, fmt.Errorf("pleas: --budget and --separate-heads are for the architectures of the built-in engine (%s), not plain MLPs", strings.Join(nn.Families(), ", "))
+	}
 	act, err := mlp.ParseActivation(p.Global("act").Text)
 	if err != nil {
 		return nil, err

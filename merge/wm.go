@@ -121,43 +121,13 @@ func (w *wmMerger) Tensor(_ context.Context, t *TensorJob) (*Kernel, error) {
 }
 
 // permuted returns the input read through the permutations of the spec's
-// groups on its axes (the input itself when none moves).
+// groups on its axes (the input itself when none moves): blocks of whole
+// heads, repeated head features and fused axes as permute.Spec.Apply moves
+// them.
 func permuted(in *Input, spec *permute.Spec, perms permute.Perms) (*Input, error) {
-	axes, ok := spec.Tensors[in.Tensor]
-	if !ok {
-		return nil, fmt.Errorf("tensor %q is not in the permutation spec", in.Tensor)
-	}
-	if len(axes) == 0 {
-		return in, nil
-	}
-	if len(axes) != len(in.Shape) {
-		return nil, fmt.Errorf("tensor %q has %d axes, the spec gives %d", in.Tensor, len(in.Shape), len(axes))
-	}
-	index := make([][]int, len(axes))
-	moved := false
-	for a, ax := range axes {
-		if ax.Group == "" {
-			continue
-		}
-		perm, ok := perms[ax.Group]
-		if !ok {
-			return nil, fmt.Errorf("tensor %q axis %d: no permutation for group %q", in.Tensor, a, ax.Group)
-		}
-		block := max(ax.Block, 1)
-		if int64(len(perm)*block) != in.Shape[a] {
-			return nil, fmt.Errorf("tensor %q axis %d has %d elements, the permutation covers %d", in.Tensor, a, in.Shape[a], len(perm)*block)
-		}
-		ix := make([]int, len(perm)*block)
-		identity := true
-		for u, src := range perm {
-			for k := range block {
-				ix[u*block+k] = src*block + k
-			}
-			identity = identity && src == u
-		}
-		if !identity {
-			index[a], moved = ix, true
-		}
+	index, moved, err := spec.Indices(in.Tensor, in.Shape, perms)
+	if err != nil {
+		return nil, err
 	}
 	if !moved {
 		return in, nil

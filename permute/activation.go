@@ -54,17 +54,34 @@ type GroupCorrelation struct {
 	Modules []string // the modules whose inputs gave the features
 	Before  float64  // mean correlation of unit i with unit i
 	After   float64  // mean correlation of unit i with its match
+	// Scores, with ActivationOptions.Scores, is the matrix the assignment
+	// maximised (units x units, row-major; row: model A's unit, column:
+	// model B's): the mean correlation of A's unit i with B's unit j (of a
+	// head group: per pair of heads, with the best assignment of the
+	// features inside them). Perms[group][i] is the column matched to row
+	// i.
+	Scores []float64 `json:",omitempty"`
 }
 
 // ActivationMatching aligns model B to model A from joint statistics of
-// their layer inputs on the same data: for each group, the features are the
-// inputs of every module whose weight (a tensor "<module>.weight") has the
-// group on its input axis (axis 1), the cost of pairing A's unit i with B's
-// unit j is their correlation summed over those modules (over all features
-// of a unit for blocks and conv patches), and one exact assignment per group
-// maximises it. No coordinate descent is needed: features do not depend on
-// other groups' permutations.
+// their activations on the same data: for each group, a score of pairing
+// A's unit i with B's unit j (their correlation), and one exact assignment
+// per group maximises it. No coordinate descent is needed: features do not
+// depend on other groups' permutations.
+//
+// For a spec BuildSpec made (every built-in spec of a known family), the
+// scores pool every statistics entry of the group's space, and heads are
+// matched as heads: see [MatchActivations]. For any other spec, the
+// features are the inputs of every module whose weight (a tensor
+// "<module>.weight") has the group on its input axis (axis 1), the score is
+// their correlation averaged over those modules (over all features of a
+// unit for blocks and conv patches).
 func ActivationMatching(ctx context.Context, s *Spec, js JointStats) (Perms, []GroupCorrelation, error) {
+	return MatchActivations(ctx, s, js, ActivationOptions{})
+}
+
+// activationByModules is activation matching from module inputs only.
+func activationByModules(ctx context.Context, s *Spec, js JointStats, opts ActivationOptions) (Perms, []GroupCorrelation, error) {
 	p := Identity(s)
 	var report []GroupCorrelation
 	for _, g := range s.GroupNames() {
@@ -119,6 +136,12 @@ func ActivationMatching(ctx context.Context, s *Spec, js JointStats) (Perms, []G
 		}
 		rep.Before /= float64(n * terms)
 		rep.After /= float64(n * terms)
+		if opts.Scores {
+			for i := range cost {
+				cost[i] /= float64(terms)
+			}
+			rep.Scores = cost
+		}
 		report = append(report, rep)
 	}
 	return p, report, nil

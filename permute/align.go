@@ -65,7 +65,7 @@ func Align(ctx context.Context, ref, model *checkpoint.Model, s *Spec, opts Alig
 		if opts.Stats == nil {
 			return nil, fmt.Errorf("activation matching needs joint statistics of the two models")
 		}
-		p, corr, err := ActivationMatching(ctx, s, opts.Stats)
+		p, corr, err := MatchActivations(ctx, s, opts.Stats, ActivationOptions{Weights: [2]Source{a, b}})
 		if err != nil {
 			return nil, err
 		}

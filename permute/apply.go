@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 
 	"github.com/wtool/wtool/io/checkpoint"
@@ -50,7 +51,8 @@ func (p Perms) Inverse() Perms {
 }
 
 // Check verifies that p has, for every group of s, a permutation of the
-// group's size.
+// group's size, and that the permutation of every Within group moves whole
+// heads as its heads' permutation does.
 func (p Perms) Check(s *Spec) error {
 	for _, g := range s.GroupNames() {
 		v, ok := p[g]
@@ -73,7 +75,39 @@ func (p Perms) Check(s *Spec) error {
 			return fmt.Errorf("permutation for unknown group %q", g)
 		}
 	}
+	for _, w := range slices.Sorted(maps.Keys(s.Within)) {
+		wi := s.Within[w]
+		heads, feats := p[wi.Heads], p[w]
+		for i, j := range feats {
+			if j/wi.Dim != heads[i/wi.Dim] {
+				return fmt.Errorf("group %q: unit %d comes from head %d, but group %q moves head %d to %d (the features of a head move with it)", w, i, j/wi.Dim, wi.Heads, heads[i/wi.Dim], i/wi.Dim)
+			}
+		}
+	}
 	return nil
+}
+
+// RandomPerms draws a uniformly random permutation of every group of s
+// that respects its structure: the features of heads (Within groups) move
+// with their heads, in a random order inside each head.
+func RandomPerms(r *rand.Rand, s *Spec) Perms {
+	p := Perms{}
+	for _, g := range s.GroupNames() {
+		if _, ok := s.Within[g]; !ok {
+			p[g] = r.Perm(s.Groups[g])
+		}
+	}
+	for _, w := range slices.Sorted(maps.Keys(s.Within)) {
+		wi := s.Within[w]
+		v := make([]int, s.Groups[w])
+		for j, h := range p[wi.Heads] {
+			for d, e := range r.Perm(wi.Dim) {
+				v[j*wi.Dim+d] = h*wi.Dim + e
+			}
+		}
+		p[w] = v
+	}
+	return p
 }
 
 // IsIdentity reports whether every permutation is the identity.
@@ -88,21 +122,77 @@ func (p Perms) IsIdentity() bool {
 	return true
 }
 
-// axisIndex expands a unit permutation with a block size into an element
-// index along an axis: element i*b+k comes from perm[i]*b+k.
-func axisIndex(perm []int, block int) []int {
-	idx := make([]int, len(perm)*block)
-	for i, j := range perm {
-		for k := range block {
-			idx[i*block+k] = j*block + k
+// axisIndex returns the source position along an axis of length n of every
+// output position under the permutations p of the axis's groups (nil when
+// none moves anything).
+func (s *Spec) axisIndex(a Axis, n int, p Perms, name string, axis int) ([]int, error) {
+	if !a.Permuted() {
+		return nil, nil
+	}
+	var idx []int
+	for i, u := range s.segments(a, n) {
+		g := groupsOf(a)[i]
+		if g == "" {
+			continue
+		}
+		perm, ok := p[g]
+		if !ok {
+			return nil, fmt.Errorf("tensor %q axis %d: no permutation for group %q", name, axis, g)
+		}
+		if idx == nil {
+			idx = make([]int, n)
+			for k := range idx {
+				idx[k] = k
+			}
+		}
+		m := u.PerUnit()
+		if u.Offset+len(perm)*m > n || len(perm)%u.Dim != 0 {
+			return nil, fmt.Errorf("tensor %q axis %d has %d elements, group %q's permutation covers %d", name, axis, n, g, u.Offset+len(perm)*m)
+		}
+		pos := u.Positions(len(perm))
+		for i, j := range perm {
+			for e := range m {
+				idx[pos[i*m+e]] = pos[j*m+e]
+			}
 		}
 	}
-	return idx
+	return idx, nil
 }
 
-// indices returns, per axis of the named tensor, the source index of each
-// output element (nil for an axis left alone), and whether any axis moves.
-func (s *Spec) indices(name string, rank int, p Perms) ([][]int, bool, error) {
+// Indices returns, for the named tensor of the given shape under the
+// permutations p, per axis the source position of every output position
+// (nil for an axis that does not move: not permuted, or permuted by
+// identities), and whether any axis moves: permuted[i0, i1, ...] =
+// original[idx[0][i0], idx[1][i1], ...]. It handles blocks, repeated head
+// features and fused axes as [Spec.Apply] does; a merge that reads tensors
+// through permutations (gathering, never materialising) uses it.
+func (s *Spec) Indices(name string, shape []int64, p Perms) ([][]int, bool, error) {
+	idx, moved, err := s.indices(name, shape, p)
+	if err != nil || !moved {
+		return nil, false, err
+	}
+	moved = false
+	for a, ix := range idx {
+		identity := true
+		for k, v := range ix {
+			if v != k {
+				identity = false
+				break
+			}
+		}
+		if identity {
+			idx[a] = nil
+		}
+		moved = moved || idx[a] != nil
+	}
+	if !moved {
+		return nil, false, nil
+	}
+	return idx, true, nil
+}
+
+// indices is Indices.
+func (s *Spec) indices(name string, shape []int64, p Perms) ([][]int, bool, error) {
 	axes, ok := s.Tensors[name]
 	if !ok {
 		return nil, false, fmt.Errorf("tensor %q is not in the permutation spec", name)
@@ -110,21 +200,18 @@ func (s *Spec) indices(name string, rank int, p Perms) ([][]int, bool, error) {
 	if len(axes) == 0 {
 		return nil, false, nil
 	}
-	if len(axes) != rank {
-		return nil, false, fmt.Errorf("tensor %q has %d axes, the spec gives %d", name, rank, len(axes))
+	if len(axes) != len(shape) {
+		return nil, false, fmt.Errorf("tensor %q has %d axes, the spec gives %d", name, len(shape), len(axes))
 	}
-	idx := make([][]int, rank)
+	idx := make([][]int, len(shape))
 	moved := false
 	for i, a := range axes {
-		if a.Group == "" {
-			continue
+		ix, err := s.axisIndex(a, int(shape[i]), p, name, i)
+		if err != nil {
+			return nil, false, err
 		}
-		perm, ok := p[a.Group]
-		if !ok {
-			return nil, false, fmt.Errorf("tensor %q axis %d: no permutation for group %q", name, i, a.Group)
-		}
-		idx[i] = axisIndex(perm, a.block())
-		moved = true
+		idx[i] = ix
+		moved = moved || ix != nil
 	}
 	return idx, moved, nil
 }
@@ -133,14 +220,9 @@ func (s *Spec) indices(name string, rank int, p Perms) ([][]int, bool, error) {
 // whole bytes, so every dtype of at least 8 bits is carried through exactly;
 // a tensor with no permuted axis is returned as is.
 func (s *Spec) Apply(t *tensors.Tensor, p Perms) (*tensors.Tensor, error) {
-	idx, moved, err := s.indices(t.Name, len(t.Shape), p)
+	idx, moved, err := s.indices(t.Name, t.Shape, p)
 	if err != nil || !moved {
 		return t, err
-	}
-	for i, ix := range idx {
-		if ix != nil && int64(len(ix)) != t.Shape[i] {
-			return nil, fmt.Errorf("tensor %q axis %d has %d elements, the permutation covers %d", t.Name, i, t.Shape[i], len(ix))
-		}
 	}
 	if t.DType.Bits()%8 != 0 {
 		return nil, fmt.Errorf("tensor %q: cannot permute %s elements (smaller than a byte)", t.Name, t.DType)

@@ -62,7 +62,7 @@ func TestAlignLlamaCheckpoint(t *testing.T) {
 	dir := t.TempDir()
 	ref, model, out := filepath.Join(dir, "ref"), filepath.Join(dir, "model"), filepath.Join(dir, "out")
 	wr := makeLlama(r, c)
-	s0, _ := LlamaSpec(wr.shapes(), &LlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
+	s0 := llamaArchSpec(t, wr, c).Spec
 	wm, _ := plant(t, r, s0, wr, 0.05) // a permuted, perturbed copy
 	writeHF(t, ref, wr, c, tensors.BF16)
 	writeHF(t, model, wm, c, tensors.BF16)
@@ -74,7 +74,7 @@ func TestAlignLlamaCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spec.Groups["layers.0.heads"] != 2 {
+	if spec.Groups["layers.0.attn.heads"] != 2 {
 		t.Fatalf("the auto spec did not read the heads from config.json: %v", spec.Groups)
 	}
 	res, err := Align(context.Background(), mr, mm, spec, AlignOptions{Match: MatchOptions{Restarts: 2}})

@@ -25,6 +25,7 @@ import (
 type geom struct {
 	n, b int // units, and elements per unit along the axis
 	p, q int // products of the axes before and after the axis
+	a    int // the axis's length (n*b unless the use is a segment or repeats)
 }
 
 func (g geom) k() int { return g.p * g.b * g.q }
@@ -34,8 +35,14 @@ func (g geom) k() int { return g.p * g.b * g.q }
 // unit, and rows are decoded into a tile and transposed.
 func (g geom) minor() bool { return g.b == 1 && g.q == 1 }
 
-func geomOf(shape []int64, axis, n int) geom {
-	g := geom{n: n, b: int(shape[axis]) / n, p: 1, q: 1}
+// geomOf returns the geometry of use u of a group of n units on a tensor
+// of the given shape.
+func geomOf(shape []int64, u Use, n int) geom {
+	axis := u.Axis
+	g := geom{n: n, b: u.PerUnit(), p: 1, q: 1, a: int(shape[axis])}
+	if !u.Fused && u.Repeat <= 1 {
+		g.b = g.a / n
+	}
 	for i := range axis {
 		g.p *= int(shape[i])
 	}
@@ -46,36 +53,56 @@ func geomOf(shape []int64, axis, n int) geom {
 }
 
 // term is one model's tensor with the permutations that apply to it: for
-// every flat index before the axis (pre), along it (ax) and after it
-// (post), the stored index it comes from; nil is the identity.
+// every flat index before the axis (pre) and after it (post), the stored
+// index it comes from, and for element e of unit i (of the use's units) the
+// stored position along the axis, ax[i*b+e]; nil is the identity (unit i's
+// elements at [i*b, (i+1)*b)).
 type term struct {
 	t              rawTensor
 	pre, ax, post  []int
 	pre0, ax0, po0 bool // the maps are nil
 }
 
-// newTerm builds the term of tensor t for a use along axis: with p nil no
-// permutation applies; otherwise p's permutation of every permuted axis,
-// except axis itself when free is set (the side whose units are being
-// assigned).
-func (s *Spec) newTerm(t rawTensor, axis int, p Perms, free bool) (term, error) {
+// newTerm builds the term of tensor t for use u: with p nil no permutation
+// applies; otherwise p's permutation of every permuted axis, except the
+// use's own part of its axis when free is set (the side whose units are
+// being assigned). A use that is a segment of a fused axis, or whose units
+// repeat, reads its elements through a position table even unpermuted.
+func (s *Spec) newTerm(t rawTensor, u Use, p Perms, free bool) (term, error) {
 	tm := term{t: t}
-	if p == nil {
-		return tm, nil
+	axis := u.Axis
+	if axis >= len(t.shape) {
+		return tm, fmt.Errorf("tensor %q has %d axes, the use is of axis %d", t.name, len(t.shape), axis)
 	}
-	idx, _, err := s.indices(t.name, len(t.shape), p)
-	if err != nil {
-		return tm, err
+	var idx [][]int
+	if p != nil {
+		var err error
+		if idx, _, err = s.indices(t.name, t.shape, p); err != nil {
+			return tm, err
+		}
 	}
-	if idx == nil {
-		return tm, nil
+	var ax []int
+	if idx != nil && !free {
+		ax = idx[axis]
 	}
-	if free {
-		idx[axis] = nil
+	if u.Fused || u.Repeat > 1 {
+		n := u.Size / u.PerUnit()
+		pos := u.Positions(n)
+		if len(pos) > 0 && (u.Offset+u.Size > int(t.shape[axis]) || u.Size != n*u.PerUnit()) {
+			return tm, fmt.Errorf("tensor %q axis %d has %d elements; the use covers [%d, %d)", t.name, axis, t.shape[axis], u.Offset, u.Offset+u.Size)
+		}
+		if ax != nil {
+			for k, x := range pos {
+				pos[k] = ax[x]
+			}
+		}
+		ax = pos
 	}
-	tm.pre = flatIndex(t.shape, idx, 0, axis)
-	tm.ax = idx[axis]
-	tm.post = flatIndex(t.shape, idx, axis+1, len(t.shape))
+	tm.ax = ax
+	if idx != nil {
+		tm.pre = flatIndex(t.shape, idx, 0, axis)
+		tm.post = flatIndex(t.shape, idx, axis+1, len(t.shape))
+	}
 	return tm, nil
 }
 
@@ -129,7 +156,7 @@ const tileRows = 16
 func decode(dst []float32, ld int, tm *term, g geom, u0, u1, k0, k1 int, add bool, tile []float32) bool {
 	bad := false
 	t := &tm.t
-	a := g.n * g.b
+	a := g.a
 	if g.minor() { // k is p; a stored row holds one element of every unit
 		w := u1 - u0
 		var ax []int

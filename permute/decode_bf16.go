@@ -45,7 +45,7 @@ func decodeMajorBF16(dst []uint16, n, off int, tm *term, g geom, u0, u1, k0, k1 
 	err := guard(tm.t, func() error {
 		v := u16s(tm.t.data)
 		width := k1 - k0
-		a := g.n * g.b
+		a := g.a
 		bq := g.b * g.q
 		m := uint16(0x7f80) // 0 once a value is Inf or NaN
 		for i0 := u0; i0 < u1; i0 += bfTile {
@@ -115,7 +115,7 @@ func decodeRowsBF16(dst []uint16, n, off int, tm *term, g geom, p0, p1 int) erro
 			if tm.pre != nil {
 				sp = tm.pre[p]
 			}
-			src := v[sp*n : sp*n+n]
+			src := v[sp*g.a : sp*g.a+g.a]
 			pos := off + p - p0
 			out := dst[(pos>>1)*2*n+pos&1:]
 			out = out[:2*n-1]

@@ -91,8 +91,8 @@ func (o *opened) close() {
 
 // open opens tensor name in every member, checks that the shapes agree with
 // want (the first member's shape if want is nil), and builds the terms
-// for a use along axis (free: leave that axis unpermuted).
-func (e *engine) open(o *opened, name string, members []member, axis int, free bool, want []int64) ([]int64, error) {
+// for use u (free: leave the use's part of its axis unpermuted).
+func (e *engine) open(o *opened, name string, members []member, u Use, free bool, want []int64) ([]int64, error) {
 	for _, m := range members {
 		t, err := m.src.raw(name)
 		if err != nil {
@@ -111,7 +111,7 @@ func (e *engine) open(o *opened, name string, members []member, axis int, free b
 			o.close()
 			return nil, fmt.Errorf("tensor %q: shape %v in %s, %v in the model it is matched with", name, t.shape, where(t, m.label), want)
 		}
-		tm, err := e.spec.newTerm(t, axis, m.perm, free)
+		tm, err := e.spec.newTerm(t, u, m.perm, free)
 		if err != nil {
 			o.close()
 			return nil, err
@@ -303,7 +303,7 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 		e.stats.BF16FLOPs += 2 * float64(n) * float64(n) * float64(bf.k)
 		bf.k = 0
 	}
-	uses := e.spec.Uses(g)
+	uses := e.spec.costUses(g)
 	var oa, ob opened
 	defer func() {
 		oa.close()
@@ -328,14 +328,14 @@ func (e *engine) cost(ctx context.Context, g string, a side, b member, c []float
 				b.src.prefetch(next)
 			}()
 		}
-		shape, err := e.open(&oa, u.Tensor, a.members, u.Axis, false, nil)
+		shape, err := e.open(&oa, u.Tensor, a.members, u, false, nil)
 		if err != nil {
 			return err
 		}
-		if _, err := e.open(&ob, u.Tensor, []member{b}, u.Axis, true, shape); err != nil {
+		if _, err := e.open(&ob, u.Tensor, []member{b}, u, true, shape); err != nil {
 			return err
 		}
-		gm := geomOf(shape, u.Axis, n)
+		gm := geomOf(shape, u, n)
 		total := gm.k()
 		if e.useBF16(n, &oa, &ob) {
 			if bf.a == nil {
@@ -444,7 +444,7 @@ func (e *engine) decodeRows(dst []float32, ld int, terms []term, g geom, p0, p1 
 				if tm.pre != nil {
 					sp = tm.pre[p]
 				}
-				bad = decodeRun(dst[(p-p0)*ld:(p-p0)*ld+g.n], tm.t.data, tm.t.dtype, sp*g.n, tm.ax, ti > 0) || bad
+				bad = decodeRun(dst[(p-p0)*ld:(p-p0)*ld+g.n], tm.t.data, tm.t.dtype, sp*g.a, tm.ax, ti > 0) || bad
 			}
 			if bad {
 				return errNonFinite
@@ -485,7 +485,7 @@ func (e *engine) streamPass(ctx context.Context, sides []side, f func(w int, val
 		}
 		var shape []int64
 		for si, sd := range sides {
-			sh, err := e.open(&opens[si], name, sd.members, 0, false, shape)
+			sh, err := e.open(&opens[si], name, sd.members, wholeAxis0, false, shape)
 			if err != nil {
 				return err
 			}
@@ -497,7 +497,7 @@ func (e *engine) streamPass(ctx context.Context, sides []side, f func(w int, val
 			}
 			continue
 		}
-		gm := geomOf(shape, 0, int(shape[0]))
+		gm := geomOf(shape, wholeAxis0, int(shape[0]))
 		rowLen := gm.k()
 		elems := max(1, e.pass/4)
 		rows := max(1, elems/max(rowLen, 1))
@@ -553,6 +553,9 @@ func (e *engine) streamPass(ctx context.Context, sides []side, f func(w int, val
 	}
 	return nil
 }
+
+// wholeAxis0 is the use of a pass: every row of a tensor, in order.
+var wholeAxis0 = Use{Block: 1, Repeat: 1, Dim: 1}
 
 func growU16(b []uint16, n int) []uint16 {
 	if cap(b) < n {

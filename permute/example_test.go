@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
 	"github.com/wtool/wtool/tensors"
@@ -84,4 +85,51 @@ func ExampleMatchModels() {
 		len(spec.Groups), res.DistanceBefore, res.DistanceAfter, res.Perms[0].IsIdentity())
 	// Output:
 	// 4 groups; distance 20.1 -> 15.4; the first model stays as it is: true
+}
+
+// The spec of a trained ResNet (testdata/pairs), built from its
+// architecture: what each group is, and which tensors write and read the
+// units of one of them.
+func ExampleBuildSpec() {
+	m, err := checkpoint.Open("../testdata/pairs/resnet-a")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	a, err := arch.Open(m)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	as, err := permute.BuildSpec(a)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, g := range as.GroupNames() {
+		fmt.Printf("%-16s %-8s %3d units\n", g, as.Info[g].Kind, as.Groups[g])
+	}
+	for _, u := range as.ModuleUses("layer4.1.conv1") {
+		fmt.Println(u.Tensor, u.Axis, u.Direction)
+	}
+	// Output:
+	// layer1.0.conv1   hidden    16 units
+	// layer1.1.conv1   hidden    16 units
+	// layer2.0.conv1   hidden    32 units
+	// layer2.1.conv1   hidden    32 units
+	// layer2.residual  residual  32 units
+	// layer3.0.conv1   hidden    64 units
+	// layer3.1.conv1   hidden    64 units
+	// layer3.residual  residual  64 units
+	// layer4.0.conv1   hidden   128 units
+	// layer4.1.conv1   hidden   128 units
+	// layer4.residual  residual 128 units
+	// stem             residual  16 units
+	// layer4.1.bn1.bias 0 normalises
+	// layer4.1.bn1.running_mean 0 normalises
+	// layer4.1.bn1.running_var 0 normalises
+	// layer4.1.bn1.weight 0 normalises
+	// layer4.1.conv1.weight 0 writes
+	// layer4.1.conv2.weight 1 reads
 }

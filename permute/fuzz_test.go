@@ -24,6 +24,11 @@ func FuzzSpecJSON(f *testing.F) {
 		`{"groups": {"P": 2, "P": 3}, "tensors": {"w": ["Q"]}}`,
 		`{"groups": null, "tensors": null}`,
 		`[]`, `{`, `{"groups": {"P": 2}, "tensors": {"w": [1, 2, 3]}}`,
+		`{"groups": {"H": 2, "QK": 8, "M": 3}, "within": {"QK": {"heads": "H", "dim": 4}},
+		  "tensors": {"w": [["QK", {"size": 5}, {"group": "M", "block": 2}], {"group": "QK", "repeat": 2}], "b": [["QK", "QK"]]}}`,
+		`{"groups": {"H": 2, "V": 6}, "within": {"V": {"heads": "H", "dim": 3}}, "tensors": {"q": [{"group": "H", "block": 4}, null], "o": [null, {"group": "V", "repeat": 3}]}}`,
+		`{"groups": {"H": 2, "V": 6}, "within": {"V": {"heads": "V", "dim": 1}}, "tensors": {"o": [["V", {"size": 0}]]}}`,
+		`{"groups": {"P": 2}, "tensors": {"w": [[{"group": "P", "repeat": -1}]]}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -33,13 +38,26 @@ func FuzzSpecJSON(f *testing.F) {
 			return
 		}
 		_ = s.String()
+		// shapes that fit the spec where its sizes are small
+		size := func(g string, block, repeat, given int) int64 {
+			if given > 0 && given < 1<<12 {
+				return int64(given)
+			}
+			if n, ok := s.Groups[g]; ok && n > 0 && n < 64 && block >= 0 && block < 64 && repeat >= 0 && repeat < 8 {
+				return int64(n * max(block, 1) * max(repeat, 1))
+			}
+			return 3
+		}
 		shapes := map[string][]int64{}
 		for name, axes := range s.Tensors {
 			shape := make([]int64, len(axes))
 			for i, a := range axes {
-				shape[i] = 3
-				if n, ok := s.Groups[a.Group]; ok && n > 0 && n < 64 && a.Block >= 0 && a.Block < 64 {
-					shape[i] = int64(n * max(a.Block, 1))
+				if a.Segments == nil {
+					shape[i] = size(a.Group, a.Block, a.Repeat, 0)
+					continue
+				}
+				for _, sg := range a.Segments {
+					shape[i] += size(sg.Group, sg.Block, sg.Repeat, sg.Size)
 				}
 			}
 			shapes[name] = shape
@@ -50,11 +68,7 @@ func FuzzSpecJSON(f *testing.F) {
 		if len(shapes) > 16 {
 			return
 		}
-		p := Identity(s)
-		rng := rand.New(rand.NewPCG(1, 2))
-		for g := range p {
-			rng.Shuffle(len(p[g]), func(i, j int) { p[g][i], p[g][j] = p[g][j], p[g][i] })
-		}
+		p := RandomPerms(rand.New(rand.NewPCG(1, 2)), s)
 		if err := p.Check(s); err != nil {
 			t.Fatalf("a permutation of the spec's own groups is refused: %v", err)
 		}
@@ -82,6 +96,14 @@ func FuzzSpecJSON(f *testing.F) {
 		var s2 Spec
 		if err := json.Unmarshal(b, &s2); err != nil {
 			t.Fatalf("a valid spec does not read back: %v\n%s", err, b)
+		}
+		if err := s2.Validate(shapes); err != nil {
+			t.Fatalf("a valid spec is not valid after a JSON round trip: %v\n%s", err, b)
+		}
+		// the inverse undoes Apply
+		q := p.Inverse()
+		if err := q.Check(s); err != nil {
+			t.Fatalf("the inverse of a valid permutation is refused: %v", err)
 		}
 	})
 }

@@ -43,13 +43,7 @@ func randomTensor(r *rand.Rand, name string, dt tensors.DType, scale float64, sh
 }
 
 // randomPerms draws a random permutation for every group.
-func randomPerms(r *rand.Rand, s *Spec) Perms {
-	p := Perms{}
-	for g, n := range s.Groups {
-		p[g] = r.Perm(n)
-	}
-	return p
-}
+func randomPerms(r *rand.Rand, s *Spec) Perms { return RandomPerms(r, s) }
 
 func permuteAll(t *testing.T, s *Spec, w weights, p Perms) weights {
 	t.Helper()
@@ -339,17 +333,15 @@ func TestLlamaSpecInvariance(t *testing.T) {
 		t.Run(fmt.Sprintf("kv%d_tied%v_bias%v", c.kvHeads, c.tied, c.qkvBias), func(t *testing.T) {
 			r := rand.New(rand.NewPCG(uint64(c.kvHeads), 3))
 			w := makeLlama(r, c)
-			s, err := LlamaSpec(w.shapes(), &LlamaConfig{Heads: c.heads, KVHeads: c.kvHeads, HeadDim: c.headDim})
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := llamaArchSpec(t, w, c).Spec
 			if err := s.Validate(w.shapes()); err != nil {
 				t.Fatal(err)
 			}
-			if s.Groups["residual"] != c.hidden || s.Groups["layers.1.heads"] != c.kvHeads || s.Groups["layers.0.mlp"] != c.inter {
+			if s.Groups["residual"] != c.hidden || s.Groups["layers.1.attn.heads"] != c.kvHeads || s.Groups["layers.0.mlp.hidden"] != c.inter ||
+				s.Groups["layers.1.attn.vo"] != c.kvHeads*c.headDim || s.Groups["layers.1.attn.qk"] != 0 {
 				t.Fatalf("groups %v", s.Groups)
 			}
-			p := randomPerms(r, s)
+			p := RandomPerms(r, s)
 			pw := permuteAll(t, s, w, p)
 			tokens := []int{3, 17, 4, 29, 8, 1}
 			a, b := llamaForward(w, c, tokens), llamaForward(pw, c, tokens)
@@ -402,8 +394,8 @@ func TestSpecValidationErrors(t *testing.T) {
 }
 
 func TestSpecJSONRoundTrip(t *testing.T) {
-	s, _ := LlamaSpec(makeLlama(rand.New(rand.NewPCG(1, 1)), llamaCfg{hidden: 8, inter: 12, heads: 2, kvHeads: 1, headDim: 4, layers: 1, vocab: 5}).shapes(),
-		&LlamaConfig{Heads: 2, KVHeads: 1, HeadDim: 4})
+	c := llamaCfg{hidden: 8, inter: 12, heads: 2, kvHeads: 1, headDim: 4, layers: 1, vocab: 5}
+	s := llamaArchSpec(t, makeLlama(rand.New(rand.NewPCG(1, 1)), c), c).Spec
 	b, err := s.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
@@ -416,7 +408,7 @@ func TestSpecJSONRoundTrip(t *testing.T) {
 	if string(b) != string(b2) {
 		t.Errorf("round trip differs:\n%s\n%s", b, b2)
 	}
-	if !strings.Contains(string(b), `{"group":"layers.0.heads","block":8}`) {
+	if !strings.Contains(string(b), `{"group":"layers.0.attn.heads","block":8}`) {
 		t.Errorf("block axis not written:\n%s", b)
 	}
 	if err := back.UnmarshalJSON([]byte(`{"groups":{"a":2},"tensors":{"x":[{"grp":"a"}]}}`)); err == nil {

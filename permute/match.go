@@ -107,12 +107,12 @@ type MatchResult struct {
 	Stats MatchStats
 }
 
-// permuted returns the spec's tensors that have at least one permuted axis,
-// sorted.
+// permuted returns the spec's tensors that have at least one permuted axis
+// and count in weight matching's objective, sorted.
 func (s *Spec) permuted() []string {
 	var out []string
 	for n, axes := range s.Tensors {
-		if len(axes) > 0 {
+		if len(axes) > 0 && !s.statistics[n] {
 			out = append(out, n)
 		}
 	}
@@ -143,17 +143,41 @@ func WeightMatching(ctx context.Context, s *Spec, a, b Source, opts MatchOptions
 
 // matcher runs weight matching on one spec.
 type matcher struct {
-	spec  *Spec
-	e     *engine
-	deps  map[string][]string // groups whose permutations a group's cost depends on
-	costs [2][]float32        // cost matrices (two: pipelining)
+	spec *Spec
+	e    *engine
+	// units are the steps of the coordinate descent: every group that is
+	// not the features of heads (sorted); members[u] is the unit's group
+	// followed by the feature groups of its heads (Within), solved with it.
+	units   []string
+	members map[string][]string
+	// deps are, per unit, the groups whose permutations its costs depend on
+	deps        map[string][]string
+	costs       [2][]float32 // cost matrices (two: pipelining)
+	clusterBufs [][]float32  // cost matrices of a head cluster
 	// noPipeline solves each group before computing the next one's cost
 	// (tests).
 	noPipeline bool
 }
 
 func newMatcher(s *Spec) *matcher {
-	return &matcher{spec: s, e: newEngine(s), deps: s.dependencies()}
+	m := &matcher{spec: s, e: newEngine(s), members: map[string][]string{}, deps: map[string][]string{}}
+	deps := s.dependencies()
+	for _, g := range s.GroupNames() {
+		if _, feat := s.Within[g]; feat {
+			continue
+		}
+		mem := append([]string{g}, s.HeadGroups(g)...)
+		set := map[string]bool{}
+		for _, x := range mem {
+			for _, d := range deps[x] {
+				set[d] = true
+			}
+		}
+		m.units = append(m.units, g)
+		m.members[g] = mem
+		m.deps[g] = slices.Sorted(maps.Keys(set))
+	}
+	return m
 }
 
 // dependencies returns, for every group, the groups whose permutations its
@@ -165,8 +189,13 @@ func (s *Spec) dependencies() map[string][]string {
 		set := map[string]bool{}
 		for _, u := range s.Uses(g) {
 			for ax, a := range s.Tensors[u.Tensor] {
-				if a.Group != "" && ax != u.Axis {
-					set[a.Group] = true
+				if ax == u.Axis {
+					continue
+				}
+				for _, h := range groupsOf(a) {
+					if h != "" {
+						set[h] = true
+					}
 				}
 			}
 		}
@@ -175,10 +204,20 @@ func (s *Spec) dependencies() map[string][]string {
 	return out
 }
 
-// conflict reports whether two groups share a tensor: then one's solve
+// conflict reports whether two units share a tensor: then one's solve
 // changes the other's cost, and they must run in order.
 func (m *matcher) conflict(g, h string) bool {
-	return slices.Contains(m.deps[g], h) || slices.Contains(m.deps[h], g)
+	for _, x := range m.members[h] {
+		if slices.Contains(m.deps[g], x) {
+			return true
+		}
+	}
+	for _, x := range m.members[g] {
+		if slices.Contains(m.deps[h], x) {
+			return true
+		}
+	}
+	return false
 }
 
 // match runs the descent with restarts; distances are computed when
@@ -246,7 +285,7 @@ type solved struct {
 // descend runs the coordinate descent from p (updated in place).
 func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed uint64, restart int, opts MatchOptions, res *MatchResult) error {
 	s := m.spec
-	groups := s.GroupNames()
+	groups := m.units
 	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	solvers := map[string]*lap.Solver{}
 	version := map[string]int{}         // number of changes of each group's permutation
@@ -310,6 +349,36 @@ func (m *matcher) descend(ctx context.Context, a side, b member, p Perms, seed u
 				sw.Skipped++
 				if opts.OnGroup != nil {
 					opts.OnGroup(GroupEvent{Restart: restart, Sweep: sweep, Index: k + 1, Groups: len(order), Group: g, Units: s.Groups[g], Skipped: true})
+				}
+				continue
+			}
+			if len(m.members[g]) > 1 {
+				// heads with their features: solved at once, in order
+				if err := finish(); err != nil {
+					return err
+				}
+				v := map[string]int{}
+				for _, d := range m.deps[g] {
+					v[d] = version[d]
+				}
+				seen[g] = v
+				gain, changed, err := m.solveCluster(ctx, g, a, b, p, opts.Tol)
+				if err != nil {
+					return err
+				}
+				res.Solved++
+				sw.Solved++
+				ev := GroupEvent{Restart: restart, Sweep: sweep, Index: k + 1, Groups: len(order), Group: g, Units: s.Groups[g]}
+				if len(changed) > 0 {
+					progress += gain
+					for _, c := range changed {
+						version[c]++
+					}
+					ev.Changed, ev.Gain = true, gain
+					sw.Changed++
+				}
+				if opts.OnGroup != nil {
+					opts.OnGroup(ev)
 				}
 				continue
 			}
@@ -484,7 +553,7 @@ func SweepFLOPs(s *Spec, shapes map[string][]int64) float64 {
 	total := 0.0
 	for _, g := range s.GroupNames() {
 		n := float64(s.Groups[g])
-		for _, u := range s.Uses(g) {
+		for _, u := range s.costUses(g) {
 			e := 1.0
 			for _, d := range shapes[u.Tensor] {
 				e *= float64(d)

@@ -57,14 +57,19 @@ func TestWeightMatchingRecoversPlantedPermutation(t *testing.T) {
 			}
 			return s, w
 		},
-		"llama": func() (*Spec, weights) {
+		"llama-legacy": func() (*Spec, weights) {
 			c := llamaCfg{hidden: 32, inter: 48, heads: 4, kvHeads: 2, headDim: 8, layers: 2, vocab: 40}
 			w := makeLlama(r, c)
-			s, err := LlamaSpec(w.shapes(), &LlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
+			s, err := legacyLlamaSpec(w.shapes(), &legacyLlamaConfig{Heads: 4, KVHeads: 2, HeadDim: 8})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return s, w
+		},
+		"llama": func() (*Spec, weights) {
+			c := llamaCfg{hidden: 32, inter: 48, heads: 4, kvHeads: 2, headDim: 8, layers: 2, vocab: 40}
+			w := makeLlama(r, c)
+			return llamaArchSpec(t, w, c).Spec, w
 		},
 	}
 	for name, mk := range cases {

@@ -139,7 +139,7 @@ func (ws *refWorkspace) refCostMatrix(s *Spec, g string, a, b Source, p Perms, c
 		if !slices.Equal(shape, bshape) {
 			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", u.Tensor, shape, bshape)
 		}
-		idx, _, err := s.indices(u.Tensor, len(shape), p)
+		idx, _, err := s.indices(u.Tensor, shape, p)
 		if err != nil {
 			return err
 		}
@@ -150,17 +150,25 @@ func (ws *refWorkspace) refCostMatrix(s *Spec, g string, a, b Source, p Perms, c
 			refGather32(ws.bp, bv, shape, idx)
 			bperm = ws.bp
 		}
-		am, bm := av, bperm
-		if u.Axis != 0 {
-			ws.am = slices.Grow(ws.am[:0], len(av))[:len(av)]
-			ws.bm = slices.Grow(ws.bm[:0], len(av))[:len(av)]
-			refMoveAxisFront(ws.am, av, shape, u.Axis)
-			refMoveAxisFront(ws.bm, bperm, shape, u.Axis)
-			am, bm = ws.am, ws.bm
-		}
-		k := len(av) / n
+		ws.am = slices.Grow(ws.am[:0], len(av))[:len(av)]
+		ws.bm = slices.Grow(ws.bm[:0], len(av))[:len(av)]
+		refMoveAxisFront(ws.am, av, shape, u.Axis)
+		refMoveAxisFront(ws.bm, bperm, shape, u.Axis)
+		// the rows of the axis a unit owns, one after the other
+		rest := len(av) / int(shape[u.Axis])
+		m := u.PerUnit()
+		pos := u.Positions(n)
+		k := m * rest
 		if k == 0 {
 			continue
+		}
+		am, bm := make([]float32, n*k), make([]float32, n*k)
+		for i := range n {
+			for e := range m {
+				x := pos[i*m+e]
+				copy(am[i*k+e*rest:i*k+(e+1)*rest], ws.am[x*rest:(x+1)*rest])
+				copy(bm[i*k+e*rest:i*k+(e+1)*rest], ws.bm[x*rest:(x+1)*rest])
+			}
 		}
 		blas32.Gemm(blas.NoTrans, blas.Trans, 1,
 			blas32.General{Rows: n, Cols: k, Stride: k, Data: am},
@@ -264,7 +272,7 @@ func refEachPair(s *Spec, a, b Source, p Perms, f func(av, bp []float32)) error 
 		if !slices.Equal(shape, bshape) {
 			return fmt.Errorf("tensor %q: shape %v in model A, %v in model B", t, shape, bshape)
 		}
-		idx, _, err := s.indices(t, len(shape), p)
+		idx, _, err := s.indices(t, shape, p)
 		if err != nil {
 			return err
 		}
@@ -347,7 +355,7 @@ func refMergeMany(ctx context.Context, s *Spec, models []MemorySource, opts Matc
 func refApplySource(s *Spec, m MemorySource, p Perms) MemorySource {
 	out := MemorySource{}
 	for name, t := range m {
-		idx, moved, err := s.indices(name, len(t.Shape), p)
+		idx, moved, err := s.indices(name, t.Shape, p)
 		if err != nil || !moved {
 			out[name] = t
 			continue

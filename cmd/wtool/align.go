@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wtool/wtool/fisher/mlp"
+	"github.com/wtool/wtool/fisher/nn"
 	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/permute"
@@ -34,15 +35,29 @@ Methods:
   weight      weight matching (Git Re-Basin): coordinate descent over the
               permutation groups in a seeded random order, one exact linear
               assignment per group, until a sweep no longer improves.
-  activation  activation matching: correlate the two models' hidden units on
-              the same data and assign each group once. Needs joint statistics:
-              --stats JOINT.safetensors (from 'wtool stats A B' or
-              tools/wtool_collect.py), or --calib X.safetensors for MLPs.
+  activation  activation matching: correlate the two models' units on the
+              same data and assign each group once, pooling every statistics
+              entry of the group's space (a residual stream's every block
+              boundary, a ResNet stage's every block output); heads are
+              matched as heads. Needs joint statistics: --stats
+              JOINT.safetensors (from 'wtool stats A B --calib X' or
+              tools/wtool_collect.py), or --calib X.safetensors (computed
+              here, by the engine of 'wtool stats').
 
-The permutation spec says which units may move together: 'mlp' (a chain of
-Linear layers), 'llama' (Llama/Mistral/Qwen2 naming: residual stream, MLP
-units and whole attention heads per layer, grouped-query aware; head shapes
-from config.json), 'auto' (the one that fits), or a JSON file
+The permutation spec says which units may move together. 'auto' (the
+default) builds it from the architecture ('wtool arch' shows what it sees)
+for every family it knows: ResNet (a stage's channels shared by its block
+outputs, downsample and BatchNorm statistics; each block's interior), ViT and
+BERT (the residual stream over embeddings, norms and every writer; each MLP;
+attention heads), GPT-2 (Conv1D and fused c_attn), the Llama family (Llama,
+Mistral, Qwen2, Gemma), Phi-3 (fused qkv_proj and gate_up_proj) and Mixtral
+(each expert's units; the router's outputs stay). Attention heads move whole,
+grouped-query aware; inside a head the query/key features and the
+value/output features get their own permutations, except where rotary
+embeddings pair the query/key features. A checkpoint of no known family is
+taken as a chain of Linear layers when it is one. 'mlp' is the chain of
+Linear layers (--layers gives the order), 'llama' is 'auto' restricted to the
+Llama decoder layout, and FILE.json is any spec
 (docs/permutation-spec.md). The L2 distance to REFERENCE before and after is
 printed. --save-perm is an output like OUTPUT: written atomically, never over
 an input or inside OUTPUT.
@@ -168,8 +183,8 @@ tensors stays mapped between uses (file-backed, reclaimable memory).
 	return cmd
 }
 
-// jointStats opens --stats or computes joint statistics with the MLP engine
-// from --calib.
+// jointStats opens --stats or computes joint statistics from --calib with
+// the built-in engine (fisher/nn) for its architectures, or the MLP engine.
 func jointStats(cmd *cobra.Command, mf *mlpFlags, statsPath string, models []string) (permute.JointStats, func(), error) {
 	if statsPath != "" {
 		f, err := stats.Open(statsPath)
@@ -181,6 +196,29 @@ func jointStats(cmd *cobra.Command, mf *mlpFlags, statsPath string, models []str
 			return nil, nil, fmt.Errorf("%s: %s statistics; activation matching needs joint statistics of the two models ('wtool stats A B')", statsPath, f.Kind)
 		}
 		return f, func() { f.Close() }, nil
+	}
+	var engine []*nn.Net
+	for _, p := range models {
+		n, ok, err := engineModel(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ok {
+			break
+		}
+		engine = append(engine, n)
+	}
+	if len(engine) == len(models) {
+		d, err := nn.OpenData(mf.calib, mf.calibKey, "-")
+		if err != nil {
+			return nil, nil, err
+		}
+		defer d.Close()
+		s, err := nn.CollectStats(cmd.Context(), engine, d, nn.StatsOptions{Source: "wtool align " + strings.Join(models, " ")})
+		if err != nil {
+			return nil, nil, err
+		}
+		return permute.StatsOf(s), func() {}, nil
 	}
 	var nets []*mlp.Network
 	for _, p := range models {

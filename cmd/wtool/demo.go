@@ -14,7 +14,7 @@ import (
 
 func newDemoCmd(g *globals) *cobra.Command {
 	var dir, plot string
-	var force bool
+	var force, resnet bool
 	cmd := &cobra.Command{
 		Use:   "demo [--plot curves.png] [--dir DIR]",
 		Short: "Merge the bundled example models with every method and compare their accuracy",
@@ -27,7 +27,14 @@ same data from different seeds, and models trained on different label sets.
 It shows what permutation-aware merging buys: naive averaging collapses,
 aligning hidden units first (wm) recovers most of the accuracy, and PLeaS
 matches or beats the sources. --plot draws the accuracy along the straight
-path between the two models, naive and aligned.`,
+path between the two models, naive and aligned.
+
+A third table merges two trained ResNets (torchvision's ResNet-18 layout at
+small widths, testdata/pairs): the naive average, weight matching and
+activation matching (BatchNorm statistics recomputed), and PLeaS at widths 1,
+1.5 and 2 and at a compute budget of 1.5 times one model, the statistics and
+BatchNorm passes run by wtool's own engine (about a minute; --resnet=false
+skips it).`,
 		Example: `  go run ./cmd/wtool demo
   go run ./cmd/wtool demo --plot /tmp/wtool-demo.png`,
 		Args: argsBetween(0, 0),
@@ -57,6 +64,13 @@ path between the two models, naive and aligned.`,
 			if err != nil {
 				return err
 			}
+			if resnet {
+				rr, err := demo.RunResNet(cmd.Context(), demo.Options{Dir: dir, Progress: func(m string) { g.info("%s", m) }})
+				if err != nil {
+					return err
+				}
+				rows = append(rows, rr...)
+			}
 			demo.Print(cmd.OutOrStdout(), rows)
 			if plot == "" {
 				return nil
@@ -77,6 +91,7 @@ path between the two models, naive and aligned.`,
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "a demo directory (models and data, as testdata/demo); default: the copy built into wtool")
 	cmd.Flags().StringVar(&plot, "plot", "", "also draw accuracy along the interpolation path into this PNG file (and FILE-2.png for the second pair)")
+	cmd.Flags().BoolVar(&resnet, "resnet", true, "also merge the ResNet pair (PLeaS on convolutions, BatchNorm recomputed)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace existing plot files (never an input)")
 	return cmd
 }

@@ -59,12 +59,20 @@ type Options struct {
 // Extract writes the demo's models and data embedded in the binary (the
 // module's testdata/demo) into the directory dst, in the layout Run and
 // Curves read.
+// The ResNet pair goes to dst/pairs (see ResNetDir).
 func Extract(dst string) error {
-	return fs.WalkDir(wtool.Demo, demoRoot, func(p string, d fs.DirEntry, err error) error {
+	if err := extract(demoRoot, dst); err != nil {
+		return err
+	}
+	return extract(pairsRoot, filepath.Join(dst, "pairs"))
+}
+
+func extract(root, dst string) error {
+	return fs.WalkDir(wtool.Demo, root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(p, demoRoot), "/")
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, root), "/")
 		target := filepath.Join(dst, filepath.FromSlash(rel))
 		if d.IsDir() {
 			return os.MkdirAll(target, 0o755)
@@ -77,7 +85,10 @@ func Extract(dst string) error {
 	})
 }
 
-const demoRoot = "testdata/demo"
+const (
+	demoRoot  = "testdata/demo"
+	pairsRoot = "testdata/pairs"
+)
 
 type method struct {
 	name string
