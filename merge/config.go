@@ -1,18 +1,29 @@
 package merge
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"slices"
-	"strings"
+	"path/filepath"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/wtool/wtool/merge/mkconfig"
 )
 
-// ReadConfig reads a mergekit-style YAML merge configuration:
+// ReadConfig reads a mergekit YAML merge configuration of one stage (see
+// ParseConfig); model paths are kept as written. ReadStages reads
+// multi-stage files and resolves Hub ids.
+func ReadConfig(path string) (*Plan, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := ParseConfig(b)
+	if err != nil {
+		return nil, withFile(err, path)
+	}
+	return p, nil
+}
+
+// ParseConfig parses a mergekit YAML merge configuration of one stage:
 //
 //	models:
 //	  - model: path/to/model-a
@@ -24,239 +35,119 @@ import (
 //	parameters: {normalize: true, lambda: 1.0}
 //	dtype: bfloat16
 //
-// The keys are models (each with model and parameters), merge_method,
-// base_model, dtype, out_dtype and parameters. Parameters are the method's
-// (see Method.Params): per-model ones under each model (or under the
+// or slices: with sources and layer_range (a layer-wise merge, see Slice).
+// The file is read by mkconfig, strictly, as mergekit reads it (YAML 1.1
+// scalars, anchors); parameters are the method's (see Method.Params):
+// per-model ones under each model or source (or under a slice's or the
 // top-level parameters, as every model's default), global ones under the
-// top-level parameters. wtool's file parameters may also be given directly:
-// a per-model one (fisher, stats) as a key of the model, a global one
-// (calib, spec, seed, ...) as a top-level key. Any other key (slices,
-// tokenizer_source, ...), an unknown method or parameter, and a key given
-// twice in one mapping are errors naming the key and its line: nothing is
-// ignored silently.
-func ReadConfig(path string) (*Plan, error) {
+// top-level or a slice's parameters. wtool's file parameters may also be
+// given directly: a per-model one (fisher, stats) as a key of the model,
+// a global one (calib, spec, seed, ...) as a top-level key. An unknown
+// key, method or parameter, a key given twice in one mapping and what
+// wtool does not do yet are errors naming the key and its line (see
+// ConfigError): nothing is ignored silently.
+func ParseConfig(data []byte) (*Plan, error) {
+	c, err := mkconfig.ParseWith(data, configKeys())
+	if err != nil {
+		return nil, err
+	}
+	return FromConfig(c, ConfigOptions{})
+}
+
+// Stage is one merge of a configuration file: a mergekit-multi stage, or
+// the only merge of a plain configuration.
+type Stage struct {
+	// Name is the stage's name: ("" for the final, unnamed stage).
+	Name string
+	Plan *Plan
+	// Out is where the stage is written: the final output for the last
+	// stage, StagesDir/Name for the others.
+	Out string
+	// Final marks the stage written to the final output.
+	Final bool
+}
+
+// StagesOptions say where a configuration's stages are written.
+type StagesOptions struct {
+	ConfigOptions
+	// Out is the final output.
+	Out string
+	// StagesDir holds the outputs of the intermediate stages (StagesDir/NAME);
+	// "" means Out + ".stages" beside the final output.
+	StagesDir string
+}
+
+// ReadStages reads a configuration file of one or more stages (YAML
+// documents; mergekit-multi) and returns the merges to run, in an order
+// where every stage comes after the stages it reads. A model reference
+// naming a stage reads that stage's output. The final output is the
+// unnamed stage's, or, when every stage has a name, the last one's; the
+// others are written to StagesDir/NAME.
+func ReadStages(path string, o StagesOptions) ([]Stage, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	p, err := ParseConfig(b)
+	st, err := ParseStages(b, o)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, withFile(err, path)
 	}
-	return p, nil
+	return st, nil
 }
 
-// ParseConfig parses a YAML merge configuration (see ReadConfig). The plan
-// it returns passed its method's parameter schema; Plan.Validate checks the
-// rest (model counts, a needed base).
-func ParseConfig(data []byte) (*Plan, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("the configuration is empty")
-		}
+// ParseStages is ReadStages on the text of a configuration.
+func ParseStages(data []byte, o StagesOptions) ([]Stage, error) {
+	multi, err := mkconfig.ParseMulti(data, configKeys())
+	if err != nil {
 		return nil, err
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, fmt.Errorf("line %d: a second YAML document (multi-stage configurations are not supported)", extra.Line)
-	} else if !errors.Is(err, io.EOF) {
+	order, err := multi.Order()
+	if err != nil {
 		return nil, err
 	}
-	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("the configuration is not a YAML mapping")
+	dir := o.StagesDir
+	if dir == "" {
+		dir = o.Out + ".stages"
 	}
-	top := doc.Content[0]
-	if err := checkDuplicateKeys(top); err != nil {
-		return nil, err
+	final := order[len(order)-1]
+	if multi.Stage("") != nil {
+		final = multi.Stage("")
 	}
-	p := &Plan{}
-	var method Method
-	for i := 0; i+1 < len(top.Content); i += 2 {
-		if top.Content[i].Value == "merge_method" {
-			s, err := scalar(top.Content[i+1], "merge_method")
-			if err == nil {
-				method, err = Lookup(s)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("line %d: merge_method: %w", top.Content[i].Line, err)
-			}
-			p.Method = method.Name()
+	outs := map[string]string{}
+	for _, c := range multi.Stages {
+		if c == final {
+			outs[c.Name] = o.Out
+		} else {
+			outs[c.Name] = filepath.Join(dir, c.Name)
 		}
 	}
-	if method == nil {
-		return nil, fmt.Errorf("merge_method is missing")
+	if len(multi.Stages) > 1 {
+		multi.Resolve(func(name string) string { return outs[name] })
 	}
-	schema := map[string]Param{}
-	for _, prm := range method.Params() {
-		schema[prm.Name] = prm
+	stageOut := map[string]bool{}
+	for _, p := range outs {
+		stageOut[p] = true
 	}
-	var dtype, outDType string
-	for i := 0; i+1 < len(top.Content); i += 2 {
-		keyNode, val := top.Content[i], top.Content[i+1]
-		key := keyNode.Value
-		var err error
-		switch key {
-		case "merge_method":
-		case "models":
-			err = parseModels(p, val, schema)
-		case "base_model":
-			p.Base, err = scalar(val, key)
-		case "dtype":
-			dtype, err = scalar(val, key)
-		case "out_dtype":
-			outDType, err = scalar(val, key)
-		case "parameters":
-			err = parseGlobal(p, val, schema, method)
-		default:
-			prm, ok := schema[key]
-			if !ok || prm.Scope != Global || keyNode.Kind != yaml.ScalarNode {
-				return nil, fmt.Errorf("line %d: unsupported configuration key %q (wtool merges whole models: no slices, modules or tokenizer surgery)", keyNode.Line, key)
+	co := o.ConfigOptions
+	if co.Resolve != nil {
+		inner := co.Resolve
+		co.Resolve = func(r mkconfig.ModelRef) (string, error) {
+			if stageOut[r.Model.Path] && r.LoRA == nil && r.Model.Revision == "" {
+				return r.Model.Path, nil // an earlier stage's output
 			}
-			err = setParam(p.params(), prm, val)
+			return inner(r)
 		}
+	}
+	var out []Stage
+	for _, c := range order {
+		p, err := FromConfig(c, co)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %s: %w", keyNode.Line, key, err)
-		}
-	}
-	// mergekit computes in dtype and writes out_dtype (default: dtype); wtool
-	// always computes in float32 or float64 and writes the output dtype
-	p.DType = dtype
-	if outDType != "" {
-		p.DType = outDType
-	}
-	return p, nil
-}
-
-func (p *Plan) params() Params {
-	if p.Params == nil {
-		p.Params = Params{}
-	}
-	return p.Params
-}
-
-// checkDuplicateKeys refuses a mapping that gives a key twice (YAML parsers
-// differ on which one wins; mergekit's keeps the last).
-func checkDuplicateKeys(n *yaml.Node) error {
-	if n.Kind == yaml.MappingNode {
-		seen := map[string]int{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k := n.Content[i]
-			if k.Kind == yaml.ScalarNode {
-				if line, dup := seen[k.Value]; dup {
-					return fmt.Errorf("line %d: key %q is given twice (first on line %d)", k.Line, k.Value, line)
-				}
-				seen[k.Value] = k.Line
+			if c.Name != "" {
+				return nil, fmt.Errorf("stage %s: %w", c.Name, err)
 			}
+			return nil, err
 		}
+		out = append(out, Stage{Name: c.Name, Plan: p, Out: outs[c.Name], Final: c == final})
 	}
-	for _, c := range n.Content {
-		if err := checkDuplicateKeys(c); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func scalar(n *yaml.Node, what string) (string, error) {
-	if n.Kind != yaml.ScalarNode {
-		return "", fmt.Errorf("%s must be a single value", what)
-	}
-	return n.Value, nil
-}
-
-// setParam decodes one parameter's YAML value into ps.
-func setParam(ps Params, prm Param, n *yaml.Node) error {
-	v, err := prm.ParseYAML(n)
-	if err != nil {
-		return err
-	}
-	ps[prm.Name] = v
-	return nil
-}
-
-func perModelNames(schema map[string]Param) string {
-	var names []string
-	for n, prm := range schema {
-		if prm.Scope == PerModel {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
-	if len(names) == 0 {
-		return "none"
-	}
-	return strings.Join(names, ", ")
-}
-
-func parseModels(p *Plan, n *yaml.Node, schema map[string]Param) error {
-	if n.Kind != yaml.SequenceNode {
-		return fmt.Errorf("models must be a list")
-	}
-	for _, m := range n.Content {
-		if m.Kind != yaml.MappingNode {
-			return fmt.Errorf("line %d: each model must be a mapping with a 'model' key", m.Line)
-		}
-		mi := ModelInput{Params: Params{}}
-		for i := 0; i+1 < len(m.Content); i += 2 {
-			keyNode, val := m.Content[i], m.Content[i+1]
-			key := keyNode.Value
-			var err error
-			switch key {
-			case "model":
-				mi.Path, err = scalar(val, key)
-			case "parameters":
-				if val.Kind != yaml.MappingNode {
-					return fmt.Errorf("line %d: parameters must be a mapping", val.Line)
-				}
-				for k := 0; k+1 < len(val.Content); k += 2 {
-					pk := val.Content[k].Value
-					prm, ok := schema[pk]
-					if !ok || prm.Scope != PerModel {
-						return fmt.Errorf("line %d: unsupported model parameter %q for %s (supported: %s)", val.Content[k].Line, pk, p.Method, perModelNames(schema))
-					}
-					if err := setParam(mi.Params, prm, val.Content[k+1]); err != nil {
-						return fmt.Errorf("line %d: %w", val.Content[k+1].Line, err)
-					}
-				}
-			default:
-				prm, ok := schema[key]
-				if !ok || prm.Scope != PerModel || prm.Kind != Path {
-					return fmt.Errorf("line %d: unsupported model key %q (supported: model, parameters)", keyNode.Line, key)
-				}
-				err = setParam(mi.Params, prm, val)
-			}
-			if err != nil {
-				return fmt.Errorf("line %d: %w", val.Line, err)
-			}
-		}
-		if mi.Path == "" {
-			return fmt.Errorf("line %d: a model entry has no 'model'", m.Line)
-		}
-		p.Models = append(p.Models, mi)
-	}
-	return nil
-}
-
-func parseGlobal(p *Plan, n *yaml.Node, schema map[string]Param, m Method) error {
-	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("parameters must be a mapping")
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		keyNode, val := n.Content[i], n.Content[i+1]
-		prm, ok := schema[keyNode.Value]
-		if !ok {
-			var names []string
-			for _, x := range m.Params() {
-				names = append(names, x.Name)
-			}
-			slices.Sort(names)
-			return fmt.Errorf("line %d: unsupported parameter %q for %s (supported: %s)", keyNode.Line, keyNode.Value, m.Name(), strings.Join(names, ", "))
-		}
-		if err := setParam(p.params(), prm, val); err != nil {
-			return fmt.Errorf("line %d: %w", val.Line, err)
-		}
-	}
-	return nil
+	return out, nil
 }

@@ -21,15 +21,15 @@ var configSeeds = []string{
 
 func TestConfigMessages(t *testing.T) {
 	for yaml, want := range map[string]string{
-		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties\nbase_model: b\n": `unsupported model parameter "gamma" for ties`,
+		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties\nbase_model: b\n": `line 1: unsupported parameter "gamma" for ties in the parameters of model 1 (a)`,
 		"models: [{model: a}]\nmerge_method: dare_ties\nparameters: {density: 1.5}\nbase_model: b\n":     "1.5 is not in (0, 1]",
-		"models: [{model: a}]\nmerge_method: ties\nparameters: {lambda: .nan}\nbase_model: b\n":          `".nan" is not a number`,
+		"models: [{model: a}]\nmerge_method: ties\nparameters: {lambda: .nan}\nbase_model: b\n":          `line 3: lambda: parameter lambda: NaN is not a finite number`,
 		"models: [{model: a}]\nmerge_method: linear\nparameters: {normalize: maybe}\n":                   `"maybe" is not true or false`,
-		"models: [{model: a}]\nmerge_method: linear\nseed: 3\n":                                          `unsupported configuration key "seed"`,
-		"models: [{model: a}, {model: a}]\nmerge_method: linear\nmodels: []\n":                           `key "models" is given twice`,
-		"---\nmerge_method: linear\n---\nmerge_method: ties\n":                                           "a second YAML document",
-		"models: [{model: a}]\nmerge_method: pleas\nparameters: {width: 1, width: 2}\n":                  `key "width" is given twice`,
-		"models: [{model: a, fisher: f}]\nmerge_method: linear\n":                                        `unsupported model key "fisher"`,
+		"models: [{model: a}]\nmerge_method: linear\nseed: 3\n":                                          `line 3: unsupported key "seed" in the configuration for linear`,
+		"models: [{model: a}, {model: a}]\nmerge_method: linear\nmodels: []\n":                           `line 3: a configuration: key "models" appears twice (first on line 1)`,
+		"---\nmerge_method: linear\n---\nmerge_method: ties\n":                                           "more than one YAML document",
+		"models: [{model: a}]\nmerge_method: pleas\nparameters: {width: 1, width: 2}\n":                  `key "width" appears twice`,
+		"models: [{model: a, fisher: f}]\nmerge_method: linear\n":                                        `unsupported key "fisher" in model 1 (a) for linear`,
 	} {
 		if _, err := ParseConfig([]byte(yaml)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", yaml, err, want)

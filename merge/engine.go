@@ -54,7 +54,10 @@ type Job struct {
 	opened    []*checkpoint.Model
 	baseOnly  map[string]bool // output tensors only the base has
 	nums      map[string]*numParam
-	ahead     sync.WaitGroup // read-ahead goroutines
+	vocab     *vocabJob                         // the output vocabulary (Plan.Vocab), nil without one
+	loras     map[*checkpoint.Model]*loraSource // LoRA adapters merged into models
+	dry       bool                              // Describe: no input is computed
+	ahead     sync.WaitGroup                    // read-ahead goroutines
 }
 
 // numParam is a Number parameter resolved for every model.

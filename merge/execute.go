@@ -28,6 +28,10 @@ func Execute(ctx context.Context, p *Plan, out string, opts checkpoint.WriteOpti
 	if err != nil {
 		return nil, err
 	}
+	opts = withMergekitFiles(opts, p, out)
+	if len(p.Slices) > 0 {
+		return executeSlices(ctx, p, m, out, opts)
+	}
 	j, err := openJob(p, m, opts)
 	if err != nil {
 		return nil, err
@@ -78,14 +82,20 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 		j.Models = append(j.Models, mm)
 		j.opened = append(j.opened, mm)
 	}
+	if err := j.buildVocab(); err != nil {
+		return nil, err
+	}
 	for i, mm := range j.Models[1:] {
-		if err := checkpoint.SameArchitecture(j.Models[0], mm); err != nil {
+		if err := j.sameArchitecture(j.Models[0], mm); err != nil {
+			if j.vocab == nil {
+				err = vocabMismatch(err, p.Models[0].Path, p.Models[i+1].Path)
+			}
 			return nil, fmt.Errorf("models %s and %s differ: %w", p.Models[0].Path, p.Models[i+1].Path, err)
 		}
 	}
 	if p.Base != "" {
 		for i, mi := range p.Models {
-			if mi.Path == p.Base {
+			if mi.Path == p.Base && mi.LoRA == p.BaseLoRA {
 				j.Base, j.BaseIndex = j.Models[i], i
 				break
 			}
@@ -105,7 +115,7 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 				if !ok {
 					return nil, fmt.Errorf("tensor %q is in %s but not in the base model %s", n, j.Models[0].Path, p.Base)
 				}
-				if !slices.Equal(mi.Shape, bi.Shape) {
+				if !slices.Equal(mi.Shape, bi.Shape) && !(j.vocab != nil && j.vocab.remap[n]) {
 					return nil, fmt.Errorf("tensor %q has shape %v in %s but %v in the base model %s", n, mi.Shape, j.Models[0].Path, bi.Shape, p.Base)
 				}
 			}
@@ -123,6 +133,17 @@ func openJob(p *Plan, m Method, opts checkpoint.WriteOptions) (*Job, error) {
 	}
 	for _, n := range j.Models[0].Names() {
 		j.NumLayers = max(j.NumLayers, LayerOf(n)+1)
+	}
+	var loras []string
+	for _, mi := range p.Models {
+		loras = append(loras, mi.LoRA)
+	}
+	models := slices.Clone(j.Models)
+	if j.Base != nil && j.BaseIndex < 0 {
+		models, loras = append(models, j.Base), append(loras, p.BaseLoRA)
+	}
+	if err := j.openLoRAs(models, loras); err != nil {
+		return nil, err
 	}
 	j.resolveNums()
 	ok = true
@@ -149,7 +170,7 @@ func (j *Job) WriteOptions(opts checkpoint.WriteOptions) (checkpoint.WriteOption
 	}
 	opts.Inputs = append(opts.Inputs, j.Plan.Inputs()...)
 	opts.AllowNonFinite = opts.AllowNonFinite || j.Plan.AllowNonFinite
-	return opts, nil
+	return j.withVocabFiles(opts)
 }
 
 // entries lists the output: the first model's tensors (floating ones in the
@@ -161,7 +182,7 @@ func (j *Job) entries() []safetensors.Entry {
 		if e.DType.IsFloat() && j.OutDType != 0 {
 			e.DType = j.OutDType
 		}
-		out = append(out, e)
+		out = append(out, j.vocabShape(e))
 	}
 	if j.Base != nil && j.BaseIndex < 0 {
 		for _, e := range j.Base.Entries() {
@@ -222,7 +243,20 @@ func (j *Job) write(ctx context.Context, mg Merger, out string, opts checkpoint.
 func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 	n, _ := tensors.NumElements(e.Shape)
 	t := &TensorJob{Job: j, Name: e.Name, Shape: e.Shape, N: int(n), Depth: Depth(e.Name, j.NumLayers), DType: e.DType}
-	in := func(m *checkpoint.Model) (*Input, error) { return j.input(m, e.Name) }
+	in := func(m *checkpoint.Model) (*Input, error) {
+		if j.dry { // Describe: the tensors as stored
+			return j.input(m, e.Name)
+		}
+		if j.vocab != nil && j.vocab.remap[e.Name] {
+			return j.vocabInput(m, e.Name)
+		}
+		if ls, ok := j.loras[m]; ok {
+			if lm, ok := ls.byTensor[e.Name]; ok {
+				return j.loraInput(m, ls, lm, e.Name)
+			}
+		}
+		return j.input(m, e.Name)
+	}
 	for _, m := range j.Models {
 		x, err := in(m)
 		if err != nil {
@@ -274,6 +308,11 @@ type tensorState struct {
 	order *[]*tensorState
 	index int
 	read  sync.Once // its inputs' pages mapped ahead
+	// build, if set, makes the TensorJob (a sliced merge's renamed
+	// inputs), and srcs are the inputs' tensor names in j.opened's order
+	// ("" where absent), for reading ahead
+	build func() (*TensorJob, error)
+	srcs  []string
 }
 
 // readAhead maps the pages of the tensor's inputs (those of at least
@@ -282,17 +321,22 @@ type tensorState struct {
 func (s *tensorState) readAhead() {
 	s.read.Do(func() {
 		var ms []*checkpoint.Model
-		for _, m := range s.j.opened {
-			if info, ok := m.Info(s.e.Name); ok && info.Size >= prefetchMin {
-				ms = append(ms, m)
+		var names []string
+		for i, m := range s.j.opened {
+			name := s.e.Name
+			if s.srcs != nil {
+				name = s.srcs[i]
+			}
+			if info, ok := m.Info(name); ok && info.Size >= prefetchMin {
+				ms, names = append(ms, m), append(names, name)
 			}
 		}
 		var wg sync.WaitGroup
-		for _, m := range ms {
+		for i, m := range ms {
 			wg.Add(1)
 			go func() { // a hint: the pages are read, nothing else is
 				defer wg.Done()
-				m.Prefetch(s.e.Name)
+				m.Prefetch(names[i])
 			}()
 		}
 		wg.Wait()
@@ -300,7 +344,13 @@ func (s *tensorState) readAhead() {
 }
 
 func (s *tensorState) prepare(ctx context.Context) {
-	t, err := s.j.tensorJob(s.e)
+	var t *TensorJob
+	var err error
+	if s.build != nil {
+		t, err = s.build()
+	} else {
+		t, err = s.j.tensorJob(s.e)
+	}
 	if err != nil {
 		s.err = err
 		return
@@ -358,7 +408,7 @@ func (s *tensorState) finish() {
 	if t := s.t; t != nil && len(t.Models[0].Data) >= prefetchMin {
 		for _, in := range append(slices.Clone(t.Models), t.Base) {
 			if in != nil && in.model != nil {
-				in.model.Release(s.e.Name)
+				in.model.Release(in.Tensor)
 			}
 		}
 	}

@@ -216,14 +216,18 @@ seed: 42
 
 func TestConfigRefusals(t *testing.T) {
 	for yaml, want := range map[string]string{
-		"models: [{model: a}]\nmerge_method: della\n":                                   `unsupported merge method "della"`,
-		"slices: []\nmerge_method: linear\n":                                            `unsupported configuration key "slices"`,
-		"models: [{model: a}]\nmerge_method: linear\ntokenizer_source: union\n":         `unsupported configuration key "tokenizer_source"`,
-		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties": `unsupported model parameter "gamma"`,
-		"models: [{model: a}]\nmerge_method: ties\nparameters: {epsilon: 0.1}\n":        `unsupported parameter "epsilon"`,
-		"models: [{model: a}]\n":                                                        "merge_method is missing",
+		"models: [{model: a}]\nmerge_method: frobnicate\n":                                         `line 2: merge_method: unsupported merge method "frobnicate"`,
+		"slices: []\nmerge_method: linear\n":                                                       `exactly one of models:, slices: or modules: must be given`,
+		"slices: [{sources: [{model: a+lora, layer_range: [0, 1]}]}]\nmerge_method: passthrough\n": `a LoRA adapter on a slice source is not supported yet`,
+		"models: [{model: a, parameters: {weight: 1, gamma: 0.1}}]\nmerge_method: ties":            `unsupported parameter "gamma" for ties in the parameters of model 1`,
+		"models: [{model: a}]\nmerge_method: ties\nparameters: {epsilon: 0.1}\n":                   `unsupported parameter "epsilon"`,
+		"models: [{model: a}]\n": "merge_method is missing",
 	} {
-		if _, err := ParseConfig([]byte(yaml)); err == nil || !strings.Contains(err.Error(), want) {
+		p, err := ParseConfig([]byte(yaml))
+		if err == nil {
+			err = p.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", yaml, err, want)
 		}
 	}

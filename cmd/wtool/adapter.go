@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -129,6 +130,108 @@ into a plain LoRA adapter for the original base model.
 	cmd.Flags().StringArrayVar(&targets, "target", nil, "regular expression of the weights to adapt (repeatable)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.AddCommand(newAdapterConvertCmd(g))
+	cmd.AddCommand(newAdapterExtractCmd(g))
+	return cmd
+}
+
+func newAdapterExtractCmd(g *globals) *cobra.Command {
+	var out string
+	var force, asJSON bool
+	var sf svdFlags
+	var rf rankFlags
+	var alpha float64
+	cmd := &cobra.Command{
+		Use:   "extract BASE FINETUNE -o LORA_DIR (--rank R | --energy E | --ratio X)",
+		Short: "Extract a PEFT LoRA adapter of the difference between a fine-tune and its base",
+		Long: `Extract writes the LoRA adapter that turns BASE into (approximately) FINETUNE,
+as mergekit-extract-lora does: for every Linear, Conv1D, 2-D convolution and
+Embedding whose weight changed, the truncated SVD of D = W_finetune - W_base
+in the module's orientation [out, in] gives the best rank-r approximation of
+D (Eckart-Young), stored as PEFT loads it: lora_A [r, in] and lora_B [out, r];
+lora_embedding_A [r, num] and lora_embedding_B [dim, r] for an embedding;
+[r, in, kh, kw] and [out, r, 1, 1] for a convolution. --rank R gives every
+module rank R (a smaller matrix: its full rank), --energy E the smallest rank
+keeping E of each difference's squared singular values, --ratio X the rank
+keeping X of the matrix's parameters; ranks and alphas that differ from the
+most common go into rank_pattern/alpha_pattern. --alpha is lora_alpha
+(default: the rank, i.e. scaling 1).
+
+The report lists, per module, the rank, the share of the difference's
+energy captured and the relative error; tensors that changed but are not
+LoRA targets (norms, biases) are listed as not captured: the base with the
+adapter differs from the fine-tune by them. Load the result with
+PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), LORA_DIR).
+The output is written atomically and may not be or lie inside an input.`,
+		Example: `  wtool adapter extract ./Llama-3-8B ./Llama-3-8B-Instruct -o ./instruct-lora --rank 64
+  wtool adapter extract base ft -o lora --energy 0.9 --json`,
+		Args: argsBetween(2, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usageErrorf("-o is required")
+			}
+			rule, err := rf.rule()
+			if err != nil {
+				return err
+			}
+			if alpha < 0 || math.IsNaN(alpha) || math.IsInf(alpha, 0) {
+				return usageErrorf("--alpha must be a positive number (or 0: the rank)")
+			}
+			reg := &fsafe.Registry{Force: force}
+			if err := declareModel(reg, "BASE", args[0]); err != nil {
+				return err
+			}
+			if err := declareModel(reg, "FINETUNE", args[1]); err != nil {
+				return err
+			}
+			reg.Output("-o", out)
+			if err := g.checkPaths(reg); err != nil {
+				return err
+			}
+			base, err := checkpoint.OpenContext(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer base.Close()
+			ft, err := checkpoint.OpenContext(cmd.Context(), args[1])
+			if err != nil {
+				return err
+			}
+			defer ft.Close()
+			a, err := describe(g, ft)
+			if err != nil {
+				return err
+			}
+			update, finish := g.countProgress("extracting")
+			reports, ad, err := lowrank.ExtractLoRA(cmd.Context(), base, ft, out, lowrank.ExtractOptions{Rule: rule, Alpha: alpha, SVD: sf.options(), Arch: a, Progress: update}, force)
+			finish()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"output": out, "r": ad.Config.R, "lora_alpha": ad.Config.LoraAlpha, "modules": reports})
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "MODULE\tKIND\tSHAPE\tRANK\tENERGY\tREL ERROR\tCHANGE\tNOTE")
+			for _, r := range reports {
+				if r.Skipped {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t%.3g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Change, r.Note)
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4f\t%.4f\t%.3g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Rank, r.Energy, r.RelError, r.Change, r.Note)
+			}
+			tw.Flush()
+			g.info("wrote %s: LoRA r=%d, lora_alpha=%g, %d modules", out, ad.Config.R, ad.Config.LoraAlpha, len(ad.Modules))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "output adapter directory (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists (never an input)")
+	cmd.Flags().Float64Var(&alpha, "alpha", 0, "lora_alpha (default: the rank, i.e. scaling 1)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	sf.register(cmd)
+	rf.register(cmd, false)
 	return cmd
 }
 

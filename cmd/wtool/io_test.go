@@ -339,7 +339,9 @@ func TestResumeAfterKill(t *testing.T) {
 	bin := buildWtool(t)
 	dir := t.TempDir()
 	args := []string{"merge", demoDir + "/mlp-a", demoDir + "/mlp-b", "--method", "slerp", "--t", "0.3", "--max-shard-size", "8kB"}
-	whole := filepath.Join(dir, "whole")
+	// the same base name as the resumed output: the model card is headed by it
+	whole := filepath.Join(dir, "whole", "out")
+	os.Mkdir(filepath.Dir(whole), 0o755)
 	if out, err := exec.Command(bin, append(args, "-o", whole, "-q")...).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}

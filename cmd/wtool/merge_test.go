@@ -126,7 +126,7 @@ func TestMergeCommandLine(t *testing.T) {
 		"models:\n  - model: " + a + "\n    parameters: {weight: 1, weight: 2}\nmerge_method: linear\n",
 	} {
 		os.WriteFile(cfg, []byte(dup), 0o644)
-		if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", out, "-q", "--force"); code != exitUsage || !strings.Contains(stderr, "is given twice") {
+		if code, _, stderr := wtool(t, "merge", "--config", cfg, "-o", out, "-q", "--force"); code != exitUsage || !strings.Contains(stderr, "appears twice") {
 			t.Errorf("%q: exit %d, %s", dup, code, stderr)
 		}
 	}

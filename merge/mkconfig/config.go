@@ -54,6 +54,10 @@ type Config struct {
 type Field struct {
 	Key   string
 	Value Value
+	// List holds the items of a value written as a YAML list of scalars
+	// (Value is then the zero Value).
+	List []Value
+	Line int
 }
 
 // InputModel is one entry of models:.

@@ -225,6 +225,27 @@ func scalar(n *yaml.Node, what string) (Value, error) {
 	return scalarValue(n)
 }
 
+// extraField reads an extension key's value: a scalar or a list of
+// scalars.
+func extraField(p pair) (Field, error) {
+	f := Field{Key: p.key, Line: p.line}
+	n := resolve(p.val)
+	if n.Kind == yaml.SequenceNode {
+		f.List = []Value{}
+		for _, e := range n.Content {
+			v, err := scalar(e, p.key)
+			if err != nil {
+				return f, err
+			}
+			f.List = append(f.List, v)
+		}
+		return f, nil
+	}
+	v, err := scalar(n, p.key)
+	f.Value = v
+	return f, err
+}
+
 func str(n *yaml.Node, what string) (string, error) {
 	v, err := scalar(n, what)
 	if err != nil {
@@ -351,9 +372,9 @@ func parseDoc(doc *yaml.Node, o ParseOptions, allowName bool) (*Config, error) {
 				}
 				return nil, unknown(p, "the configuration", allowed)
 			}
-			var v Value
-			if v, err = scalar(p.val, p.key); err == nil {
-				c.Extra = append(c.Extra, Field{p.key, v})
+			var f Field
+			if f, err = extraField(p); err == nil {
+				c.Extra = append(c.Extra, f)
 			}
 		}
 		if err != nil {
@@ -512,9 +533,9 @@ func parseModels(n *yaml.Node, what string, o ParseOptions) ([]InputModel, error
 				if !slices.Contains(o.ModelKeys, p.key) {
 					return nil, unknown(p, where, append([]string{"model", "parameters"}, o.ModelKeys...))
 				}
-				var v Value
-				if v, err = scalar(p.val, p.key); err == nil {
-					m.Extra = append(m.Extra, Field{p.key, v})
+				var f Field
+				if f, err = extraField(p); err == nil {
+					m.Extra = append(m.Extra, f)
 				}
 			}
 			if err != nil {

@@ -97,7 +97,7 @@ func (c *Config) YAML() []byte {
 		root.set("chat_template", yscalar(c.ChatTemplate))
 	}
 	for _, f := range c.Extra {
-		root.set(f.Key, valueNode(f.Value))
+		root.set(f.Key, fieldNode(f))
 	}
 	var b bytes.Buffer
 	root.emit(&b, 0, false)
@@ -113,7 +113,7 @@ func modelsNode(ms []InputModel) *ynode {
 			n.set("parameters", paramsNode(m.Parameters))
 		}
 		for _, f := range m.Extra {
-			n.set(f.Key, valueNode(f.Value))
+			n.set(f.Key, fieldNode(f))
 		}
 		seq.items = append(seq.items, n)
 	}
@@ -391,4 +391,17 @@ func plainOK(s string) bool {
 		return false
 	}
 	return true
+}
+
+// fieldNode writes an extension key's value: a scalar, or a list of
+// scalars as one item per line.
+func fieldNode(f Field) *ynode {
+	if f.List == nil {
+		return valueNode(f.Value)
+	}
+	seq := &ynode{kind: yseq}
+	for _, v := range f.List {
+		seq.items = append(seq.items, valueNode(v))
+	}
+	return seq
 }
