@@ -69,6 +69,8 @@ measure() {
 # runtime.asyncPreempt (the profiling signal is delivered with the
 # preemption signal when the fault returns): it counts as reading.
 shares() {
+	# an interrupted run (TIMEOUT) may leave no profile: say so, go on
+	[ -s "$tmp/$1.prof" ] || { echo "$1: no CPU profile (interrupted)"; return 0; }
 	go tool pprof -top -nodecount 100000 "$tmp/wtool" "$tmp/$1.prof" 2>/dev/null | awk '
 		/^ *[0-9.]+m?s / {
 			v = $1; if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else { sub(/s$/, "", v) }
@@ -78,7 +80,7 @@ shares() {
 			else if (f ~ /tensors\.|safetensors|checkpoint|syscall|runtime\.memmove|runtime\.memclr|madvise|Guard|asyncPreempt/) io += v
 			else other += v
 		}
-		END { if (total > 0) printf "%s CPU: %.0f s profiled: GEMM kernels %.0f%%, rest of the SVD %.0f%%, reading/converting/writing tensors %.0f%%, other (runtime, scheduling) %.0f%%\n", "'"$1"'", total, 100*gemm/total, 100*svd/total, 100*io/total, 100*other/total }'
+		END { if (total > 0) printf "%s CPU: %.0f s profiled: GEMM kernels %.0f%%, rest of the SVD %.0f%%, reading/converting/writing tensors %.0f%%, other (runtime, scheduling) %.0f%%\n", "'"$1"'", total, 100*gemm/total, 100*svd/total, 100*io/total, 100*other/total }' || true
 }
 
 for step in $STEPS; do

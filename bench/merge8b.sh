@@ -17,14 +17,24 @@
 #             sync (the same bytes read and written as the merge);
 #   merge:    wtool merge ... (its output is fsync'd).
 # Peak anonymous memory is the largest RssAnon of /proc/PID/status, sampled
-# every 0.1 s (mapped input pages are not anonymous).
+# every 0.1 s (mapped input pages are not anonymous). The merge's CPU time
+# (user + system, from /proc/PID/stat) and the load average at its end are
+# printed too: on a shared machine a CPU-bound method's wall time follows
+# the load, its CPU time does not.
 #
 # The run holds $CKPT8B/.lock (flock) from start to end, writes under
-# $CKPT8B/out-h-merge and deletes every output right after measuring. It
+# $CKPT8B/out-$BENCH_NAME and deletes every output right after measuring. It
 # needs about 17 GB free on that file system, and root (drop_caches).
 #
 #   bench/merge8b.sh                      # every method
 #   bench/merge8b.sh ties slerp           # some
+#   bench/merge8b.sh 'della:--method della --base BASE --density 0.5'
+#                                         # any other: LABEL:FLAGS (BASE: the
+#                                         # base checkpoint)
+#
+# Environment: WTOOL, a wtool binary to measure instead of building this
+# tree's (e.g. another branch's); BENCH_NAME names the scratch directory
+# $CKPT8B/out-$BENCH_NAME (default h-merge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ck=${CKPT8B:-/work/ckpt8b}
@@ -37,7 +47,11 @@ done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/wtool-merge8b.XXXXXX")
 cleanup() { rm -rf "$out" "$tmp"; }
 trap cleanup EXIT
-go build -o "$tmp/wtool" ./cmd/wtool
+if [ -n "${WTOOL:-}" ]; then
+  cp "$WTOOL" "$tmp/wtool"
+else
+  go build -o "$tmp/wtool" ./cmd/wtool
+fi
 
 exec 9>"$ck/.lock"
 flock 9
@@ -55,20 +69,23 @@ done
 
 dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-# run CMD... in the background; print "seconds peak_rssanon_kib"
+# run CMD... in the background; print "seconds peak_rssanon_kib cpu_seconds"
+# (CPU: user + system of CMD's process, last sampled; 0 for a shell function)
 measure() {
-  local t0 t1 pid peak=0 v
+  local t0 t1 pid peak=0 v cpu=0 c
   t0=$(date +%s.%N)
   "$@" &
   pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     v=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
+    c=$(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    [ -n "$c" ] && [ "$c" -gt "$cpu" ] && cpu=$c
     sleep 0.1
   done
   wait "$pid"
   t1=$(date +%s.%N)
-  echo "$(echo "$t1 - $t0" | bc -l) $peak"
+  echo "$(echo "$t1 - $t0" | bc -l) $peak $(echo "$cpu / $(getconf CLK_TCK)" | bc -l)"
 }
 
 baseline() { # inputs...
@@ -89,6 +106,12 @@ for m in "${methods[@]}"; do
     dare-linear) args=(--method dare-linear --base "$ck/base" --density 0.5) ;;
     slerp) args=(--method slerp --t 0.3) ;;
     ties3) models=("$ck/a" "$ck/b" "$third"); args=(--method ties --base "$ck/base" --density 0.5) ;;
+    *:*)
+      flags=${m#*:}
+      m=${m%%:*}
+      flags=${flags//BASE/$ck/base}
+      read -r -a args <<<"$flags"
+      ;;
     *) echo "unknown method $m" >&2; exit 2 ;;
   esac
   files=()
@@ -100,15 +123,17 @@ for m in "${methods[@]}"; do
   rm -rf "$out/cp"
 
   dropcaches
-  read -r mt mr < <(measure "$tmp/wtool" merge "${models[@]}" -o "$out/merged" -q "${args[@]}")
+  read -r mt mr mc < <(measure "$tmp/wtool" merge "${models[@]}" -o "$out/merged" -q "${args[@]}")
+  [ -f "$out/merged/model.safetensors.index.json" ] || { echo "$m: no output" >&2; exit 1; }
   rm -rf "$out/merged"
+  load=$(cut -d' ' -f1 /proc/loadavg)
 
   gb=$(du -cLb "${files[@]}" | tail -1 | awk '{printf "%.0f", $1/1e9}')
-  line=$(printf '%-16s %4s GB  baseline %7.1f s  merge %7.1f s  ratio %5.2f  peak RssAnon %5d MiB' \
-    "$m" "$gb" "$bt" "$mt" "$(echo "$mt / $bt" | bc -l)" $((mr / 1024)))
+  line=$(printf '%-16s %4s GB  baseline %7.1f s  merge %7.1f s  ratio %5.2f  peak RssAnon %5d MiB  merge CPU %6.1f s  load %5s' \
+    "$m" "$gb" "$bt" "$mt" "$(echo "$mt / $bt" | bc -l)" $((mr / 1024)) "$mc" "$load")
   echo "$line"
   results+=("$line")
 done
 echo
-echo "method           read      baseline (cat inputs + cp -r a + sync)   wtool merge   ratio   peak RssAnon"
+echo "method           read      baseline (cat inputs + cp -r a + sync)   wtool merge   ratio   peak RssAnon   merge CPU (user+sys)   load average (1 min) after the merge"
 printf '%s\n' "${results[@]}"

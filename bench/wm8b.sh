@@ -77,12 +77,14 @@ measure() {
 # step's CPU profile (contention on a shared machine changes it far less
 # than wall-clock rates)
 kernelrate() {
+	# an interrupted run (TIMEOUT) may leave no profile: say so, go on
+	[ -s "$tmp/$1.prof" ] || { echo "$1: no CPU profile (interrupted)"; return 0; }
 	go tool pprof -top -nodecount 100000 "$tmp/wtool" "$tmp/$1.prof" 2>/dev/null | awk -v flop="$2" '
 		/^ *[0-9.]+m?s / && ($NF ~ /bfgemm\.kernel12x32|linalg\.sgemmKernel/) {
 			v = $1; if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else { sub(/s$/, "", v) }
 			k += v
 		}
-		END { if (k > 0) printf "%s: GEMM kernels %.0f CPU-s for %.4g FLOP: %.1f GFLOP per CPU-second\n", "'"$1"'", k, flop, flop / k / 1e9 }'
+		END { if (k > 0) printf "%s: GEMM kernels %.0f CPU-s for %.4g FLOP: %.1f GFLOP per CPU-second\n", "'"$1"'", k, flop, flop / k / 1e9 }' || true
 }
 
 for step in $STEPS; do
