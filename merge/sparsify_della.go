@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"sync"
+
+	"github.com/wtool/wtool/internal/fault"
 )
 
 // dellaSparsifier is DELLA's MagPrune (Deep et al., 2024) as mergekit
@@ -203,7 +205,7 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		if err := tr.row(c, i, row); err != nil {
 			// every value of the row was decoded once in prepare: only a
 			// file truncated since then fails here; never silently
-			panic(fmt.Errorf("della: %w", err))
+			fault.Fail(fmt.Errorf("della: %w", err))
 		}
 		p := c.p[pos]
 		v := x[k] - b[k]

@@ -72,6 +72,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 				code = report(ctx, safetensors.FaultAt(f.Addr(), "", ""), stderr)
 				return
 			}
+			if f, ok := p.(*fault.Failure); ok {
+				code = report(ctx, f.Err, stderr)
+				return
+			}
 			pe, ok := p.(*fault.PanicError)
 			if !ok {
 				pe = &fault.PanicError{Value: p, Stack: debug.Stack()}

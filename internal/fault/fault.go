@@ -38,6 +38,20 @@ func (e *PanicError) Error() string {
 	return fmt.Sprintf("internal error: %v", e.Value)
 }
 
+// Failure is an ordinary error raised as a panic by code that has no error
+// return (a kernel function, say) with Fail; Catch and Group pass it
+// through unchanged, and whoever recovers it reports Err as the error it is,
+// not as an internal error.
+type Failure struct{ Err error }
+
+func (f *Failure) Error() string { return f.Err.Error() }
+
+// Unwrap returns the error.
+func (f *Failure) Unwrap() error { return f.Err }
+
+// Fail raises err as a *Failure.
+func Fail(err error) { panic(&Failure{Err: err}) }
+
 // Catch runs fn with faults turned into panics and returns what it raised:
 // nil when fn returned normally, else the recovered value (a memory fault
 // satisfies Addr; anything else is wrapped in a *PanicError with its stack
@@ -52,6 +66,10 @@ func Catch(fn func()) (raised any) {
 			}
 			if pe, ok := p.(*PanicError); ok {
 				raised = pe
+				return
+			}
+			if f, ok := p.(*Failure); ok {
+				raised = f
 				return
 			}
 			raised = &PanicError{Value: p, Stack: debug.Stack()}

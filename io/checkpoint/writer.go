@@ -720,6 +720,8 @@ func (w *writeJob) run(ctx context.Context, it item) (r produced) {
 	case nil:
 	case *fault.PanicError:
 		r.err = p
+	case *fault.Failure:
+		r.err = p.Err
 	case fault.Addr: // Guard turns faults into errors; kept for safety
 		r.err = safetensors.FaultAt(p.Addr(), "", it.e.Name)
 	default:
