@@ -49,6 +49,7 @@ func main() {
 		case <-time.After(interruptGrace):
 		}
 		fsafe.RemoveLiveTemps()
+		pprof.StopCPUProfile() // a developer's profile (WTOOL_CPUPROFILE) survives the interruption
 		fmt.Fprintln(os.Stderr, "wtool: interrupted; no output was written")
 		os.Exit(exitInterrupted)
 	}()
