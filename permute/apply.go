@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
@@ -274,6 +275,91 @@ func gather(dst, src []byte, shape []int64, elem int, idx [][]int) {
 	rec(0, 0, 0)
 }
 
+// gatherRange fills dst with the bytes [off, off+len(dst)) of gather(src,
+// shape, elem, idx): a window of the permuted tensor, walked with an
+// odometer over the permuted axes so that no division is done per element.
+func gatherRange(dst []byte, off int64, src []byte, shape []int64, elem int, idx [][]int) {
+	rank := len(shape)
+	if rank == 0 {
+		copy(dst, src[off:])
+		return
+	}
+	tail := rank
+	for tail > 0 && idx[tail-1] == nil {
+		tail--
+	}
+	run := int64(elem)
+	for i := tail; i < rank; i++ {
+		run *= shape[i]
+	}
+	if tail == 0 { // nothing moves
+		copy(dst, src[off:])
+		return
+	}
+	// strides (in bytes) of the permuted axes [0, tail)
+	strides := make([]int64, tail)
+	st := run
+	for i := tail - 1; i >= 0; i-- {
+		strides[i] = st
+		st *= shape[i]
+	}
+	// the multi-index of the run holding off, and the offset within it
+	r, within := off/run, off%run
+	pos := make([]int64, tail)
+	for i := tail - 1; i >= 0; i-- {
+		pos[i] = r % shape[i]
+		r /= shape[i]
+	}
+	srcOff := func() int64 {
+		var o int64
+		for i, j := range pos {
+			if idx[i] != nil {
+				j = int64(idx[i][j])
+			}
+			o += j * strides[i]
+		}
+		return o
+	}
+	n := int64(len(dst))
+	var d int64
+	last := tail - 1
+	for d < n {
+		if run == int64(elem) {
+			// the innermost axis is permuted (off is a multiple of elem, so
+			// within is 0): gather the rest of this row through its index
+			// without recomputing the row's start per element
+			k0 := pos[last]
+			pos[last] = 0
+			row := idx[last]
+			base := srcOff() - int64(row[0])*run // the row's start
+			for k := k0; k < int64(len(row)) && d < n; k++ {
+				so := base + int64(row[k])*run
+				copy(dst[d:d+run], src[so:so+run])
+				d += run
+			}
+			// advance the axes before the last one
+			pos[last] = shape[last] - 1
+		} else {
+			m := min(run-within, n-d)
+			so := srcOff() + within
+			copy(dst[d:d+m], src[so:so+m])
+			d += m
+			within += m
+			if within < run {
+				break // the window ends inside this run
+			}
+			within = 0
+		}
+		for i := last; i >= 0; i-- { // odometer
+			pos[i]++
+			if pos[i] < shape[i] {
+				break
+			}
+			pos[i] = 0
+		}
+	}
+}
+
 // ApplyCheckpoint writes model m with the permutations applied to out, in
 // the same layout options as opts (sharding, metadata, companion files),
 // streaming one tensor at a time. The spec must cover m.
@@ -287,6 +373,39 @@ func ApplyCheckpoint(ctx context.Context, m *checkpoint.Model, s *Spec, p Perms,
 	opts, err := m.DefaultWriteOptions(opts)
 	if err != nil {
 		return nil, err
+	}
+	// A tensor with a permuted axis is written chunk by chunk, gathered
+	// from the mapped input: no whole permuted copy (1 GB for an 8B
+	// model's embedding) is ever held, whatever --max-memory allows ahead.
+	if opts.Chunks == nil {
+		opts.Chunks = func(e safetensors.Entry) checkpoint.ChunkFunc {
+			idx, moved, err := s.indices(e.Name, e.Shape, p)
+			if err != nil || !moved || e.DType.Bits()%8 != 0 {
+				return nil // the producer reports the error, or copies the tensor
+			}
+			size, err := tensors.ByteSize(e.DType, e.Shape)
+			if err != nil || size == 0 {
+				return nil
+			}
+			elem := e.DType.Bits() / 8
+			chunk := int64(checkpoint.ChunkSize) / int64(elem) * int64(elem)
+			var left atomic.Int64
+			left.Store((size + chunk - 1) / chunk)
+			return func(_ context.Context, off int64, dst []byte) error {
+				t, err := m.Tensor(e.Name)
+				if err != nil {
+					return err
+				}
+				if int64(len(t.Data)) != size {
+					return fmt.Errorf("%s: tensor %q: %d bytes, its shape needs %d", m.Path, e.Name, len(t.Data), size)
+				}
+				gatherRange(dst, off, t.Data, e.Shape, elem, idx)
+				if left.Add(-1) == 0 {
+					m.Release(e.Name)
+				}
+				return nil
+			}
+		}
 	}
 	pass := m.Passthrough()
 	produce := func(ctx context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
