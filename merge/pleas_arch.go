@@ -26,7 +26,8 @@ type PLeaSModelOptions struct {
 	// Width is the merged width of every group as a multiple of its size,
 	// from 1 (every unit merged) to 2 (both models' units kept side by
 	// side); 0 means 1. Groups the policy keeps whole (a transformer's
-	// residual stream, see FullMerge) are merged at width 1 whatever it says.
+	// residual stream, the heads of ViT, BERT and GPT-2: see FullMerge) are
+	// merged at width 1 whatever it says.
 	Width float64
 	// Widths, when set, gives groups' merged widths in units (size n: from
 	// n to 2n), overriding Width for those groups.
