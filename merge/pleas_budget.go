@@ -357,7 +357,8 @@ func (w *widthProblem) solve(limit float64) []int {
 	ng := len(w.groups)
 	extra := make([]int, ng)
 	if !w.coupled() {
-		return w.knapsack(extra, w.marginal(extra), limit-w.cost(extra))
+		// the room the knapsack's rounded-up costs left, filled at exact costs
+		return w.fill(w.knapsack(extra, w.marginal(extra), limit-w.cost(extra)), limit)
 	}
 	// linearise at the current widths, solve, repeat from the solution;
 	// every solution is repaired to fit (units of the least gain per cost
