@@ -26,7 +26,8 @@ type PLeaSModelOptions struct {
 	// Width is the merged width of every group as a multiple of its size,
 	// from 1 (every unit merged) to 2 (both models' units kept side by
 	// side); 0 means 1. Groups the policy keeps whole (a transformer's
-	// residual stream, see FullMerge) are merged at width 1 whatever it says.
+	// residual stream, the heads of ViT, BERT and GPT-2: see FullMerge) are
+	// merged at width 1 whatever it says.
 	Width float64
 	// Widths, when set, gives groups' merged widths in units (size n: from
 	// n to 2n), overriding Width for those groups.
@@ -76,13 +77,54 @@ type PLeaSModelResult struct {
 }
 
 // FullMerge reports whether PLeaS keeps a group at width 1 whatever the
-// width asked: a transformer's residual stream (its norms normalise over
-// the whole stream, so a wider stream is not either model's; see
-// docs/permutation-spec.md). ResNet stages and every hidden, head and MLP
-// group may be widened.
+// width or budget asked, so that the merged model is still a checkpoint of
+// its family (see docs/permutation-spec.md):
+//
+//   - a transformer's residual stream: its norms normalise over the whole
+//     stream, so a wider stream is not either model's;
+//   - the attention heads of ViT, BERT and GPT-2: their model classes take
+//     the head size to be hidden_size / num_attention_heads (config.json
+//     has no head_dim), so more heads of the same size cannot be loaded;
+//     the Llama family (Llama, Mistral, Qwen2, Gemma, Phi-3, Mixtral) reads
+//     head_dim from config.json, and its heads may be widened;
+//   - a transformer's hidden groups other than MLP units (BERT's pooler
+//     output: the pooler is hidden_size x hidden_size).
+//
+// ResNet stages and block interiors, and every transformer MLP group (an
+// expert's included), may be widened.
 func FullMerge(as *permute.ArchSpec, g string) bool {
 	info := as.Info[g]
-	return info.Kind == permute.KindResidual && as.Arch.Family != "resnet"
+	fam := as.Arch.Family
+	if fam == "resnet" || fam == "mlp" || fam == "generic" {
+		return false
+	}
+	switch info.Kind {
+	case permute.KindResidual:
+		return true
+	case permute.KindHeads:
+		return !headDimFamilies[fam]
+	case permute.KindHidden:
+		return !mlpUnits(as, g)
+	}
+	return false
+}
+
+// headDimFamilies are the transformer families whose config.json sets the
+// head size (head_dim) apart from hidden_size / num_attention_heads.
+var headDimFamilies = map[string]bool{"llama": true, "mistral": true, "qwen2": true, "gemma": true, "phi3": true, "mixtral": true}
+
+// mlpUnits reports whether a hidden group is an MLP's (or an expert's)
+// intermediate units: an MLP down projection reads it, and config.json's
+// intermediate_size (n_inner) says its width.
+func mlpUnits(as *permute.ArchSpec, g string) bool {
+	for _, sp := range as.Info[g].Spaces {
+		for _, m := range as.Arch.Readers(sp) {
+			if m.Role == arch.RoleMLPDown {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PLeaSModel merges two models of the same architecture with PLeaS

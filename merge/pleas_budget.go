@@ -50,10 +50,13 @@ type BudgetResult struct {
 // function of the groups' widths.
 type widthProblem struct {
 	groups []string
-	size   []int
-	gains  [][]float64 // gains[g][k]: keeping the (k+1)-th unit apart
-	terms  []costTerm
-	src    float64 // the source's cost
+	// members are the spec groups each entry of groups widens: itself, or
+	// every group of a tie class (tieClass), which share one width
+	members [][]string
+	size    []int
+	gains   [][]float64 // gains[g][k]: keeping the (k+1)-th unit apart
+	terms   []costTerm
+	src     float64 // the source's cost
 }
 
 // costTerm is factor * prod over axes of (fixed + sum over its groups of
@@ -113,6 +116,14 @@ func (w *widthProblem) gain(extra []int) float64 {
 // apart; nil perms: activation matching). The groups PLeaS may widen are every group but the Within
 // groups (they follow their heads) and those FullMerge keeps whole.
 //
+// In a transformer the widths are tied across layers (tieClass): every
+// layer's MLP (every expert's) gets one width and every attention module
+// one head count, since config.json has one intermediate_size and one
+// num_attention_heads and the family's model class could not load
+// per-layer widths. A tied class is one choice of the knapsack: keeping k
+// units apart in each member gains the sum of the members' k largest
+// gains, and costs the sum of their costs.
+//
 // When no tensor reads two widened groups (a transformer with its residual
 // stream merged: every MLP and head group's cost is linear in its width),
 // the problem is a multiple-choice knapsack and is solved exactly by
@@ -147,10 +158,34 @@ func AllocateWidths(as *permute.ArchSpec, a ModelWeights, js permute.JointStats,
 	}
 	extra := wp.solve(b.Ratio * wp.src)
 	res := &BudgetResult{Kind: b.Kind, Widths: map[string]int{}, Ratio: wp.cost(extra) / wp.src, Gain: wp.gain(extra)}
-	for g, name := range wp.groups {
-		res.Widths[name] = wp.size[g] + extra[g]
+	for g := range wp.groups {
+		for _, name := range wp.members[g] {
+			res.Widths[name] = wp.size[g] + extra[g]
+		}
 	}
 	return res, nil
+}
+
+// tieClass returns the class of groups whose widths a budget ties
+// together ("" for none): a transformer's config.json has one
+// intermediate_size for every layer's MLP (and every expert) and one head
+// count for every layer, so that per-layer widths could not be loaded by
+// its model class. ResNet widths are read from the weights' shapes and
+// stay free.
+func tieClass(as *permute.ArchSpec, g string) string {
+	switch as.Arch.Family {
+	case "resnet", "mlp", "generic":
+		return ""
+	}
+	switch as.Info[g].Kind {
+	case permute.KindHidden:
+		if mlpUnits(as, g) {
+			return "mlp.hidden"
+		}
+	case permute.KindHeads:
+		return "attn.heads"
+	}
+	return ""
 }
 
 // newWidthProblem builds the gains and costs of a model's groups.
@@ -158,6 +193,7 @@ func newWidthProblem(as *permute.ArchSpec, js permute.JointStats, perms permute.
 	s := as.Spec
 	wp := &widthProblem{}
 	index := map[string]int{}
+	tied := map[string]int{} // tie class -> index in wp.groups
 	for _, g := range s.GroupNames() {
 		if _, within := s.Within[g]; within || FullMerge(as, g) {
 			continue
@@ -175,10 +211,31 @@ func newWidthProblem(as *permute.ArchSpec, js permute.JointStats, perms permute.
 			}
 		}
 		sort.Sort(sort.Reverse(sort.Float64Slice(gains)))
+		if c := tieClass(as, g); c != "" {
+			if i, ok := tied[c]; ok {
+				if wp.size[i] != n {
+					return nil, fmt.Errorf("pleas: budget: group %q has %d units, the other %s groups %d: their widths cannot be tied", g, n, c, wp.size[i])
+				}
+				// the class keeps k units apart in every member: gains add
+				for k := range gains {
+					wp.gains[i][k] += gains[k]
+				}
+				wp.members[i] = append(wp.members[i], g)
+				index[g] = i
+				continue
+			}
+			tied[c] = len(wp.groups)
+		}
 		index[g] = len(wp.groups)
 		wp.groups = append(wp.groups, g)
+		wp.members = append(wp.members, []string{g})
 		wp.size = append(wp.size, n)
 		wp.gains = append(wp.gains, gains)
+	}
+	for c, i := range tied {
+		if len(wp.members[i]) > 1 {
+			wp.groups[i] = fmt.Sprintf("%s (%d groups tied)", c, len(wp.members[i]))
+		}
 	}
 	// heads' features follow their heads
 	owner := func(g string) (int, float64) {
@@ -300,7 +357,8 @@ func (w *widthProblem) solve(limit float64) []int {
 	ng := len(w.groups)
 	extra := make([]int, ng)
 	if !w.coupled() {
-		return w.knapsack(extra, w.marginal(extra), limit-w.cost(extra))
+		// the room the knapsack's rounded-up costs left, filled at exact costs
+		return w.fill(w.knapsack(extra, w.marginal(extra), limit-w.cost(extra)), limit)
 	}
 	// linearise at the current widths, solve, repeat from the solution;
 	// every solution is repaired to fit (units of the least gain per cost

@@ -4,9 +4,11 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 
+	"github.com/wtool/wtool/fisher/nn"
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/permute"
 )
@@ -148,6 +150,77 @@ func TestBudgetMatchesMergedModel(t *testing.T) {
 		t.Logf("params budget %.2f: the merged model has %.4f times the parameters (the allocation says %.4f), gain %.2f", ratio, got, b.Ratio, b.Gain)
 		if math.Abs(got-b.Ratio) > 1e-9 || got > ratio+1e-9 {
 			t.Errorf("budget %g: merged model %.6f times the parameters, allocation %.6f", ratio, got, b.Ratio)
+		}
+	}
+}
+
+// TestBudgetTiesTransformerWidths: on testdata/pairs' Llama pair a budget
+// gives every layer's MLP one width and every attention module one head
+// count (config.json has one intermediate_size, one head count), within
+// the budget, and the tied choice is the best: brute force over every
+// (MLP width, head count) pair finds no larger gain that fits.
+func TestBudgetTiesTransformerWidths(t *testing.T) {
+	if _, err := os.Stat(pairsDir + "llama-a/model.safetensors"); err != nil {
+		t.Skipf("no Llama pair: %v", err)
+	}
+	ctx := context.Background()
+	a, err := nn.LoadPath(pairsDir + "llama-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := nn.LoadPath(pairsDir + "llama-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	calib, err := nn.OpenData(pairsDir+"text_calib.safetensors", "", "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer calib.Close()
+	st, err := nn.CollectStats(ctx, []*nn.Net{a, b}, calib, nn.StatsOptions{MaxGramElems: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := permute.StatsOf(st)
+	as, err := permute.BuildSpec(a.Arch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perms, err := activationPerms(ctx, as, a, b, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []BudgetKind{BudgetParams, BudgetCompute} {
+		wp, err := newWidthProblem(as, js, perms, kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(wp.groups) != 2 {
+			t.Fatalf("%s: %d width choices (%v), want 2 (the MLPs, the heads)", kind, len(wp.groups), wp.groups)
+		}
+		for _, ratio := range []float64{1.1, 1.3, 1.6} {
+			res, err := AllocateWidths(as, a, js, perms, Budget{Ratio: ratio, Kind: kind})
+			if err != nil {
+				t.Fatal(err)
+			}
+			widths := map[permute.GroupKind][]int{}
+			for g, w := range res.Widths {
+				widths[as.Info[g].Kind] = append(widths[as.Info[g].Kind], w)
+			}
+			for k, ws := range widths {
+				if len(ws) != a.Arch.Layers || slices.Min(ws) != slices.Max(ws) {
+					t.Errorf("%s budget %g: %s widths %v: not one per layer, tied", kind, ratio, k, ws)
+				}
+			}
+			if res.Ratio > ratio+1e-9 {
+				t.Errorf("%s budget %g: the merge costs %.4f", kind, ratio, res.Ratio)
+			}
+			_, best := bruteWidths(wp, ratio*wp.src)
+			t.Logf("%s budget %g: MLP width %d, %d key/value heads per layer; cost %.4f; gain %.3f, brute force %.3f",
+				kind, ratio, widths[permute.KindHidden][0], widths[permute.KindHeads][0], res.Ratio, res.Gain, best)
+			if res.Gain < best*0.995-1e-9 {
+				t.Errorf("%s budget %g: gain %.4f, brute force over the tied widths %.4f", kind, ratio, res.Gain, best)
+			}
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wtool/wtool/fisher/nn"
@@ -19,7 +20,9 @@ import (
 // (with their query heads) widened. Each merged checkpoint must load from
 // its own config.json (intermediate_size, head counts, head_dim pinned) and
 // run; its held-out perplexity is logged next to the sources' and the
-// naive average's. Permutation merging of independently trained
+// naive average's. A parameter budget ties the widths of every layer (one
+// intermediate_size, one head count: no per-layer widths, which
+// transformers cannot load). Permutation merging of independently trained
 // transformers is known to gain little: the test asserts correctness, not
 // quality.
 func TestPLeaSLlamaLoadsAndRuns(t *testing.T) {
@@ -86,6 +89,18 @@ func TestPLeaSLlamaLoadsAndRuns(t *testing.T) {
 		}
 		if err := json.Unmarshal(b, &cfg); err != nil {
 			t.Fatal(err)
+		}
+		var raw map[string]any
+		if err := json.Unmarshal(b, &raw); err != nil {
+			t.Fatal(err)
+		}
+		for k := range raw {
+			if strings.HasSuffix(k, "_per_layer") {
+				t.Errorf("%s: config.json has %s: transformers cannot load per-layer widths", tc.name, k)
+			}
+		}
+		if tc.name == "pleas params budget 1.3" && (cfg.Inter <= 256 || cfg.Inter > 512 || cfg.KV < 2) {
+			t.Errorf("%s: config.json intermediate_size %d, %d key/value heads", tc.name, cfg.Inter, cfg.KV)
 		}
 		if tc.checkUniform && (cfg.Inter != tc.inter || cfg.Heads != tc.heads || cfg.KV != tc.kv || cfg.Dim != 24) {
 			t.Errorf("%s: config.json intermediate_size %d, heads %d/%d, head_dim %d; want %d, %d/%d, 24", tc.name, cfg.Inter, cfg.Heads, cfg.KV, cfg.Dim, tc.inter, tc.heads, tc.kv)

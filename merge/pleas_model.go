@@ -215,7 +215,7 @@ func mergedConfig(m *checkpoint.Model, a *arch.Arch, res *PLeaSModelResult, p *P
 	default:
 		var inter, heads, kv []int
 		for _, md := range a.Modules {
-			if md.Role == arch.RoleMLPDown && md.Expert < 0 {
+			if md.Role == arch.RoleMLPDown { // every layer's MLP, every expert's
 				if w, ok := shape(md.Weight().Tensor, inAxis(md)); ok {
 					inter = append(inter, w)
 				}
