@@ -75,7 +75,16 @@ func openLoRA(m *checkpoint.Model, dir string) (*loraSource, error) {
 		if f.Bias != nil {
 			b := mod.Param("bias")
 			if b == nil {
-				return nil, fmt.Errorf("LoRA adapter %s: module %s has a lora_B.bias but no bias in %s (PEFT cannot merge it)", dir, name, m.Path)
+				// lora_bias gives every LoRA layer a lora_B.bias: zeros
+				// change nothing; anything else has no bias to go to
+				v, err := f.Bias.Float32()
+				if err != nil {
+					return nil, fmt.Errorf("LoRA adapter %s: module %s: lora_B.bias: %w", dir, name, err)
+				}
+				if slices.ContainsFunc(v, func(x float32) bool { return x != 0 }) {
+					return nil, fmt.Errorf("LoRA adapter %s: module %s has a non-zero lora_B.bias but no bias in %s", dir, name, m.Path)
+				}
+				continue
 			}
 			if len(b.Shape) != 1 || b.Shape[0] != f.Bias.Shape[0] {
 				return nil, fmt.Errorf("LoRA adapter %s: module %s: lora_B.bias %v does not fit its bias %v", dir, name, f.Bias.Shape, b.Shape)
