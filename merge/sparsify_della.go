@@ -242,24 +242,33 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 	defer tr.cache.Put(cs)
 	c := (*cs)[i]
 	x, b = x[:len(d)], b[:len(d)]
-	for k := range d {
-		e := lo + k
-		row, pos := tr.rows.of(e)
+	for k := 0; k < len(d); {
+		row, pos := tr.rows.of(lo + k)
 		if err := tr.row(c, i, row); err != nil {
 			// every value of the row was decoded once in prepare: only a
 			// file truncated since then fails here; never silently
 			fault.Fail(fmt.Errorf("della: %w", err))
 		}
-		p := c.p[pos]
-		v := x[k] - b[k]
-		if Uniform(tr.keys[i], e) < p {
-			if tr.inv {
-				v /= p
-			}
-			d[k] = v * w
-		} else {
-			d[k] = 0
+		// the run of elements in this row: consecutive positions when the
+		// rows are contiguous, else one element
+		n := 1
+		if tr.rows.inner == 1 {
+			n = min(len(d)-k, tr.rows.length-pos)
 		}
+		ps, key := c.p[pos:pos+n], tr.keys[i]
+		for q, p := range ps {
+			e := lo + k + q
+			v := x[k+q] - b[k+q]
+			if Uniform(key, e) < p {
+				if tr.inv {
+					v /= p
+				}
+				d[k+q] = v * w
+			} else {
+				d[k+q] = 0
+			}
+		}
+		k += n
 	}
 	return true
 }

@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -34,7 +35,7 @@ func dellaProbsRef(keys []uint64, d, eps float64) []float64 {
 // TestDellaRanksMatchReference: the keep probabilities of rows of seeded
 // random task vectors — with many zeros, many ties, bf16-rounded values
 // (shared low bytes: radix passes skipped), f32 values, rows of 1, 2 and
-// odd lengths — are bit for bit those of the sort-and-search reference.
+// odd lengths, keys that differ only in their lowest bytes — are bit for bit those of the sort-and-search reference.
 func TestDellaRanksMatchReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(21, 22))
 	for _, tc := range []struct {
@@ -63,6 +64,9 @@ func TestDellaRanksMatchReference(t *testing.T) {
 			}
 			return r.NormFloat64(), r.NormFloat64()
 		}},
+		{"low-bytes", 700, func() (float64, float64) { // keys differing only in their two low bytes, with ties
+			return 1 + float64(r.IntN(400))*0x1p-52, 0
+		}},
 		{"all-zero", 300, func() (float64, float64) { return 3, 3 }},
 		{"all-tied", 300, func() (float64, float64) { return 1, 1 + float64(1-2*r.IntN(2)) }},
 	} {
@@ -73,12 +77,8 @@ func TestDellaRanksMatchReference(t *testing.T) {
 					x[j], b[j] = tc.gen()
 				}
 				in := func(v []float64) *Input {
-					f := make([]float32, len(v))
-					for j := range v {
-						f[j] = float32(v[j])
-					}
-					tt, _ := tensors.FromFloat32("w", tensors.F32, []int64{int64(len(v))}, f)
-					return &Input{Tensor: "w", DType: tensors.F32, Shape: tt.Shape, Data: tt.Data}
+					tt, _ := tensors.FromFloat64("w", tensors.F64, []int64{int64(len(v))}, v)
+					return &Input{Tensor: "w", DType: tensors.F64, Shape: tt.Shape, Data: tt.Data}
 				}
 				ins := []*Input{in(x), in(b)}
 				tr := &dellaTrim{ins: ins, dens: []float64{de[0]}, eps: []float64{de[1]}, sparse: []bool{true}, rows: dellaRows([]int64{int64(tc.m)}, tc.m)}
@@ -88,7 +88,7 @@ func TestDellaRanksMatchReference(t *testing.T) {
 				}
 				keys := make([]uint64, tc.m)
 				for j := range keys {
-					keys[j] = math.Float64bits(math.Abs(float64(float32(x[j])) - float64(float32(b[j]))))
+					keys[j] = math.Float64bits(math.Abs(x[j] - b[j]))
 				}
 				want := dellaProbsRef(keys, de[0], de[1])
 				for j := range want {
@@ -105,7 +105,7 @@ func TestDellaRanksMatchReference(t *testing.T) {
 					t.Fatal(err)
 				}
 				for j := range keys {
-					keys[j] = math.Float64bits(math.Abs(float64(float32(x2[j])) - float64(float32(b[j]))))
+					keys[j] = math.Float64bits(math.Abs(x2[j] - b[j]))
 				}
 				want = dellaProbsRef(keys, de[0], de[1])
 				for j := range want {
@@ -115,5 +115,82 @@ func TestDellaRanksMatchReference(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDellaTrimMatchesReference: DELLA's trim, called on chunks of random
+// sizes that cross row boundaries, of a 2-D tensor (contiguous rows) and a
+// 3-D one (rows strided along axis 1), gives bit for bit what the
+// reference computes element by element: keep x - b (divided by p with
+// inverse rescaling, times the weight) when Uniform(key, e) < p, p from
+// the sort-and-search ranks of the element's row.
+func TestDellaTrimMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, shape := range [][]int64{{7, 300}, {4, 50, 3}, {513}} {
+		n := 1
+		for _, s := range shape {
+			n *= int(s)
+		}
+		mk := func() []float32 {
+			v := make([]float32, n)
+			for j := range v {
+				v[j] = float32(r.IntN(7)) * 0.25 // many ties, zeros against the base
+				if r.IntN(3) == 0 {
+					v[j] = float32(r.NormFloat64())
+				}
+			}
+			return v
+		}
+		xv, bv := mk(), mk()
+		in := func(v []float32) *Input {
+			tt, _ := tensors.FromFloat32("w", tensors.F32, shape, v)
+			return &Input{Tensor: "w", DType: tensors.F32, Shape: shape, Data: tt.Data}
+		}
+		ins := []*Input{in(xv), in(bv)}
+		tj := memJob("w", n)
+		tj.Shape = shape
+		for _, inv := range []bool{false, true} {
+			tr0, err := dellaSparsifier{seed: 9, inverse: inv}.prepare(context.Background(), tj, ins, []float64{0.4, 0.2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := tr0.(*dellaTrim)
+			// the reference, element by element
+			rows := tr.rows
+			want := make([]float64, n)
+			for e := range n {
+				row, pos := rows.of(e)
+				keys := make([]uint64, rows.length)
+				for q := range keys {
+					k := rows.start(row) + q*rows.stride
+					keys[q] = math.Float64bits(math.Abs(float64(xv[k]) - float64(bv[k])))
+				}
+				p := dellaProbsRef(keys, 0.4, 0.2)[pos]
+				if Uniform(tr.keys[0], e) < p {
+					v := float64(xv[e]) - float64(bv[e])
+					if inv {
+						v /= p
+					}
+					want[e] = v * 0.7
+				}
+			}
+			x, b := make([]float64, n), make([]float64, n)
+			for j := range x {
+				x[j], b[j] = float64(xv[j]), float64(bv[j])
+			}
+			got := make([]float64, n)
+			for lo := 0; lo < n; {
+				hi := min(n, lo+1+r.IntN(700))
+				if !tr.trim(0, got[lo:hi], x[lo:hi], b[lo:hi], lo, 0.7) {
+					t.Fatal("trim did nothing")
+				}
+				lo = hi
+			}
+			for e := range want {
+				if math.Float64bits(got[e]) != math.Float64bits(want[e]) {
+					t.Fatalf("shape %v inverse %v: element %d: %v, reference %v", shape, inv, e, got[e], want[e])
+				}
+			}
+		}
 	}
 }
