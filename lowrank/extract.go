@@ -93,6 +93,8 @@ type ExtractReport struct {
 //     base_model.model.<module>.<param>, the module names in the config
 //     (short names when, matched as PEFT matches them, a plain suffix of
 //     the module path, they select exactly the saved modules);
+//   - a head tied to a saved embedding gets a copy of its weight under its
+//     own name and ensure_weight_tying true, as PEFT saves and loads it;
 //   - bare parameters and buffers (a ViT's cls_token), which PEFT cannot
 //     save without their parent module, are reported as not captured:
 //     PEFT applied to the base then differs from the fine-tune by them.
@@ -139,11 +141,10 @@ func ExtractLoRA(ctx context.Context, base, ft *checkpoint.Model, out string, o 
 		covered[w.Tensor] = true
 		rep := ExtractReport{Module: mod.Name, Kind: string(mod.Kind), Shape: w.Shape}
 		if mod.TiedTo != "" {
-			rep.Skipped, rep.Note = true, "tied to "+mod.TiedTo+": its adapter is that module's"
-			if saveEmb {
-				rep.Note = "tied to " + mod.TiedTo + ": saved with it (PEFT keeps the tie only with ensure_weight_tying)"
+			if !saveEmb { // else reported with the tied module's saved weight
+				rep.Skipped, rep.Note = true, "tied to "+mod.TiedTo+": its adapter is that module's"
+				reports = append(reports, rep)
 			}
-			reports = append(reports, rep)
 			continue
 		}
 		wb, rows, cols, err := moduleMatrix(base, mod, w.Tensor)
@@ -234,6 +235,23 @@ func ExtractLoRA(ctx context.Context, base, ft *checkpoint.Model, out string, o 
 		return nil, nil, err
 	}
 	reports = append(reports, savedReps...)
+	// a saved embedding with a head tied to it: PEFT ties the head's copy
+	// to the embedding's with ensure_weight_tying (LoraModel's
+	// _add_modules_to_save_to_tie: the tied modules get a wrapper sharing
+	// the embedding's weight), and loads it from <head>.weight like any
+	// saved module
+	tiedSaved := false
+	for _, t := range a.Ties {
+		x, ok := ad.Saved[a.PEFTModule(t.To)+".weight"]
+		if !ok {
+			continue
+		}
+		head := a.PEFTModule(t.Module) + ".weight"
+		ad.Saved[head] = &tensors.Tensor{Name: peft.SavedKey(head), DType: x.DType, Shape: x.Shape, Data: x.Data}
+		tiedSaved = true
+		reports = append(reports, ExtractReport{Module: t.Module + ".weight", Kind: ExtractSaved, Shape: x.Shape, Energy: 1,
+			Note: "tied to " + t.To + ": a copy of its saved weight, ensure_weight_tying"})
+	}
 	byModule := func(m string) string { return peftName[m] }
 	var ars []AdapterReport
 	for _, r := range adapted {
@@ -245,6 +263,9 @@ func ExtractLoRA(ctx context.Context, base, ft *checkpoint.Model, out string, o 
 	cfg.LoraBias, cfg.ModulesToSave = loraBias, toSave
 	if fanInFanOut {
 		cfg.Extra["fan_in_fan_out"] = true
+	}
+	if tiedSaved {
+		cfg.Extra["ensure_weight_tying"] = true
 	}
 	cfg.Extra["base_model_name_or_path"] = base.Path
 	if tt := a.TaskType(); tt != "" {

@@ -35,9 +35,20 @@ var qwen2Changed = regexp.MustCompile(`(_proj|embed_tokens|lm_head)\.weight$|q_p
 // qwen2Pair writes a tiny Qwen2 (q/k/v biases, untied head; 2 layers) and
 // a fine-tune of it changing the tensors qwen2Changed selects.
 func qwen2Pair(t *testing.T, dir string) (base, ft string, vb, vf map[string][]float32) {
+	return qwen2PairTied(t, dir, false)
+}
+
+// qwen2PairTied is qwen2Pair, with tied: tie_word_embeddings and no
+// lm_head.weight.
+func qwen2PairTied(t *testing.T, dir string, tied bool) (base, ft string, vb, vf map[string][]float32) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(11, 12))
 	shapes := map[string][]int64{"model.embed_tokens.weight": {10, 8}, "model.norm.weight": {8}, "lm_head.weight": {10, 8}}
+	config := extractQwen2Config
+	if tied {
+		delete(shapes, "lm_head.weight")
+		config = strings.Replace(config, `"tie_word_embeddings": false`, `"tie_word_embeddings": true`, 1)
+	}
 	for l := range 2 {
 		p := fmt.Sprintf("model.layers.%d.", l)
 		for n, s := range map[string][]int64{
@@ -77,7 +88,7 @@ func qwen2Pair(t *testing.T, dir string) (base, ft string, vb, vf map[string][]f
 			x, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, v[e.Name])
 			return x, nil, err
 		}
-		if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Files: map[string][]byte{"config.json": []byte(extractQwen2Config)}}); err != nil {
+		if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Files: map[string][]byte{"config.json": []byte(config)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,6 +211,14 @@ func applyPEFT(t *testing.T, dir string, vb map[string][]float32, shapes map[str
 	}
 	for k, v := range file {
 		if used[k] {
+			continue
+		}
+		// a head tied to a saved embedding: PEFT ties its copy to the
+		// embedding's (ensure_weight_tying), so it must equal it
+		if mod, ok := strings.CutSuffix(strings.TrimPrefix(k, pre), ".weight"); ok && modules[mod] == nil && b.Extra["ensure_weight_tying"] == true {
+			if e := file[pre+"model.embed_tokens.weight"]; !slices.Equal(v, e) {
+				t.Errorf("tied %q differs from the saved embedding", k)
+			}
 			continue
 		}
 		// lora_bias gives every LoRA layer a lora_B.bias: zeros (added to
@@ -384,6 +403,59 @@ func TestExtractSavedAndBias(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExtractSavedTied: with a head tied to the embedding, --embeddings
+// save stores the embedding in modules_to_save and, as PEFT saves a tied
+// module with ensure_weight_tying, the head's copy of it
+// (base_model.model.lm_head.weight) and ensure_weight_tying true; base +
+// adapter is the fine-tune at full rank. With embedding factors the head
+// has no adapter of its own (tied), as before.
+func TestExtractSavedTied(t *testing.T) {
+	dir := t.TempDir()
+	base, ft, vb, vf := qwen2PairTied(t, dir, true)
+	shapes := map[string][]int64{}
+	for n, v := range vb {
+		shapes[n] = []int64{int64(len(v))}
+		if strings.HasSuffix(n, ".weight") && (strings.Contains(n, "_proj") || strings.Contains(n, "embed")) {
+			cols := 8
+			if strings.Contains(n, "down_proj") {
+				cols = 12
+			}
+			shapes[n] = []int64{int64(len(v) / cols), int64(cols)}
+		}
+	}
+	out := filepath.Join(dir, "save")
+	reps, ad := extractWith(t, base, ft, out, ExtractOptions{Rule: RankRule{Rank: 64}, Embeddings: "save", SVD: SVDOptions{Exact: true}})
+	if ad.Config.Extra["ensure_weight_tying"] != true {
+		t.Errorf("ensure_weight_tying not set: %v", ad.Config.Extra)
+	}
+	h, e := ad.Saved["lm_head.weight"], ad.Saved["model.embed_tokens.weight"]
+	if h == nil || e == nil || !slices.Equal(h.Data, e.Data) {
+		t.Fatalf("the tied head's copy is missing or differs: %v", slices.Collect(func(yield func(string) bool) {
+			for k := range ad.Saved {
+				if !yield(k) {
+					return
+				}
+			}
+		}))
+	}
+	found := false
+	for _, r := range reps {
+		found = found || (r.Module == "lm_head.weight" && r.Kind == ExtractSaved)
+	}
+	if !found {
+		t.Errorf("the tied head is not reported as saved: %+v", reps)
+	}
+	var worst float64
+	for n, v := range applyPEFT(t, out, vb, shapes) {
+		for i := range v {
+			worst = max(worst, math.Abs(v[i]-float64(vf[n][i])))
+		}
+	}
+	if worst > 2e-6 {
+		t.Errorf("full rank: base + adapter differs from the fine-tune by %g", worst)
 	}
 }
 

@@ -115,6 +115,12 @@ func openLoRA(m *checkpoint.Model, dir string) (*loraSource, error) {
 			matched["saved:"+a.PEFTModule(mod.Name)+"."+p.Name] = true
 		}
 	}
+	// a head tied to a saved embedding has its copy (ensure_weight_tying);
+	// the model's head is the embedding's tensor, or a copy the frameworks
+	// ignore
+	for _, t := range a.Ties {
+		matched["saved:"+a.PEFTModule(t.Module)+".weight"] = true
+	}
 	for n := range ad.Saved {
 		if !matched["saved:"+n] {
 			return nil, fmt.Errorf("LoRA adapter %s: modules_to_save tensor %q is not a tensor of %s", dir, peft.SavedKey(n), m.Path)

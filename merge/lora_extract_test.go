@@ -24,12 +24,26 @@ import (
 // modules_to_save applied); with embedding factors, every tensor but the
 // LoRA modules' bias changes, which stay the base's.
 func TestLoRAExtractRoundTrip(t *testing.T) {
+	for _, tied := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tied=%v", tied), func(t *testing.T) { loraExtractRoundTrip(t, tied) })
+	}
+}
+
+// loraExtractRoundTrip is TestLoRAExtractRoundTrip on an untied or a tied
+// model (no lm_head.weight, tie_word_embeddings: the saved embedding's copy
+// for the head is ensure_weight_tying's, and the merged model has no head
+// of its own).
+func loraExtractRoundTrip(t *testing.T, tied bool) {
 	dir := t.TempDir()
-	const cfg = `{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 8,
+	cfg := `{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 8,
  "intermediate_size": 12, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2,
  "vocab_size": 10, "rms_norm_eps": 1e-06, "tie_word_embeddings": false}`
 	changed := regexp.MustCompile(`(_proj|embed_tokens|lm_head)\.weight$|[qv]_proj\.bias$|layers\.0\.input_layernorm|model\.norm`)
 	shapes := map[string][]int64{"model.embed_tokens.weight": {10, 8}, "model.norm.weight": {8}, "lm_head.weight": {10, 8}}
+	if tied {
+		delete(shapes, "lm_head.weight")
+		cfg = strings.Replace(cfg, `"tie_word_embeddings": false`, `"tie_word_embeddings": true`, 1)
+	}
 	for l := range 2 {
 		p := fmt.Sprintf("model.layers.%d.", l)
 		for n, s := range map[string][]int64{"input_layernorm.weight": {8}, "post_attention_layernorm.weight": {8},

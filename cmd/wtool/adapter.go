@@ -166,7 +166,9 @@ a bias); every other module with a changed tensor (norms; a module whose
 bias changed but not its weight) whole, in modules_to_save (its tensors as
 base_model.model.<module>.<param>, module names in the config). With
 --embeddings save, the embeddings and the vocabulary head (lm_head) are
-saved whole rather than factored, as mergekit-extract-lora does by default;
+saved whole rather than factored, as mergekit-extract-lora does by default
+(a head tied to the embedding gets a copy under its own name and
+ensure_weight_tying true, as PEFT saves tied modules);
 PEFT refuses lora_bias with embedding factors, so with --embeddings lora
 (the default) bias changes of LoRA modules are not captured, nor with
 --lora-bias=false.

@@ -310,7 +310,10 @@ func Read(dir string) (*Adapter, error) {
 				bias = m
 			}
 		}
-		saved := factor == "" && bias == "" && ok && savedTensor(cfg.ModulesToSave, rest)
+		// with ensure_weight_tying, the modules tied to a saved embedding
+		// (which PEFT finds in the model, not in the config) have their copy
+		tiedCopy := cfg.Extra["ensure_weight_tying"] == true && strings.HasSuffix(rest, ".weight")
+		saved := factor == "" && bias == "" && ok && (savedTensor(cfg.ModulesToSave, rest) || tiedCopy)
 		if factor == "" && bias == "" && !saved {
 			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight or lora_embedding_A/B), a lora_B.bias, or a tensor of the modules_to_save %q", path, info.Name, cfg.ModulesToSave)
 		}
