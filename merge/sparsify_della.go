@@ -93,7 +93,7 @@ type dellaRow struct {
 	x, b       []float64
 	keys       []uint64
 	idx, tmp   []int32 // the argsort and its scratch
-	hist       *[8][256]int32
+	hist       *[256]int32
 	p          []float64 // by position in the row
 	err        error
 }
@@ -157,7 +157,7 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 		c.idx, c.tmp = make([]int32, m), make([]int32, m)
 	}
 	if c.hist == nil {
-		c.hist = new([8][256]int32)
+		c.hist = new([256]int32)
 	}
 	c.x, c.b, c.keys, c.idx, c.tmp, c.p = c.x[:m], c.b[:m], c.keys[:m], c.idx[:m], c.tmp[:m], c.p[:m]
 	c.model, c.row, c.err = i, row, nil
@@ -190,30 +190,29 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 // keys by index: an LSD radix sort, one byte per pass, skipping the bytes
 // every key shares. idx and tmp (len(keys) each) are its buffers; the result
 // is one of them.
-func argsortStable(keys []uint64, idx, tmp []int32, hist *[8][256]int32) []int32 {
-	m := len(keys)
+func argsortStable(keys []uint64, idx, tmp []int32, hist *[256]int32) []int32 {
 	for j := range idx {
 		idx[j] = int32(j)
 	}
-	if m < 2 {
+	if len(keys) < 2 {
 		return idx
 	}
-	*hist = [8][256]int32{}
+	or, and := uint64(0), ^uint64(0)
 	for _, k := range keys {
-		hist[0][byte(k)]++
-		hist[1][byte(k>>8)]++
-		hist[2][byte(k>>16)]++
-		hist[3][byte(k>>24)]++
-		hist[4][byte(k>>32)]++
-		hist[5][byte(k>>40)]++
-		hist[6][byte(k>>48)]++
-		hist[7][byte(k>>56)]++
+		or |= k
+		and &= k
 	}
+	varying := or ^ and // the bits that differ between some keys
 	src, dst := idx, tmp
 	for d := range 8 {
-		h, sh := &hist[d], uint(8*d)
-		if h[byte(keys[0]>>sh)] == int32(m) {
+		sh := uint(8 * d)
+		if byte(varying>>sh) == 0 {
 			continue // every key has this byte
+		}
+		h := hist
+		*h = [256]int32{}
+		for _, k := range keys {
+			h[byte(k>>sh)]++
 		}
 		var sum int32
 		for b, c := range h {
@@ -256,17 +255,19 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 			n = min(len(d)-k, tr.rows.length-pos)
 		}
 		ps, key := c.p[pos:pos+n], tr.keys[i]
+		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
 		for q, p := range ps {
-			e := lo + k + q
-			v := x[k+q] - b[k+q]
-			if Uniform(key, e) < p {
-				if tr.inv {
-					v /= p
-				}
-				d[k+q] = v * w
-			} else {
-				d[k+q] = 0
+			v := xs[q] - bs[q]
+			if tr.inv {
+				v /= p
 			}
+			// kept: v * w; dropped: +0 (a mask, not a branch: the draws
+			// are unpredictable)
+			var keep uint64
+			if Uniform(key, lo+k+q) < p {
+				keep = 1
+			}
+			ds[q] = math.Float64frombits(math.Float64bits(v*w) & -keep)
 		}
 		k += n
 	}
