@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -167,14 +168,25 @@ func TestExtractLoRA(t *testing.T) {
 	if !ad.Modules["model.embed_tokens"].Embedding {
 		t.Error("the embedding's factors are not lora_embedding_A/B")
 	}
+	// the changed norm is saved whole: modules_to_save "model.norm" (the
+	// short name "norm" would select the layer norms too), the fine-tune's
+	// values under base_model.model.model.norm.weight
 	found := false
 	for _, r := range reps {
-		if r.Module == "model.norm.weight" && r.Skipped && strings.Contains(r.Note, "not a LoRA target") {
+		if r.Module == "model.norm.weight" && !r.Skipped && r.Kind == ExtractSaved {
 			found = true
 		}
 	}
 	if !found {
-		t.Errorf("the changed norm is not reported: %+v", reps)
+		t.Errorf("the changed norm is not reported as saved: %+v", reps)
+	}
+	if !slices.Equal(ad.Config.ModulesToSave, []string{"model.norm"}) {
+		t.Errorf("modules_to_save %q, want [model.norm]", ad.Config.ModulesToSave)
+	}
+	if x := ad.Saved["model.norm.weight"]; x == nil {
+		t.Errorf("model.norm.weight not saved: %v", ad.Saved)
+	} else if v, _ := x.Float32(); !slices.Equal(v, vf["model.norm.weight"]) {
+		t.Errorf("saved model.norm.weight %v, want the fine-tune's %v", v, vf["model.norm.weight"])
 	}
 
 	reps, ad = extract(t, base, ft, filepath.Join(dir, "r2"), RankRule{Rank: 2})

@@ -53,7 +53,8 @@ type TensorDescription struct {
 type TensorInput struct {
 	Model  string `json:"model"`
 	Tensor string `json:"tensor"`
-	// LoRA is the adapter merged into the model's tensor first.
+	// LoRA is the adapter merged into the model's tensor first (its
+	// factors, its lora_B.bias, or its modules_to_save copy).
 	LoRA string `json:"lora,omitempty"`
 	// Vocab: the rows are permuted into the output vocabulary first.
 	Vocab bool `json:"vocab,omitempty"`
@@ -92,7 +93,10 @@ func Describe(ctx context.Context, p *Plan) (*Description, error) {
 		input := func(m *checkpoint.Model, path string, in *Input) TensorInput {
 			ti := TensorInput{Model: path, Tensor: in.Tensor, Vocab: j.vocab != nil && j.vocab.remap[e.Name]}
 			if ls, ok := j.loras[m]; ok {
-				if _, ok := ls.byTensor[in.Tensor]; ok {
+				_, f := ls.byTensor[in.Tensor]
+				_, b := ls.bias[in.Tensor]
+				_, s := ls.saved[in.Tensor]
+				if f || b || s {
 					ti.LoRA = ls.dir
 				}
 			}

@@ -259,6 +259,12 @@ func (j *Job) tensorJob(e safetensors.Entry) (*TensorJob, error) {
 			if lm, ok := ls.byTensor[e.Name]; ok {
 				return j.loraInput(m, ls, lm, e.Name)
 			}
+			if lm, ok := ls.bias[e.Name]; ok {
+				return j.loraBiasInput(m, ls, lm, e.Name)
+			}
+			if x, ok := ls.saved[e.Name]; ok {
+				return j.loraSavedInput(m, ls, x, e.Name)
+			}
 		}
 		return j.input(m, e.Name)
 	}

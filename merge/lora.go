@@ -19,13 +19,19 @@ import (
 // computed in float32, in the module's own orientation (io/arch: a Linear's
 // [out, in], a Conv1D's transposed, an Embedding's [dim, num]), when its
 // tensor is merged, and held in memory for that tensor only. Every module
-// of the adapter must be a Linear, Conv1D or Embedding of the model.
+// of the adapter must be a Linear, Conv1D or Embedding of the model. As PEFT
+// loads them, a lora_B.bias (lora_bias) adds scaling * lora_B.bias to the
+// module's bias, and the tensors of modules_to_save replace the model's.
 
 // loraSource is a model's LoRA adapter, by the tensor it changes.
 type loraSource struct {
 	dir      string
 	adapter  *peft.Adapter
 	byTensor map[string]loraModule
+	// bias: the biases a lora_B.bias changes; saved: the tensors
+	// modules_to_save replace, by the model's tensor name
+	bias  map[string]loraModule
+	saved map[string]*tensors.Tensor
 }
 
 type loraModule struct {
@@ -66,6 +72,59 @@ func openLoRA(m *checkpoint.Model, dir string) (*loraSource, error) {
 		}
 		ls.byTensor[w.Tensor] = loraModule{mod: mod, factors: f, scaling: ad.Config.Scaling(name)}
 		matched[name] = true
+		if f.Bias != nil {
+			b := mod.Param("bias")
+			if b == nil {
+				// lora_bias gives every LoRA layer a lora_B.bias: zeros
+				// change nothing; anything else has no bias to go to
+				v, err := f.Bias.Float32()
+				if err != nil {
+					return nil, fmt.Errorf("LoRA adapter %s: module %s: lora_B.bias: %w", dir, name, err)
+				}
+				if slices.ContainsFunc(v, func(x float32) bool { return x != 0 }) {
+					return nil, fmt.Errorf("LoRA adapter %s: module %s has a non-zero lora_B.bias but no bias in %s", dir, name, m.Path)
+				}
+				continue
+			}
+			if len(b.Shape) != 1 || b.Shape[0] != f.Bias.Shape[0] {
+				return nil, fmt.Errorf("LoRA adapter %s: module %s: lora_B.bias %v does not fit its bias %v", dir, name, f.Bias.Shape, b.Shape)
+			}
+			if ls.bias == nil {
+				ls.bias = map[string]loraModule{}
+			}
+			ls.bias[b.Tensor] = ls.byTensor[w.Tensor]
+		}
+	}
+	// modules_to_save: by the module's PEFT path and the parameter's name
+	for _, mod := range a.Modules {
+		for _, p := range mod.Params {
+			x, ok := ad.Saved[a.PEFTModule(mod.Name)+"."+p.Name]
+			if !ok || p.Name == "" {
+				continue
+			}
+			if !slices.Equal(x.Shape, p.Shape) {
+				return nil, fmt.Errorf("LoRA adapter %s: modules_to_save tensor %q is %v, %s's %q is %v", dir, x.Name, x.Shape, m.Path, p.Tensor, p.Shape)
+			}
+			if _, adapted := ls.byTensor[p.Tensor]; adapted {
+				return nil, fmt.Errorf("LoRA adapter %s: tensor %q is both saved and adapted", dir, p.Tensor)
+			}
+			if ls.saved == nil {
+				ls.saved = map[string]*tensors.Tensor{}
+			}
+			ls.saved[p.Tensor] = x
+			matched["saved:"+a.PEFTModule(mod.Name)+"."+p.Name] = true
+		}
+	}
+	// a head tied to a saved embedding has its copy (ensure_weight_tying);
+	// the model's head is the embedding's tensor, or a copy the frameworks
+	// ignore
+	for _, t := range a.Ties {
+		matched["saved:"+a.PEFTModule(t.Module)+".weight"] = true
+	}
+	for n := range ad.Saved {
+		if !matched["saved:"+n] {
+			return nil, fmt.Errorf("LoRA adapter %s: modules_to_save tensor %q is not a tensor of %s", dir, peft.SavedKey(n), m.Path)
+		}
 	}
 	var missing []string
 	for _, n := range ad.Names() {
@@ -135,6 +194,42 @@ func (j *Job) loraInput(m *checkpoint.Model, ls *loraSource, lm loraModule, name
 	data := make([]byte, 4*len(stored))
 	for i, v := range stored {
 		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(v))
+	}
+	return &Input{File: m.Path + " + LoRA " + ls.dir, Tensor: name, DType: tensors.F32, Shape: x.Shape, Data: data, allowNonFinite: j.Plan.AllowNonFinite}, nil
+}
+
+// loraSavedInput returns a tensor of the adapter's modules_to_save in
+// place of the model's.
+func (j *Job) loraSavedInput(m *checkpoint.Model, ls *loraSource, x *tensors.Tensor, name string) (*Input, error) {
+	if !x.DType.IsFloat() {
+		return nil, fmt.Errorf("LoRA adapter %s: tensor %q is %s: only floating tensors are merged", ls.dir, x.Name, x.DType)
+	}
+	return &Input{File: ls.dir, Tensor: name, DType: x.DType, Shape: x.Shape, Data: x.Data, allowNonFinite: j.Plan.AllowNonFinite}, nil
+}
+
+// loraBiasInput returns a module's bias plus scaling * lora_B.bias, as
+// float32 in memory.
+func (j *Job) loraBiasInput(m *checkpoint.Model, ls *loraSource, lm loraModule, name string) (*Input, error) {
+	x, err := m.Tensor(name)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Release(name)
+	info, _ := m.Info(name)
+	v := make([]float64, len(x.Data)/(x.DType.Bits()/8))
+	if err := safetensors.Guard(info.File, name, func() error { return tensors.DecodeFloat64(v, x.Data, x.DType) }); err != nil {
+		return nil, fmt.Errorf("%s: tensor %q: %w", m.Path, name, err)
+	}
+	d, err := lm.factors.Bias.Float32()
+	if err != nil {
+		return nil, err
+	}
+	if len(d) != len(v) {
+		return nil, fmt.Errorf("LoRA adapter %s: lora_B.bias of %s has %d values, %q %d", ls.dir, lm.factors.Name, len(d), name, len(v))
+	}
+	data := make([]byte, 4*len(v))
+	for i := range v {
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(v[i]+lm.scaling*float64(d[i]))))
 	}
 	return &Input{File: m.Path + " + LoRA " + ls.dir, Tensor: name, DType: tensors.F32, Shape: x.Shape, Data: data, allowNonFinite: j.Plan.AllowNonFinite}, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 
 	"github.com/wtool/wtool/internal/fault"
@@ -22,8 +21,10 @@ import (
 // not depend on the order of the models or on chunking.
 //
 // Memory: ranks are computed row by row where the merge needs them, in a
-// per-goroutine cache of one row (row length x 20 bytes), never for the
-// whole tensor.
+// per-goroutine cache of one row per model (row length x 40 bytes), never
+// for the whole tensor. A row's ranks come from one stable argsort of its
+// magnitudes (an LSD radix sort on their float64 bits, skipping the bytes
+// all entries share), so ties rank by index.
 type dellaSparsifier struct {
 	seed    uint64
 	inverse bool
@@ -91,8 +92,8 @@ type dellaRow struct {
 	model, row int
 	x, b       []float64
 	keys       []uint64
-	sorted     []uint64
-	taken      []int32   // ties handed out per position of sorted
+	idx, tmp   []int32 // the argsort and its scratch
+	hist       *[256]int32
 	p          []float64 // by position in the row
 	err        error
 }
@@ -152,10 +153,13 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 	}
 	m := tr.rows.length
 	if cap(c.x) < m {
-		c.x, c.b, c.p = make([]float64, m), make([]float64, m), make([]float64, m)
-		c.keys, c.sorted, c.taken = make([]uint64, m), make([]uint64, m), make([]int32, m)
+		c.x, c.b, c.p, c.keys = make([]float64, m), make([]float64, m), make([]float64, m), make([]uint64, m)
+		c.idx, c.tmp = make([]int32, m), make([]int32, m)
 	}
-	c.x, c.b, c.keys, c.sorted, c.taken, c.p = c.x[:m], c.b[:m], c.keys[:m], c.sorted[:m], c.taken[:m], c.p[:m]
+	if c.hist == nil {
+		c.hist = new([256]int32)
+	}
+	c.x, c.b, c.keys, c.idx, c.tmp, c.p = c.x[:m], c.b[:m], c.keys[:m], c.idx[:m], c.tmp[:m], c.p[:m]
 	c.model, c.row, c.err = i, row, nil
 	if err := tr.rows.decode(tr.ins[i], row, c.x); err != nil {
 		c.err = err
@@ -168,16 +172,11 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 	for j := range c.x {
 		c.keys[j] = math.Float64bits(math.Abs(c.x[j] - c.b[j]))
 	}
-	// the rank of entry j: the keys below its own, plus the equal keys
-	// at smaller indices (ties ranked by index)
-	copy(c.sorted, c.keys)
-	slices.Sort(c.sorted)
-	clear(c.taken)
+	// the rank of entry j: its position in the stable argsort of the keys
+	// (the keys below its own, plus the equal keys at smaller indices)
+	order := argsortStable(c.keys, c.idx, c.tmp, c.hist)
 	d, eps := tr.dens[i], tr.eps[i]
-	for j, k := range c.keys {
-		pos, _ := slices.BinarySearch(c.sorted, k)
-		rank := pos + int(c.taken[pos])
-		c.taken[pos]++
+	for rank, j := range order {
 		p := d
 		if m > 1 {
 			p = d - eps + 2*eps*float64(rank)/float64(m-1)
@@ -185,6 +184,49 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
 		c.p[j] = p
 	}
 	return nil
+}
+
+// argsortStable returns the indices of keys in ascending order of key, equal
+// keys by index: an LSD radix sort, one byte per pass, skipping the bytes
+// every key shares. idx and tmp (len(keys) each) are its buffers; the result
+// is one of them.
+func argsortStable(keys []uint64, idx, tmp []int32, hist *[256]int32) []int32 {
+	for j := range idx {
+		idx[j] = int32(j)
+	}
+	if len(keys) < 2 {
+		return idx
+	}
+	or, and := uint64(0), ^uint64(0)
+	for _, k := range keys {
+		or |= k
+		and &= k
+	}
+	varying := or ^ and // the bits that differ between some keys
+	src, dst := idx, tmp
+	for d := range 8 {
+		sh := uint(8 * d)
+		if byte(varying>>sh) == 0 {
+			continue // every key has this byte
+		}
+		h := hist
+		*h = [256]int32{}
+		for _, k := range keys {
+			h[byte(k>>sh)]++
+		}
+		var sum int32
+		for b, c := range h {
+			h[b] = sum
+			sum += c
+		}
+		for _, j := range src {
+			b := byte(keys[j] >> sh)
+			dst[h[b]] = j
+			h[b]++
+		}
+		src, dst = dst, src
+	}
+	return src
 }
 
 func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
@@ -199,24 +241,35 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 	defer tr.cache.Put(cs)
 	c := (*cs)[i]
 	x, b = x[:len(d)], b[:len(d)]
-	for k := range d {
-		e := lo + k
-		row, pos := tr.rows.of(e)
+	for k := 0; k < len(d); {
+		row, pos := tr.rows.of(lo + k)
 		if err := tr.row(c, i, row); err != nil {
 			// every value of the row was decoded once in prepare: only a
 			// file truncated since then fails here; never silently
 			fault.Fail(fmt.Errorf("della: %w", err))
 		}
-		p := c.p[pos]
-		v := x[k] - b[k]
-		if Uniform(tr.keys[i], e) < p {
+		// the run of elements in this row: consecutive positions when the
+		// rows are contiguous, else one element
+		n := 1
+		if tr.rows.inner == 1 {
+			n = min(len(d)-k, tr.rows.length-pos)
+		}
+		ps, key := c.p[pos:pos+n], tr.keys[i]
+		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
+		for q, p := range ps {
+			v := xs[q] - bs[q]
 			if tr.inv {
 				v /= p
 			}
-			d[k] = v * w
-		} else {
-			d[k] = 0
+			// kept: v * w; dropped: +0 (a mask, not a branch: the draws
+			// are unpredictable)
+			var keep uint64
+			if Uniform(key, lo+k+q) < p {
+				keep = 1
+			}
+			ds[q] = math.Float64frombits(math.Float64bits(v*w) & -keep)
 		}
+		k += n
 	}
 	return true
 }

@@ -140,6 +140,8 @@ func newAdapterExtractCmd(g *globals) *cobra.Command {
 	var sf svdFlags
 	var rf rankFlags
 	var alpha float64
+	var embeddings string
+	var loraBias bool
 	cmd := &cobra.Command{
 		Use:   "extract BASE FINETUNE -o LORA_DIR (--rank R | --energy E | --ratio X)",
 		Short: "Extract a PEFT LoRA adapter of the difference between a fine-tune and its base",
@@ -156,10 +158,27 @@ keeping X of the matrix's parameters; ranks and alphas that differ from the
 most common go into rank_pattern/alpha_pattern. --alpha is lora_alpha
 (default: the rank, i.e. scaling 1).
 
+What the factors cannot carry is stored as PEFT loads it: the bias change
+Db of a LoRA module as lora_B.bias = Db / scaling with lora_bias true
+(PEFT adds scaling * lora_B.bias; every LoRA module then has one, zeros
+where nothing changed, and PEFT's merge_and_unload refuses modules without
+a bias); every other module with a changed tensor (norms; a module whose
+bias changed but not its weight) whole, in modules_to_save (its tensors as
+base_model.model.<module>.<param>, module names in the config). With
+--embeddings save, the embeddings and the vocabulary head (lm_head) are
+saved whole rather than factored, as mergekit-extract-lora does by default
+(a head tied to the embedding gets a copy under its own name and
+ensure_weight_tying true, as PEFT saves tied modules);
+PEFT refuses lora_bias with embedding factors, so with --embeddings lora
+(the default) bias changes of LoRA modules are not captured, nor with
+--lora-bias=false.
+
 The report lists, per module, the rank, the share of the difference's
-energy captured and the relative error; tensors that changed but are not
-LoRA targets (norms, biases) are listed as not captured: the base with the
-adapter differs from the fine-tune by them. Load the result with
+energy captured and the relative error, and the saved tensors (kind saved)
+and biases (kind bias); what changed but could not be captured (bare
+parameters and buffers such as a cls_token, biases as above) is listed as
+not captured: the base with the adapter differs from the fine-tune by them.
+Load the result with
 PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), LORA_DIR).
 The output is written atomically and may not be or lie inside an input.`,
 		Example: `  wtool adapter extract ./Llama-3-8B ./Llama-3-8B-Instruct -o ./instruct-lora --rank 64
@@ -175,6 +194,9 @@ The output is written atomically and may not be or lie inside an input.`,
 			}
 			if alpha < 0 || math.IsNaN(alpha) || math.IsInf(alpha, 0) {
 				return usageErrorf("--alpha must be a positive number (or 0: the rank)")
+			}
+			if embeddings != "lora" && embeddings != "save" {
+				return usageErrorf("--embeddings must be lora or save, not %q", embeddings)
 			}
 			reg := &fsafe.Registry{Force: force}
 			if err := declareModel(reg, "BASE", args[0]); err != nil {
@@ -202,7 +224,8 @@ The output is written atomically and may not be or lie inside an input.`,
 				return err
 			}
 			update, finish := g.countProgress("extracting")
-			reports, ad, err := lowrank.ExtractLoRA(cmd.Context(), base, ft, out, lowrank.ExtractOptions{Rule: rule, Alpha: alpha, SVD: sf.options(), Arch: a, Progress: update}, force)
+			reports, ad, err := lowrank.ExtractLoRA(cmd.Context(), base, ft, out, lowrank.ExtractOptions{Rule: rule, Alpha: alpha, SVD: sf.options(), Arch: a, Progress: update,
+				Embeddings: embeddings, NoBias: !loraBias}, force)
 			finish()
 			if err != nil {
 				return err
@@ -210,7 +233,8 @@ The output is written atomically and may not be or lie inside an input.`,
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"output": out, "r": ad.Config.R, "lora_alpha": ad.Config.LoraAlpha, "modules": reports})
+				return enc.Encode(map[string]any{"output": out, "r": ad.Config.R, "lora_alpha": ad.Config.LoraAlpha,
+					"lora_bias": ad.Config.LoraBias, "modules_to_save": ad.Config.ModulesToSave, "modules": reports})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "MODULE\tKIND\tSHAPE\tRANK\tENERGY\tREL ERROR\tCHANGE\tNOTE")
@@ -219,10 +243,14 @@ The output is written atomically and may not be or lie inside an input.`,
 					fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t%.3g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Change, r.Note)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.4f\t%.4f\t%.3g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), r.Rank, r.Energy, r.RelError, r.Change, r.Note)
+				rank := "-" // saved whole, or a bias
+				if r.Rank > 0 {
+					rank = fmt.Sprint(r.Rank)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.4f\t%.4f\t%.3g\t%s\n", r.Module, r.Kind, formatShape(r.Shape), rank, r.Energy, r.RelError, r.Change, r.Note)
 			}
 			tw.Flush()
-			g.info("wrote %s: LoRA r=%d, lora_alpha=%g, %d modules", out, ad.Config.R, ad.Config.LoraAlpha, len(ad.Modules))
+			g.info("wrote %s: LoRA r=%d, lora_alpha=%g, %d modules, lora_bias %v, %d tensors in modules_to_save", out, ad.Config.R, ad.Config.LoraAlpha, len(ad.Modules), ad.Config.LoraBias, len(ad.Saved))
 			return nil
 		},
 	}
@@ -230,6 +258,8 @@ The output is written atomically and may not be or lie inside an input.`,
 	cmd.Flags().BoolVar(&force, "force", false, "replace the output if it exists (never an input)")
 	cmd.Flags().Float64Var(&alpha, "alpha", 0, "lora_alpha (default: the rank, i.e. scaling 1)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&embeddings, "embeddings", "lora", "lora (lora_embedding_A/B factors) or save (embeddings and lm_head whole in modules_to_save)")
+	cmd.Flags().BoolVar(&loraBias, "lora-bias", true, "store LoRA modules' bias changes as lora_B.bias (PEFT lora_bias; needs --embeddings save when embeddings changed)")
 	sf.register(cmd)
 	rf.register(cmd, false)
 	return cmd

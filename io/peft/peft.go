@@ -8,6 +8,16 @@
 //	                 (a Conv1D with fan_in_fan_out true: in and out of the module, not of its [in, out] weight)
 //	Embedding:       base_model.model.M.lora_embedding_A [r, num], base_model.model.M.lora_embedding_B [dim, r]
 //	Conv2d:          lora_A.weight [r, in, kh, kw], lora_B.weight [out, r, 1, 1]
+//	lora_bias true:  base_model.model.M.lora_B.bias [out] (Linear, Conv1D, Conv2d)
+//	modules_to_save: base_model.model.M.<param> (weight, bias...), the whole module
+//
+// The last two are what PEFT's get_peft_model_state_dict saves
+// (src/peft/utils/save_and_load.py): the LoRA layer's lora_B.default.bias
+// with the adapter name removed (_remove_adapter_name_from_state_dict_key),
+// and for a module wrapped by ModulesToSaveWrapper the keys of
+// modules_to_save.default's state_dict under the wrapper's own path
+// (ModulesToSaveWrapper.adapter_state_dict in src/peft/utils/other.py);
+// set_peft_model_state_dict maps them back (adapter_state_dict_load_map).
 //
 // It also converts a trained PiSSA adapter into a plain LoRA adapter for the
 // original base model, as PEFT does.
@@ -50,7 +60,16 @@ type Config struct {
 	// initialisation.
 	InitLoraWeights any
 	UseRslora       bool
-	Extra           map[string]any
+	// ModulesToSave is PEFT's modules_to_save: module names (not tensor
+	// names) that PEFT wraps whole and loads from the adapter file. PEFT
+	// selects every module whose path ends with one of them, as a plain
+	// string suffix (_set_trainable: "norm" also selects input_layernorm).
+	ModulesToSave []string
+	// LoraBias is PEFT's lora_bias: every LoRA layer's lora_B has a bias,
+	// added to the layer's output times the scaling (also when merged:
+	// bias + lora_B.bias * scaling, tuners/lora/layer.py Linear.merge).
+	LoraBias bool
+	Extra    map[string]any
 }
 
 // NewConfig returns the configuration PEFT itself writes for a LoRA adapter
@@ -60,7 +79,7 @@ func NewConfig(r int, alpha float64, targets []string) *Config {
 		InitLoraWeights: true, Extra: map[string]any{
 			"auto_mapping": nil, "base_model_name_or_path": nil, "bias": "none", "fan_in_fan_out": false,
 			"inference_mode": false, "layers_pattern": nil, "layers_to_transform": nil, "lora_dropout": 0.0,
-			"modules_to_save": nil, "peft_type": "LORA", "revision": nil, "task_type": nil, "use_dora": false,
+			"peft_type": "LORA", "revision": nil, "task_type": nil, "use_dora": false,
 		}}
 }
 
@@ -92,6 +111,8 @@ func (c *Config) MarshalJSON() ([]byte, error) {
 	m["alpha_pattern"] = c.AlphaPattern
 	m["init_lora_weights"] = c.InitLoraWeights
 	m["use_rslora"] = c.UseRslora
+	m["modules_to_save"] = c.ModulesToSave // nil: null, as PEFT writes it
+	m["lora_bias"] = c.LoraBias
 	if c.RankPattern == nil {
 		m["rank_pattern"] = map[string]int{}
 	}
@@ -132,6 +153,17 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 	}
 	c.InitLoraWeights = m["init_lora_weights"]
 	c.UseRslora, _ = m["use_rslora"].(bool)
+	c.LoraBias, _ = m["lora_bias"].(bool)
+	switch t := m["modules_to_save"].(type) {
+	case []any:
+		for _, x := range t {
+			if s, ok := x.(string); ok {
+				c.ModulesToSave = append(c.ModulesToSave, s)
+			}
+		}
+	case string:
+		c.ModulesToSave = []string{t}
+	}
 	switch t := m["target_modules"].(type) {
 	case []any:
 		for _, x := range t {
@@ -157,7 +189,7 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 			}
 		}
 	}
-	for _, k := range []string{"r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "init_lora_weights", "use_rslora"} {
+	for _, k := range []string{"r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "init_lora_weights", "use_rslora", "modules_to_save", "lora_bias"} {
 		delete(m, k)
 	}
 	c.Extra = m
@@ -171,15 +203,22 @@ type Module struct {
 	A, B *tensors.Tensor
 	// Embedding is set for an Embedding's factors (lora_embedding_A/B).
 	Embedding bool
+	// Bias is lora_B.bias [out] (lora_bias true), nil for none.
+	Bias *tensors.Tensor
 }
 
 // Rank returns the module's rank.
 func (m *Module) Rank() int { return int(m.A.Shape[0]) }
 
-// Adapter is a LoRA adapter: its configuration and its modules by name.
+// Adapter is a LoRA adapter: its configuration, its modules by name and
+// the tensors of its modules_to_save.
 type Adapter struct {
 	Config  *Config
 	Modules map[string]*Module
+	// Saved holds the tensors of the modules in Config.ModulesToSave, by
+	// their name in the model class without the prefix
+	// ("model.norm.weight"): they replace the model's tensors.
+	Saved map[string]*tensors.Tensor
 }
 
 // Names returns the module names, sorted.
@@ -199,6 +238,39 @@ func KeysFor(module string, embedding bool) (a, b string) {
 	return Key(module, "lora_A"), Key(module, "lora_B")
 }
 
+// BiasKey returns the tensor name of a module's lora_B.bias (lora_bias).
+func BiasKey(module string) string { return keyPrefix + module + ".lora_B.bias" }
+
+// SavedKey returns the tensor name of a modules_to_save tensor given by its
+// name in the model class ("model.norm.weight").
+func SavedKey(tensor string) string { return keyPrefix + tensor }
+
+// SavedBy reports whether a module path is selected by a modules_to_save
+// list as PEFT selects it: its path in the PeftModel
+// (base_model.model.<module>) ends with one of the names, a plain string
+// suffix (_set_trainable in src/peft/utils/other.py).
+func SavedBy(names []string, module string) bool {
+	key := keyPrefix + module
+	for _, n := range names {
+		if n != "" && strings.HasSuffix(key, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// savedTensor reports whether a tensor name (without the prefix) belongs to
+// a module selected by names: some module path in front of its last
+// component (the module or one of its parents) is.
+func savedTensor(names []string, tensor string) bool {
+	for i := strings.LastIndex(tensor, "."); i > 0; i = strings.LastIndex(tensor[:i], ".") {
+		if SavedBy(names, tensor[:i]) {
+			return true
+		}
+	}
+	return false
+}
+
 // Read reads an adapter directory.
 func Read(dir string) (*Adapter, error) {
 	b, err := fsafe.ReadFile(filepath.Join(dir, ConfigFile))
@@ -216,6 +288,7 @@ func Read(dir string) (*Adapter, error) {
 	}
 	defer f.Close()
 	a := &Adapter{Config: cfg, Modules: map[string]*Module{}}
+	biases := map[string]*tensors.Tensor{}
 	for _, info := range f.Header.Tensors {
 		rest, ok := strings.CutPrefix(info.Name, keyPrefix)
 		var module, factor string
@@ -231,14 +304,35 @@ func Read(dir string) (*Adapter, error) {
 				}
 			}
 		}
-		if factor == "" {
-			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight or lora_embedding_A/B)", path, info.Name)
+		bias := ""
+		if factor == "" && ok {
+			if m, ok2 := strings.CutSuffix(rest, ".lora_B.bias"); ok2 {
+				bias = m
+			}
+		}
+		// with ensure_weight_tying, the modules tied to a saved embedding
+		// (which PEFT finds in the model, not in the config) have their copy
+		tiedCopy := cfg.Extra["ensure_weight_tying"] == true && strings.HasSuffix(rest, ".weight")
+		saved := factor == "" && bias == "" && ok && (savedTensor(cfg.ModulesToSave, rest) || tiedCopy)
+		if factor == "" && bias == "" && !saved {
+			return nil, fmt.Errorf("%s: tensor %q is not a LoRA factor (base_model.model.<module>.lora_A/B.weight or lora_embedding_A/B), a lora_B.bias, or a tensor of the modules_to_save %q", path, info.Name, cfg.ModulesToSave)
 		}
 		t, err := f.Tensor(info.Name)
 		if err != nil {
 			return nil, err
 		}
 		c := &tensors.Tensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Data: slices.Clone(t.Data)}
+		if saved {
+			if a.Saved == nil {
+				a.Saved = map[string]*tensors.Tensor{}
+			}
+			a.Saved[rest] = c
+			continue
+		}
+		if bias != "" {
+			biases[bias] = c
+			continue
+		}
 		mod := a.Modules[module]
 		if mod == nil {
 			mod = &Module{Name: module, Embedding: emb}
@@ -252,6 +346,18 @@ func Read(dir string) (*Adapter, error) {
 		} else {
 			mod.B = c
 		}
+	}
+	for name, b := range biases {
+		m, ok := a.Modules[name]
+		switch {
+		case !ok || m.Embedding:
+			return nil, fmt.Errorf("%s: tensor %q: a lora_B.bias of a module without lora_A/lora_B factors", path, BiasKey(name))
+		case !cfg.LoraBias:
+			return nil, fmt.Errorf("%s: tensor %q: a lora_B.bias but lora_bias is not true in %s (PEFT would ignore it)", path, BiasKey(name), ConfigFile)
+		case len(b.Shape) != 1 || len(m.B.Shape) < 1 || b.Shape[0] != m.B.Shape[0]:
+			return nil, fmt.Errorf("%s: tensor %q: shape %v, lora_B is %v", path, BiasKey(name), b.Shape, m.B.Shape)
+		}
+		m.Bias = b
 	}
 	for name, m := range a.Modules {
 		if m.A == nil || m.B == nil {
@@ -299,11 +405,22 @@ func WriteWith(ctx context.Context, dir string, a *Adapter, opts checkpoint.Writ
 		for _, x := range []struct {
 			key string
 			t   *tensors.Tensor
-		}{{ka, m.A}, {kb, m.B}} {
+		}{{ka, m.A}, {kb, m.B}, {BiasKey(name), m.Bias}} {
+			if x.t == nil {
+				continue
+			}
 			key := x.key
 			entries = append(entries, safetensors.Entry{Name: key, DType: x.t.DType, Shape: x.t.Shape})
 			byName[key] = x.t
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(a.Saved)) {
+		t, key := a.Saved[name], SavedKey(name)
+		if _, dup := byName[key]; dup {
+			return fmt.Errorf("%s: tensor %q is both a LoRA factor and a modules_to_save tensor", dir, key)
+		}
+		entries = append(entries, safetensors.Entry{Name: key, DType: t.DType, Shape: t.Shape})
+		byName[key] = t
 	}
 	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
 		t := byName[e.Name]
@@ -342,8 +459,13 @@ func ConvertPiSSA(init, trained *Adapter) (*Adapter, error) {
 	// the PiSSA adapter completes the residual model; this one applies to
 	// the original model, which the PiSSA adapter does not name
 	cfg.Extra["base_model_name_or_path"] = nil
-	out := &Adapter{Config: &cfg, Modules: map[string]*Module{}}
+	// modules_to_save replace the model's tensors: the trained ones are as
+	// valid for the original model
+	out := &Adapter{Config: &cfg, Modules: map[string]*Module{}, Saved: trained.Saved}
 	for name, t := range trained.Modules {
+		if t.Bias != nil {
+			return nil, fmt.Errorf("module %q has a lora_B.bias: converting lora_bias adapters is not supported", name)
+		}
 		i, ok := init.Modules[name]
 		if !ok {
 			return nil, fmt.Errorf("module %q is in the trained adapter but not in the initial one", name)

@@ -1,0 +1,196 @@
+package merge
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/wtool/wtool/tensors"
+)
+
+// dellaProbsRef is the keep-probability computation DELLA had before the
+// argsort (sort the keys, then per entry a binary search plus the ties
+// already handed out at that position), kept to check the new one against.
+func dellaProbsRef(keys []uint64, d, eps float64) []float64 {
+	m := len(keys)
+	sorted := slices.Clone(keys)
+	slices.Sort(sorted)
+	taken := make([]int32, m)
+	p := make([]float64, m)
+	for j, k := range keys {
+		pos, _ := slices.BinarySearch(sorted, k)
+		rank := pos + int(taken[pos])
+		taken[pos]++
+		q := d
+		if m > 1 {
+			q = d - eps + 2*eps*float64(rank)/float64(m-1)
+		}
+		p[j] = q
+	}
+	return p
+}
+
+// TestDellaRanksMatchReference: the keep probabilities of rows of seeded
+// random task vectors — with many zeros, many ties, bf16-rounded values
+// (shared low bytes: radix passes skipped), f32 values, rows of 1, 2 and
+// odd lengths, keys that differ only in their lowest bytes — are bit for bit those of the sort-and-search reference.
+func TestDellaRanksMatchReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, tc := range []struct {
+		name string
+		m    int
+		gen  func() (x, b float64)
+	}{
+		{"one", 1, func() (float64, float64) { return r.NormFloat64(), r.NormFloat64() }},
+		{"two-equal", 2, func() (float64, float64) { return 1, 0.5 }},
+		{"f64", 257, func() (float64, float64) { return r.NormFloat64(), r.NormFloat64() }},
+		{"f32", 4096, func() (float64, float64) {
+			return float64(float32(r.NormFloat64())), float64(float32(r.NormFloat64() * 1e-4))
+		}},
+		{"bf16", 4096, func() (float64, float64) {
+			return float64(tensors.BF16ToFloat32(tensors.BF16FromFloat32(float32(r.NormFloat64())))),
+				float64(tensors.BF16ToFloat32(tensors.BF16FromFloat32(float32(r.NormFloat64()))))
+		}},
+		{"zeros-and-ties", 1000, func() (float64, float64) {
+			switch r.IntN(4) {
+			case 0:
+				return 0.25, 0.25 // zero delta
+			case 1:
+				return float64(r.IntN(5)), 0 // a few tied magnitudes, both signs below
+			case 2:
+				return -float64(r.IntN(5)), 0
+			}
+			return r.NormFloat64(), r.NormFloat64()
+		}},
+		{"low-bytes", 700, func() (float64, float64) { // keys differing only in their two low bytes, with ties
+			return 1 + float64(r.IntN(400))*0x1p-52, 0
+		}},
+		{"all-zero", 300, func() (float64, float64) { return 3, 3 }},
+		{"all-tied", 300, func() (float64, float64) { return 1, 1 + float64(1-2*r.IntN(2)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, de := range [][2]float64{{0.5, 0.15}, {0.3, 0.29}, {0.9, 0.05}} {
+				x, b := make([]float64, tc.m), make([]float64, tc.m)
+				for j := range x {
+					x[j], b[j] = tc.gen()
+				}
+				in := func(v []float64) *Input {
+					tt, _ := tensors.FromFloat64("w", tensors.F64, []int64{int64(len(v))}, v)
+					return &Input{Tensor: "w", DType: tensors.F64, Shape: tt.Shape, Data: tt.Data}
+				}
+				ins := []*Input{in(x), in(b)}
+				tr := &dellaTrim{ins: ins, dens: []float64{de[0]}, eps: []float64{de[1]}, sparse: []bool{true}, rows: dellaRows([]int64{int64(tc.m)}, tc.m)}
+				c := &dellaRow{model: -1}
+				if err := tr.row(c, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				keys := make([]uint64, tc.m)
+				for j := range keys {
+					keys[j] = math.Float64bits(math.Abs(x[j] - b[j]))
+				}
+				want := dellaProbsRef(keys, de[0], de[1])
+				for j := range want {
+					if math.Float64bits(c.p[j]) != math.Float64bits(want[j]) {
+						t.Fatalf("density %v: entry %d: p %v, reference %v", de, j, c.p[j], want[j])
+					}
+				}
+				// the cache is reused: a second row through the same buffers
+				x2 := slices.Clone(x)
+				slices.Reverse(x2)
+				tr.ins[0] = in(x2)
+				c.model = -1 // the cached row is stale
+				if err := tr.row(c, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				for j := range keys {
+					keys[j] = math.Float64bits(math.Abs(x2[j] - b[j]))
+				}
+				want = dellaProbsRef(keys, de[0], de[1])
+				for j := range want {
+					if math.Float64bits(c.p[j]) != math.Float64bits(want[j]) {
+						t.Fatalf("density %v, reused buffers: entry %d: p %v, reference %v", de, j, c.p[j], want[j])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestDellaTrimMatchesReference: DELLA's trim, called on chunks of random
+// sizes that cross row boundaries, of a 2-D tensor (contiguous rows) and a
+// 3-D one (rows strided along axis 1), gives bit for bit what the
+// reference computes element by element: keep x - b (divided by p with
+// inverse rescaling, times the weight) when Uniform(key, e) < p, p from
+// the sort-and-search ranks of the element's row.
+func TestDellaTrimMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, shape := range [][]int64{{7, 300}, {4, 50, 3}, {513}} {
+		n := 1
+		for _, s := range shape {
+			n *= int(s)
+		}
+		mk := func() []float32 {
+			v := make([]float32, n)
+			for j := range v {
+				v[j] = float32(r.IntN(7)) * 0.25 // many ties, zeros against the base
+				if r.IntN(3) == 0 {
+					v[j] = float32(r.NormFloat64())
+				}
+			}
+			return v
+		}
+		xv, bv := mk(), mk()
+		in := func(v []float32) *Input {
+			tt, _ := tensors.FromFloat32("w", tensors.F32, shape, v)
+			return &Input{Tensor: "w", DType: tensors.F32, Shape: shape, Data: tt.Data}
+		}
+		ins := []*Input{in(xv), in(bv)}
+		tj := memJob("w", n)
+		tj.Shape = shape
+		for _, inv := range []bool{false, true} {
+			tr0, err := dellaSparsifier{seed: 9, inverse: inv}.prepare(context.Background(), tj, ins, []float64{0.4, 0.2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := tr0.(*dellaTrim)
+			// the reference, element by element
+			rows := tr.rows
+			want := make([]float64, n)
+			for e := range n {
+				row, pos := rows.of(e)
+				keys := make([]uint64, rows.length)
+				for q := range keys {
+					k := rows.start(row) + q*rows.stride
+					keys[q] = math.Float64bits(math.Abs(float64(xv[k]) - float64(bv[k])))
+				}
+				p := dellaProbsRef(keys, 0.4, 0.2)[pos]
+				if Uniform(tr.keys[0], e) < p {
+					v := float64(xv[e]) - float64(bv[e])
+					if inv {
+						v /= p
+					}
+					want[e] = v * 0.7
+				}
+			}
+			x, b := make([]float64, n), make([]float64, n)
+			for j := range x {
+				x[j], b[j] = float64(xv[j]), float64(bv[j])
+			}
+			got := make([]float64, n)
+			for lo := 0; lo < n; {
+				hi := min(n, lo+1+r.IntN(700))
+				if !tr.trim(0, got[lo:hi], x[lo:hi], b[lo:hi], lo, 0.7) {
+					t.Fatal("trim did nothing")
+				}
+				lo = hi
+			}
+			for e := range want {
+				if math.Float64bits(got[e]) != math.Float64bits(want[e]) {
+					t.Fatalf("shape %v inverse %v: element %d: %v, reference %v", shape, inv, e, got[e], want[e])
+				}
+			}
+		}
+	}
+}
