@@ -17,6 +17,9 @@ var configSeeds = []string{
 	"slices: []\nmerge_method: linear\n",
 	"---\nmerge_method: linear\n---\nmerge_method: ties\n",
 	"[1, 2]", "", "models: 3\nmerge_method: linear\n",
+	"modules:\n  default:\n    models: [{model: a}, {model: b}]\n    parameters: {weight: [{filter: mlp, value: 2}]}\nmerge_method: linear\nparameters: {weight: [{filter: attn, value: 3}, {value: 0.5}]}\n",
+	"modules:\n  default:\n    slices: [{sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [1, 3]}]}]\n    parameters: {t: 0.3}\nmerge_method: slerp\nbase_model: a\n",
+	"modules:\n  text_decoder:\n    models: [{model: a}]\n  vision_tower:\n    slices: [{sources: [{model: a, layer_range: [0, 2]}]}]\nmerge_method: linear\n",
 }
 
 func TestConfigMessages(t *testing.T) {
