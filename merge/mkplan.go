@@ -51,16 +51,9 @@ type ConfigError struct {
 	Err  error
 }
 
+// Error writes "FILE: line N: message", as mkconfig.Error does.
 func (e *ConfigError) Error() string {
-	var b strings.Builder
-	if e.File != "" {
-		b.WriteString(e.File + ": ")
-	}
-	if e.Line > 0 {
-		fmt.Fprintf(&b, "line %d: ", e.Line)
-	}
-	b.WriteString(e.Err.Error())
-	return b.String()
+	return (&mkconfig.Error{File: e.File, Line: e.Line, Msg: e.Err.Error()}).Error()
 }
 
 func (e *ConfigError) Unwrap() error { return e.Err }
