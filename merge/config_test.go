@@ -1,8 +1,14 @@
 package merge
 
 import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wtool/wtool/tensors"
 )
 
 var configSeeds = []string{
@@ -17,6 +23,9 @@ var configSeeds = []string{
 	"slices: []\nmerge_method: linear\n",
 	"---\nmerge_method: linear\n---\nmerge_method: ties\n",
 	"[1, 2]", "", "models: 3\nmerge_method: linear\n",
+	"modules:\n  default:\n    models: [{model: a}, {model: b}]\n    parameters: {weight: [{filter: mlp, value: 2}]}\nmerge_method: linear\nparameters: {weight: [{filter: attn, value: 3}, {value: 0.5}]}\n",
+	"modules:\n  default:\n    slices: [{sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [1, 3]}]}]\n    parameters: {t: 0.3}\nmerge_method: slerp\nbase_model: a\n",
+	"modules:\n  text_decoder:\n    models: [{model: a}]\n  vision_tower:\n    slices: [{sources: [{model: a, layer_range: [0, 2]}]}]\nmerge_method: linear\n",
 }
 
 func TestConfigMessages(t *testing.T) {
@@ -62,4 +71,42 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestConditionLevelsFallThrough: a level (a model's or source's, a
+// slice's, a module's parameters) whose conditions match no tensor is
+// skipped, as in mergekit's ConfigReader.parameter: the next level gives the
+// value, not the method's default. Checked against the linear formula
+// (normalize false: the sum of weight times tensor) on a tiny Llama.
+func TestConditionLevelsFallThrough(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	tinyLlama(t, a, 2, 21, tensors.F32)
+	tinyLlama(t, b, 2, 22, tensors.F32)
+	const up, q, norm = "model.layers.1.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"
+	for _, c := range []struct {
+		name string
+		yaml string
+		// weights of a and b for each tensor
+		want map[string][2]float32
+	}{
+		{"model conditions over global", fmt.Sprintf("models:\n  - model: %s\n    parameters: {weight: [{filter: mlp, value: 3}]}\n  - model: %s\nmerge_method: linear\nparameters: {weight: 0.5, normalize: false}\n", a, b),
+			map[string][2]float32{up: {3, 0.5}, q: {0.5, 0.5}, norm: {0.5, 0.5}}},
+		{"source over slice over global", fmt.Sprintf("slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2], parameters: {weight: [{filter: self_attn, value: 3}]}}\n      - {model: %s, layer_range: [0, 2]}\n    parameters: {weight: [{filter: mlp, value: 0.25}]}\nmerge_method: linear\nparameters: {weight: 0.5, normalize: false}\n", a, b),
+			map[string][2]float32{up: {0.25, 0.25}, q: {3, 0.5}, norm: {0.5, 0.5}}},
+		{"module over global, model over module", fmt.Sprintf("modules:\n  default:\n    models:\n      - model: %s\n        parameters: {weight: [{filter: norm, value: 4}]}\n      - model: %s\n    parameters: {weight: [{filter: mlp, value: 0.25}]}\nmerge_method: linear\nparameters: {weight: 0.5, normalize: false}\n", a, b),
+			map[string][2]float32{up: {0.25, 0.25}, q: {0.5, 0.5}, norm: {4, 0.5}}},
+	} {
+		out := filepath.Join(dir, "out")
+		runConfig(t, c.yaml, out)
+		for name, w := range c.want {
+			x, y, got := read(t, a, name), read(t, b, name), read(t, out, name)
+			for i := range got {
+				if want := w[0]*x[i] + w[1]*y[i]; math.Abs(float64(got[i]-want)) > 1e-6 {
+					t.Fatalf("%s: %s[%d] = %g, want %g (weights %v)", c.name, name, i, got[i], want, w)
+				}
+			}
+		}
+		os.RemoveAll(out)
+	}
 }

@@ -51,16 +51,9 @@ type ConfigError struct {
 	Err  error
 }
 
+// Error writes "FILE: line N: message", as mkconfig.Error does.
 func (e *ConfigError) Error() string {
-	var b strings.Builder
-	if e.File != "" {
-		b.WriteString(e.File + ": ")
-	}
-	if e.Line > 0 {
-		fmt.Fprintf(&b, "line %d: ", e.Line)
-	}
-	b.WriteString(e.Err.Error())
-	return b.String()
+	return (&mkconfig.Error{File: e.File, Line: e.Line, Msg: e.Err.Error()}).Error()
 }
 
 func (e *ConfigError) Unwrap() error { return e.Err }
@@ -106,29 +99,29 @@ func configKeys() mkconfig.ParseOptions {
 // or the top-level parameters (every model's default, as in mergekit); a
 // global one under a slice or the top-level parameters, or as a top-level
 // key. models: gives a whole-model plan, slices: a layer-wise one (see
-// Slice); tokenizer_source:, tokenizer: and chat_template: give
-// Plan.Vocab and Plan.ChatTemplate; a "model+lora" reference gives
-// ModelInput.LoRA (Plan.BaseLoRA). What wtool does not do yet (modules:, a
-// vocabulary or a LoRA with slices:) is an error naming its line.
+// Slice); modules: with the single module "default" (mergekit's module of
+// single-module architectures) is its models: or slices:, its parameters
+// looked up between the slices' and the global ones; tokenizer_source:,
+// tokenizer: and chat_template: give Plan.Vocab and Plan.ChatTemplate; a
+// "model+lora" reference gives ModelInput.LoRA (Plan.BaseLoRA). What wtool
+// does not do yet (other modules, a vocabulary or a LoRA with slices:) is an
+// error naming its line.
 func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	m, err := Lookup(c.MergeMethod)
 	if err != nil {
 		return nil, cfgErr(c.Lines["merge_method"], "merge_method: %v", err)
 	}
-	if len(c.Modules) == 1 && c.Modules[0].Name == mkconfig.DefaultModule {
-		// the one module of a single-module architecture: its models or
-		// slices, its parameters between the slices' and the global ones
-		mod := c.Modules[0]
-		cc := *c
-		cc.Modules, cc.Models, cc.Slices = nil, mod.Models, mod.Slices
-		cc.Parameters = slices.Clone(c.Parameters)
-		for _, prm := range mod.Parameters {
-			cc.Parameters.Set(prm.Name, prm.Setting)
-		}
-		c = &cc
-	}
+	var module mkconfig.OutputModule // modules: {default: ...}
 	if len(c.Modules) > 0 {
-		return nil, cfgErr(c.Lines["modules"], "per-module merges (modules:) are not supported yet (only a single module named %s): merge the whole model with models: or slices:", mkconfig.DefaultModule)
+		archOf := func() (string, error) {
+			return configArchitecture(c, func(r mkconfig.ModelRef) (string, error) {
+				path, _, err := resolveRefWith(o, r)
+				return path, err
+			})
+		}
+		if c, module, err = singleModule(c, archOf); err != nil {
+			return nil, err
+		}
 	}
 	if (c.TokenizerSource != nil || c.Tokenizer != nil) && len(c.Slices) > 0 {
 		return nil, cfgErr(c.Lines["slices"], "slices: with a tokenizer_source: or tokenizer: section are not supported yet")
@@ -143,30 +136,7 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		supported = "supported: " + strings.Join(names, ", ")
 	}
 	// resolveRef resolves a reference's model and its LoRA adapter
-	resolveRef := func(r mkconfig.ModelRef) (string, string, error) {
-		res := o.Resolve
-		if res == nil {
-			if r.OverrideArchitecture != "" {
-				res = ResolveLocal // refuses it
-			} else {
-				res = func(r mkconfig.ModelRef) (string, error) { return r.Model.String(), nil }
-			}
-		}
-		lora := r.LoRA
-		r.LoRA = nil
-		path, err := res(r)
-		if err != nil {
-			return "", "", cfgErr(r.Line, "%w", err)
-		}
-		if lora == nil {
-			return path, "", nil
-		}
-		lpath, err := res(mkconfig.ModelRef{Model: *lora, Line: r.Line})
-		if err != nil {
-			return "", "", cfgErr(r.Line, "LoRA adapter: %w", err)
-		}
-		return path, lpath, nil
-	}
+	resolveRef := func(r mkconfig.ModelRef) (string, string, error) { return resolveRefWith(o, r) }
 	resolve := func(r mkconfig.ModelRef) (string, error) {
 		path, lora, err := resolveRef(r)
 		if err == nil && lora != "" {
@@ -227,6 +197,13 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 	}
 	if err := extra(rest, p.Params, "the configuration", Global); err != nil {
 		return nil, err
+	}
+	if module.Parameters != nil {
+		mp, err := params(module.Parameters, fmt.Sprintf("the parameters of module %s", module.Name), false)
+		if err != nil {
+			return nil, err
+		}
+		moduleParams(p.Params, mp, schema)
 	}
 	if c.BaseModel != nil {
 		if p.Base, p.BaseLoRA, err = resolveRef(*c.BaseModel); err != nil {
@@ -303,6 +280,33 @@ func FromConfig(c *mkconfig.Config, o ConfigOptions) (*Plan, error) {
 		p.DType = c.OutDType
 	}
 	return p, nil
+}
+
+// resolveRefWith resolves a reference's model and its LoRA adapter ("" when
+// it has none) with o.Resolve.
+func resolveRefWith(o ConfigOptions, r mkconfig.ModelRef) (string, string, error) {
+	res := o.Resolve
+	if res == nil {
+		if r.OverrideArchitecture != "" {
+			res = ResolveLocal // refuses it
+		} else {
+			res = func(r mkconfig.ModelRef) (string, error) { return r.Model.String(), nil }
+		}
+	}
+	lora := r.LoRA
+	r.LoRA = nil
+	path, err := res(r)
+	if err != nil {
+		return "", "", cfgErr(r.Line, "%w", err)
+	}
+	if lora == nil {
+		return path, "", nil
+	}
+	lpath, err := res(mkconfig.ModelRef{Model: *lora, Line: r.Line})
+	if err != nil {
+		return "", "", cfgErr(r.Line, "LoRA adapter: %w", err)
+	}
+	return path, lpath, nil
 }
 
 // settingNode writes a mergekit setting as the YAML node a parameter's

@@ -175,7 +175,7 @@ func TestDefaultModule(t *testing.T) {
 	if len(p.Models) != 2 || w != 0.25 || w1 != 2 || p.Global("normalize").Bool {
 		t.Errorf("plan %+v", p)
 	}
-	if _, err := ParseConfig([]byte("modules:\n  text_decoder:\n    models: [{model: a}]\nmerge_method: linear\n")); err == nil || !strings.Contains(err.Error(), "only a single module named default") {
+	if _, err := ParseConfig([]byte("modules:\n  text_decoder:\n    models: [{model: a}]\nmerge_method: linear\n")); err == nil || !strings.Contains(err.Error(), `module "text_decoder" is not supported`) || !strings.Contains(err.Error(), `the one module "default"`) {
 		t.Errorf("a named module: %v", err)
 	}
 }

@@ -144,6 +144,9 @@ func (p *Plan) slicePlan(i int) *Plan {
 		sp.Params[k] = v
 	}
 	for k, v := range s.Params {
+		// a slice's conditions that match no tensor leave it to the
+		// plan's value, as mergekit skips that level
+		v.Num = v.Num.Or(p.Params[k].Num)
 		sp.Params[k] = v
 	}
 	for _, src := range s.Sources {
@@ -330,9 +333,12 @@ func (p *Plan) Has(name string) bool {
 }
 
 // ModelValue returns model i's value of a per-model parameter: its own, a
-// value given among the global parameters, or the default.
+// value given among the global parameters, or the default. Where the
+// model's own conditions match no tensor, the global value (or the default)
+// applies, as mergekit skips a level whose conditions match nothing.
 func (p *Plan) ModelValue(i int, name string) Value {
 	if v, ok := p.Models[i].Params[name]; ok {
+		v.Num = v.Num.Or(p.Global(name).Num)
 		return v
 	}
 	return p.Global(name)

@@ -166,3 +166,27 @@ func Depth(name string, numLayers int) float64 {
 	}
 	return math.Min(1, float64(i)/float64(numLayers-1))
 }
+
+// Or returns s with fallback as its value where s gives none: s itself when
+// it is a constant, a gradient or conditions of which one matches every
+// tensor, else s's conditions followed by fallback's (or by fallback as a
+// condition without filter). It is mergekit's lookup of a parameter through
+// its levels (a source's, a slice's, a module's, the global ones), which
+// skips a level whose conditions match nothing.
+func (s Setting) Or(fallback Setting) Setting {
+	if s.Conds == nil || !fallback.IsSet() {
+		return s
+	}
+	for _, c := range s.Conds {
+		if c.Filter == "" || c.Filter == "*" {
+			return s
+		}
+	}
+	out := Setting{Conds: slices.Clip(slices.Clone(s.Conds))}
+	if fallback.Conds != nil {
+		out.Conds = append(out.Conds, fallback.Conds...)
+	} else {
+		out.Conds = append(out.Conds, Cond{Value: fallback})
+	}
+	return out
+}

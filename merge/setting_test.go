@@ -49,3 +49,41 @@ func TestSettingEvalClamps(t *testing.T) {
 }
 
 func nan() float64 { z := 0.0; return z / z }
+
+// TestSettingOr: a setting that always gives a value is kept; conditions
+// without a catch-all fall back to the other setting, evaluated as mergekit
+// looks a parameter up through its levels.
+func TestSettingOr(t *testing.T) {
+	conds := func(cs ...Cond) Setting { return Setting{Conds: cs} }
+	mlp := Cond{Filter: "mlp", Value: Const(2)}
+	for _, c := range []struct {
+		name     string
+		s, fb    Setting
+		tensor   string
+		depth    float64
+		want     float64
+		wantSome bool
+	}{
+		{"constant kept", Const(1), Const(5), "attn", 0, 1, true},
+		{"gradient kept", Setting{Gradient: []float64{0, 1}}, Const(5), "attn", 0.25, 0.25, true},
+		{"catch-all kept", conds(mlp, Cond{Value: Const(3)}), Const(5), "attn", 0, 3, true},
+		{"star kept", conds(mlp, Cond{Filter: "*", Value: Const(3)}), Const(5), "attn", 0, 3, true},
+		{"match wins", conds(mlp), Const(5), "mlp.up", 0, 2, true},
+		{"constant fallback", conds(mlp), Const(5), "attn", 0, 5, true},
+		{"gradient fallback", conds(mlp), Setting{Gradient: []float64{0, 4}}, "attn", 0.5, 2, true},
+		{"conditions fallback", conds(mlp), conds(Cond{Filter: "attn", Value: Const(7)}), "self_attn.q", 0, 7, true},
+		{"no level matches", conds(mlp), conds(Cond{Filter: "attn", Value: Const(7)}), "norm", 0, 0, false},
+		{"no fallback", conds(mlp), Setting{}, "attn", 0, 0, false},
+	} {
+		got, ok := c.s.Or(c.fb).Eval(c.tensor, c.depth)
+		if ok != c.wantSome || got != c.want {
+			t.Errorf("%s: %g, %v; want %g, %v", c.name, got, ok, c.want, c.wantSome)
+		}
+	}
+	// s itself is not modified
+	s := conds(mlp)
+	_ = s.Or(Const(5))
+	if len(s.Conds) != 1 {
+		t.Errorf("Or modified its receiver: %v", s)
+	}
+}

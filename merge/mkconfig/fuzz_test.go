@@ -23,6 +23,7 @@ func FuzzParse(f *testing.F) {
 		"merge_method: x\nslices: [{sources: [{model: {model: {path: p, revision: r}, lora: l}, layer_range: [0, 0x10]}]}]\n",
 		"a: &x [*x]\n", "merge_method: m\nmodels: [{model: '*'}]\nparameters: {<<: {a: 1}}\n",
 		"name: s\nmerge_method: m\nmodels: [{model: s2}]\n---\nname: s2\nmerge_method: m\nmodels: [{model: z}]\n",
+		"modules:\n  default: {models: [{model: a}], parameters: {weight: [{filter: mlp, value: 2}]}}\n  vision_tower: {slices: [{sources: [{model: a, layer_range: [0, 2]}]}]}\nmerge_method: linear\n",
 	} {
 		f.Add([]byte(s))
 	}

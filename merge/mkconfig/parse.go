@@ -291,6 +291,54 @@ func unknown(p pair, where string, allowed []string) error {
 	return errAt(p.line, "unknown key %q in %s (allowed: %s)", p.key, where, strings.Join(allowed, ", "))
 }
 
+// eachKey calls f on a mapping's pairs in order, refusing a key that is not
+// in allowed (where names the mapping).
+func eachKey(ps []pair, where string, allowed []string, f func(p pair) error) error {
+	for _, p := range ps {
+		if !slices.Contains(allowed, p.key) {
+			return unknown(p, where, allowed)
+		}
+		if err := f(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachEntry calls f on every entry of a list of mappings (what, a list of
+// the entries described by of) with the entry's name what[i], its node and
+// its pairs.
+func eachEntry(n *yaml.Node, what, of string, f func(where string, e *yaml.Node, ps []pair) error) error {
+	n = resolve(n)
+	if n.Kind != yaml.SequenceNode {
+		return errAt(n.Line, "%s must be a list of %s, not %s", what, of, describe(n))
+	}
+	for i, e := range n.Content {
+		e = resolve(e)
+		where := fmt.Sprintf("%s[%d]", what, i)
+		ps, err := mapping(e, where)
+		if err != nil {
+			return err
+		}
+		if err := f(where, e, ps); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// optRef reads an optional model reference (nil when null).
+func optRef(n *yaml.Node, what string) (*ModelRef, error) {
+	if isNull(n) {
+		return nil, nil
+	}
+	r, err := parseRef(n, what)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
 // --- the document
 
 var topKeys = []string{"models", "slices", "modules", "merge_method", "base_model", "dtype", "out_dtype",
@@ -329,11 +377,7 @@ func parseDoc(doc *yaml.Node, o ParseOptions, allowName bool) (*Config, error) {
 			c.MergeMethod, err = str(p.val, "merge_method")
 			haveMethod = true
 		case "base_model":
-			if !isNull(p.val) {
-				var r ModelRef
-				r, err = parseRef(p.val, "base_model")
-				c.BaseModel = &r
-			}
+			c.BaseModel, err = optRef(p.val, "base_model")
 		case "dtype":
 			if !isNull(p.val) {
 				c.DType, err = parseDType(p.val, "dtype")
@@ -440,7 +484,7 @@ func parseRefMapping(n *yaml.Node, what string) (ModelRef, error) {
 	}
 	r := ModelRef{Line: n.Line}
 	have := false
-	for _, p := range ps {
+	err = eachKey(ps, what, []string{"model", "lora", "override_architecture"}, func(p pair) (err error) {
 		switch p.key {
 		case "model":
 			r.Model, err = parseModelPathNode(p.val, what+".model")
@@ -455,12 +499,11 @@ func parseRefMapping(n *yaml.Node, what string) (ModelRef, error) {
 			if !isNull(p.val) {
 				r.OverrideArchitecture, err = str(p.val, what+".override_architecture")
 			}
-		default:
-			return ModelRef{}, unknown(p, what, []string{"model", "lora", "override_architecture"})
 		}
-		if err != nil {
-			return ModelRef{}, err
-		}
+		return err
+	})
+	if err != nil {
+		return ModelRef{}, err
 	}
 	if !have {
 		return ModelRef{}, errAt(n.Line, "%s: the model key is missing", what)
@@ -486,20 +529,16 @@ func parseModelPathNode(n *yaml.Node, what string) (ModelPath, error) {
 		return ModelPath{}, err
 	}
 	var mp ModelPath
-	for _, p := range ps {
-		switch p.key {
-		case "path":
+	err = eachKey(ps, what, []string{"path", "revision"}, func(p pair) (err error) {
+		if p.key == "path" {
 			mp.Path, err = str(p.val, what+".path")
-		case "revision":
-			if !isNull(p.val) {
-				mp.Revision, err = str(p.val, what+".revision")
-			}
-		default:
-			return ModelPath{}, unknown(p, what, []string{"path", "revision"})
+		} else if !isNull(p.val) {
+			mp.Revision, err = str(p.val, what+".revision")
 		}
-		if err != nil {
-			return ModelPath{}, err
-		}
+		return err
+	})
+	if err != nil {
+		return ModelPath{}, err
 	}
 	if mp.Path == "" {
 		return ModelPath{}, errAt(n.Line, "%s: path is missing", what)
@@ -508,21 +547,12 @@ func parseModelPathNode(n *yaml.Node, what string) (ModelPath, error) {
 }
 
 func parseModels(n *yaml.Node, what string, o ParseOptions) ([]InputModel, error) {
-	n = resolve(n)
-	if n.Kind != yaml.SequenceNode {
-		return nil, errAt(n.Line, "%s must be a list of {model: ..., parameters: ...}, not %s", what, describe(n))
-	}
 	var out []InputModel
-	for i, e := range n.Content {
-		e = resolve(e)
-		where := fmt.Sprintf("%s[%d]", what, i)
-		ps, err := mapping(e, where)
-		if err != nil {
-			return nil, err
-		}
+	allowed := append([]string{"model", "parameters"}, o.ModelKeys...)
+	err := eachEntry(n, what, "{model: ..., parameters: ...}", func(where string, e *yaml.Node, ps []pair) error {
 		m := InputModel{Line: e.Line}
 		have := false
-		for _, p := range ps {
+		err := eachKey(ps, where, allowed, func(p pair) (err error) {
 			switch p.key {
 			case "model":
 				m.Model, err = parseRef(p.val, where+".model")
@@ -530,52 +560,37 @@ func parseModels(n *yaml.Node, what string, o ParseOptions) ([]InputModel, error
 			case "parameters":
 				m.Parameters, err = parseParams(p.val, where+".parameters")
 			default:
-				if !slices.Contains(o.ModelKeys, p.key) {
-					return nil, unknown(p, where, append([]string{"model", "parameters"}, o.ModelKeys...))
-				}
 				var f Field
 				if f, err = extraField(p); err == nil {
 					m.Extra = append(m.Extra, f)
 				}
 			}
-			if err != nil {
-				return nil, err
-			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		if !have {
-			return nil, errAt(e.Line, "%s: the model key is missing", where)
+			return errAt(e.Line, "%s: the model key is missing", where)
 		}
 		out = append(out, m)
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 func parseSlices(n *yaml.Node, what string) ([]OutputSlice, error) {
-	n = resolve(n)
-	if n.Kind != yaml.SequenceNode {
-		return nil, errAt(n.Line, "%s must be a list of {sources: [...]}, not %s", what, describe(n))
-	}
 	var out []OutputSlice
-	for i, e := range n.Content {
-		e = resolve(e)
-		where := fmt.Sprintf("%s[%d]", what, i)
-		ps, err := mapping(e, where)
-		if err != nil {
-			return nil, err
-		}
+	err := eachEntry(n, what, "{sources: [...]}", func(where string, e *yaml.Node, ps []pair) error {
 		s := OutputSlice{Line: e.Line}
 		have := false
-		for _, p := range ps {
+		err := eachKey(ps, where, []string{"sources", "base_model", "residual_weight", "parameters"}, func(p pair) (err error) {
 			switch p.key {
 			case "sources":
 				s.Sources, err = parseSources(p.val, where+".sources")
 				have = true
 			case "base_model":
-				if !isNull(p.val) {
-					var r ModelRef
-					r, err = parseRef(p.val, where+".base_model")
-					s.BaseModel = &r
-				}
+				s.BaseModel, err = optRef(p.val, where+".base_model")
 			case "residual_weight":
 				if !isNull(p.val) {
 					var v Value
@@ -588,43 +603,33 @@ func parseSlices(n *yaml.Node, what string) ([]OutputSlice, error) {
 				}
 			case "parameters":
 				s.Parameters, err = parseParams(p.val, where+".parameters")
-			default:
-				return nil, unknown(p, where, []string{"sources", "base_model", "residual_weight", "parameters"})
 			}
-			if err != nil {
-				return nil, err
-			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		if !have || len(s.Sources) == 0 {
-			return nil, errAt(e.Line, "%s: sources: is missing or empty", where)
+			return errAt(e.Line, "%s: sources: is missing or empty", where)
 		}
 		for _, src := range s.Sources[1:] {
 			if src.Len() != s.Sources[0].Len() {
-				return nil, errAt(src.Line, "%s: every source of a slice must have the same number of layers: %s has %d (layer_range [%d, %d]), %s has %d",
+				return errAt(src.Line, "%s: every source of a slice must have the same number of layers: %s has %d (layer_range [%d, %d]), %s has %d",
 					where, src.Model, src.Len(), src.LayerRange[0], src.LayerRange[1], s.Sources[0].Model, s.Sources[0].Len())
 			}
 		}
 		out = append(out, s)
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 func parseSources(n *yaml.Node, what string) ([]InputSlice, error) {
-	n = resolve(n)
-	if n.Kind != yaml.SequenceNode {
-		return nil, errAt(n.Line, "%s must be a list of {model: ..., layer_range: [start, end]}, not %s", what, describe(n))
-	}
 	var out []InputSlice
-	for i, e := range n.Content {
-		e = resolve(e)
-		where := fmt.Sprintf("%s[%d]", what, i)
-		ps, err := mapping(e, where)
-		if err != nil {
-			return nil, err
-		}
+	err := eachEntry(n, what, "{model: ..., layer_range: [start, end]}", func(where string, e *yaml.Node, ps []pair) error {
 		s := InputSlice{Line: e.Line}
 		haveModel, haveRange := false, false
-		for _, p := range ps {
+		err := eachKey(ps, where, []string{"model", "layer_range", "parameters"}, func(p pair) (err error) {
 			switch p.key {
 			case "model":
 				s.Model, err = parseRef(p.val, where+".model")
@@ -634,22 +639,22 @@ func parseSources(n *yaml.Node, what string) ([]InputSlice, error) {
 				haveRange = true
 			case "parameters":
 				s.Parameters, err = parseParams(p.val, where+".parameters")
-			default:
-				return nil, unknown(p, where, []string{"model", "layer_range", "parameters"})
 			}
-			if err != nil {
-				return nil, err
-			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		if !haveModel {
-			return nil, errAt(e.Line, "%s: the model key is missing", where)
+			return errAt(e.Line, "%s: the model key is missing", where)
 		}
 		if !haveRange {
-			return nil, errAt(e.Line, "%s: layer_range is missing", where)
+			return errAt(e.Line, "%s: layer_range is missing", where)
 		}
 		out = append(out, s)
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 func parseRange(n *yaml.Node, what string) ([2]int, error) {
@@ -684,24 +689,20 @@ func parseModules(n *yaml.Node, o ParseOptions) ([]OutputModule, error) {
 			return nil, err
 		}
 		m := OutputModule{Name: p.key, Line: p.line}
-		for _, q := range mps {
-			switch q.key {
-			case "models":
-				if !isNull(q.val) {
-					m.Models, err = parseModels(q.val, where+".models", o)
-				}
-			case "slices":
-				if !isNull(q.val) {
-					m.Slices, err = parseSlices(q.val, where+".slices")
-				}
-			case "parameters":
+		err = eachKey(mps, where, []string{"models", "slices", "parameters"}, func(q pair) (err error) {
+			switch {
+			case q.key == "parameters":
 				m.Parameters, err = parseParams(q.val, where+".parameters")
+			case isNull(q.val):
+			case q.key == "models":
+				m.Models, err = parseModels(q.val, where+".models", o)
 			default:
-				return nil, unknown(q, where, []string{"models", "slices", "parameters"})
+				m.Slices, err = parseSlices(q.val, where+".slices")
 			}
-			if err != nil {
-				return nil, err
-			}
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
 		if (len(m.Models) > 0) == (len(m.Slices) > 0) {
 			return nil, errAt(p.line, "%s: exactly one of models: or slices: must be given", where)
@@ -804,45 +805,43 @@ func parseCond(n *yaml.Node, what string) (Cond, error) {
 	}
 	c := Cond{Line: n.Line}
 	have := false
-	for _, p := range ps {
-		switch p.key {
-		case "filter":
+	err = eachKey(ps, what, []string{"filter", "value"}, func(p pair) (err error) {
+		if p.key == "filter" {
 			if !isNull(p.val) {
 				var v Value
 				if v, err = scalar(p.val, what+".filter"); err == nil {
 					c.Filter = v.String()
 				}
 			}
-		case "value":
-			have = true
-			v := resolve(p.val)
-			switch v.Kind {
-			case yaml.SequenceNode:
-				if len(v.Content) == 0 {
-					return c, errAt(v.Line, "%s.value is an empty list", what)
-				}
-				c.Gradient, err = gradient(v, what+".value")
-			case yaml.ScalarNode:
-				var x Value
-				if x, err = scalarValue(v); err == nil {
-					if x.Kind == Null {
-						err = errAt(v.Line, "%s.value is empty", what)
-					} else if x.Kind == String {
-						if f, ok := parseLaxFloat(x.Str); ok {
-							x = Value{Kind: Number, Num: f, Line: x.Line}
-						}
+			return err
+		}
+		have = true
+		v := resolve(p.val)
+		switch v.Kind {
+		case yaml.SequenceNode:
+			if len(v.Content) == 0 {
+				return errAt(v.Line, "%s.value is an empty list", what)
+			}
+			c.Gradient, err = gradient(v, what+".value")
+		case yaml.ScalarNode:
+			var x Value
+			if x, err = scalarValue(v); err == nil {
+				if x.Kind == Null {
+					err = errAt(v.Line, "%s.value is empty", what)
+				} else if x.Kind == String {
+					if f, ok := parseLaxFloat(x.Str); ok {
+						x = Value{Kind: Number, Num: f, Line: x.Line}
 					}
-					c.Scalar = &x
 				}
-			default:
-				err = errAt(v.Line, "%s.value must be a number or a list of numbers (conditions do not nest)", what)
+				c.Scalar = &x
 			}
 		default:
-			return c, unknown(p, what, []string{"filter", "value"})
+			err = errAt(v.Line, "%s.value must be a number or a list of numbers (conditions do not nest)", what)
 		}
-		if err != nil {
-			return c, err
-		}
+		return err
+	})
+	if err != nil {
+		return c, err
 	}
 	if !have {
 		return c, errAt(n.Line, "%s: a condition without value", what)
@@ -874,29 +873,23 @@ func parseTokenizer(n *yaml.Node) (*TokenizerConfig, error) {
 		return nil, err
 	}
 	t := &TokenizerConfig{Source: TokenizerSource{Kind: "union"}, Line: resolve(n).Line}
-	for _, p := range ps {
-		switch p.key {
-		case "source":
-			if !isNull(p.val) {
-				t.Source, err = parseTokenizerSource(p.val, "tokenizer.source")
-			}
-		case "tokens":
-			if !isNull(p.val) {
-				t.Tokens, err = parseTokens(p.val)
-			}
-		case "pad_to_multiple_of":
-			if !isNull(p.val) {
-				t.PadToMultipleOf, err = integer(p.val, "tokenizer.pad_to_multiple_of")
-				if err == nil && t.PadToMultipleOf <= 0 {
-					err = errAt(p.line, "tokenizer.pad_to_multiple_of must be positive")
-				}
-			}
+	err = eachKey(ps, "tokenizer", []string{"source", "tokens", "pad_to_multiple_of"}, func(p pair) (err error) {
+		switch {
+		case isNull(p.val):
+		case p.key == "source":
+			t.Source, err = parseTokenizerSource(p.val, "tokenizer.source")
+		case p.key == "tokens":
+			t.Tokens, err = parseTokens(p.val)
 		default:
-			return nil, unknown(p, "tokenizer", []string{"source", "tokens", "pad_to_multiple_of"})
+			t.PadToMultipleOf, err = integer(p.val, "tokenizer.pad_to_multiple_of")
+			if err == nil && t.PadToMultipleOf <= 0 {
+				err = errAt(p.line, "tokenizer.pad_to_multiple_of must be positive")
+			}
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -915,22 +908,18 @@ func parseTokens(n *yaml.Node) ([]TokenConfig, error) {
 			if err != nil {
 				return nil, err
 			}
-			for _, q := range qs {
-				switch q.key {
-				case "source":
-					if !isNull(q.val) {
-						var s TokenSource
-						s, err = parseTokenSource(q.val, where+".source")
-						tc.Source = &s
-					}
-				case "force":
+			err = eachKey(qs, where, []string{"source", "force"}, func(q pair) (err error) {
+				if q.key == "force" {
 					tc.Force, err = boolean(q.val, where+".force")
-				default:
-					return nil, unknown(q, where, []string{"source", "force"})
+				} else if !isNull(q.val) {
+					var s TokenSource
+					s, err = parseTokenSource(q.val, where+".source")
+					tc.Source = &s
 				}
-				if err != nil {
-					return nil, err
-				}
+				return err
+			})
+			if err != nil {
+				return nil, err
 			}
 		}
 		out = append(out, tc)
@@ -968,18 +957,15 @@ func parseTokenSource(n *yaml.Node, what string) (TokenSource, error) {
 		}
 		return TokenSource{Kind: "model", Model: &r, TokenID: -1, Line: n.Line}, nil
 	case "zero":
-		for _, p := range ps {
-			if p.key != "kind" {
-				return TokenSource{}, unknown(p, what+" (kind: zero)", []string{"kind"})
-			}
+		if err := eachKey(ps, what+" (kind: zero)", []string{"kind"}, func(pair) error { return nil }); err != nil {
+			return TokenSource{}, err
 		}
 		return TokenSource{Kind: "zero", TokenID: -1, Line: n.Line}, nil
 	case "model_token":
 		s := TokenSource{Kind: "model_token", TokenID: -1, Line: n.Line}
 		haveID := false
-		for _, p := range ps {
+		err = eachKey(ps, what+" (kind: model_token)", []string{"kind", "model", "token_id", "token"}, func(p pair) (err error) {
 			switch p.key {
-			case "kind":
 			case "model":
 				var r ModelRef
 				r, err = parseRef(p.val, what+".model")
@@ -999,12 +985,11 @@ func parseTokenSource(n *yaml.Node, what string) (TokenSource, error) {
 						s.Token, s.HasToken = v.String(), true
 					}
 				}
-			default:
-				return TokenSource{}, unknown(p, what+" (kind: model_token)", []string{"kind", "model", "token_id", "token"})
 			}
-			if err != nil {
-				return TokenSource{}, err
-			}
+			return err
+		})
+		if err != nil {
+			return TokenSource{}, err
 		}
 		if s.Model == nil {
 			return TokenSource{}, errAt(n.Line, "%s: kind: model_token needs model:", what)
