@@ -256,6 +256,7 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		}
 	}
 	done := map[string]bool{}
+	scratch := &refitScratch{} // the work matrices, reused by every module
 	for _, m := range as.Arch.Modules {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -264,7 +265,7 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		if w == nil || !(m.Kind == arch.Linear || m.Kind == arch.Conv || m.Kind == arch.Conv1D) || o.AverageOnly || js == nil || !js.Has(m.Name) {
 			continue
 		}
-		if err := refitModule(ctx, as, m, a, b, js, maps, o.Ridge, res.Tensors); err != nil {
+		if err := refitModule(ctx, as, m, a, b, js, maps, o.Ridge, res.Tensors, scratch); err != nil {
 			return nil, fmt.Errorf("pleas: module %s: %w", m.Name, err)
 		}
 		done[w.Tensor] = true
@@ -665,7 +666,7 @@ func layoutMerge(p *arch.Param, a, b ModelWeights, axes [][]elem) (*tensors.Tens
 
 // refitModule refits one Linear, Conv1D or Conv2d module in the merged
 // layout and stores its weight (and bias).
-func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b ModelWeights, js permute.JointStats, maps map[string][][]elem, ridge float64, out map[string]*tensors.Tensor) error {
+func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b ModelWeights, js permute.JointStats, maps map[string][][]elem, ridge float64, out map[string]*tensors.Tensor, scratch *refitScratch) error {
 	wp := m.Weight()
 	st, err := js.Module(m.Name)
 	if err != nil {
@@ -709,7 +710,7 @@ func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b
 		}
 		return t, nil
 	}
-	pr := refitProblem{St: st, Rows: rows, Cols: cols, Ridge: ridge}
+	pr := refitProblem{St: st, Rows: rows, Cols: cols, Ridge: ridge, Scratch: scratch}
 	if pr.WA, err = mat(a, wp.Tensor); err != nil {
 		return err
 	}

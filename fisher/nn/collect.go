@@ -150,10 +150,9 @@ func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 	b := r.bufs[name]
 	if b == nil {
 		c := min(gramChunk, max(256, bufBytes/4/dim))
+		// the lanes' buffers are allocated on first use: an entry whose
+		// batches bring whole blocks (early convolutions) never needs them
 		b = &rowBuf{dim: dim, cap: c, x: make([][]float32, r.lanes)}
-		for i := range b.x {
-			b.x[i] = make([]float32, c*dim)
-		}
 		r.bufs[name] = b
 		r.order = append(r.order, name)
 	}
@@ -168,6 +167,9 @@ func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 		}
 		n := min(rows-lo, b.cap-b.rows)
 		for i := range vs {
+			if b.x[i] == nil {
+				b.x[i] = make([]float32, b.cap*dim)
+			}
 			copy(b.x[i][b.rows*dim:], vs[i][lo*dim:(lo+n)*dim])
 		}
 		b.rows += n
