@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -46,6 +47,10 @@ type PLeaSModelOptions struct {
 	// in the layout (at width 1, the aligned average of the two models,
 	// what weight or activation matching followed by averaging gives).
 	AverageOnly bool
+	// ReleaseStats hands every module's statistics back to the JointStats
+	// once the module is refit, when it has a Release(module) method (as
+	// fisher/nn.LazyStats has): nothing reads them again.
+	ReleaseStats bool
 }
 
 // PLeaSGroup reports how one group was merged.
@@ -267,6 +272,13 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		}
 		if err := refitModule(ctx, as, m, a, b, js, maps, o.Ridge, res.Tensors, scratch); err != nil {
 			return nil, fmt.Errorf("pleas: module %s: %w", m.Name, err)
+		}
+		if r, ok := js.(interface{ Release(string) }); ok && o.ReleaseStats {
+			r.Release(m.Name)
+			// the module's statistics and the refit's temporaries are
+			// garbage now: collect them before the next module's, or the
+			// heap grows to twice what it holds
+			runtime.GC()
 		}
 		done[w.Tensor] = true
 		if bp := m.Bias(); bp != nil {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -59,13 +60,16 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 		}
 		js = f
 	} else {
-		st, err := nn.CollectStats(ctx, nets, data, nn.StatsOptions{MaxGramElems: -1})
+		// the largest entries are accumulated when read, one at a time,
+		// and every module's statistics are released once it is refit
+		st, err := nn.CollectLazyStats(ctx, nets, data, nn.StatsOptions{MaxGramElems: -1}, 0)
 		if err != nil {
 			return nil, fmt.Errorf("pleas: statistics on %s: %w", p.Global("calib").Text, err)
 		}
-		js = permute.StatsOf(st)
+		js = st
+		runtime.GC() // the pass's buffers
 	}
-	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool}
+	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool, ReleaseStats: true}
 	match := p.Global("match").Text
 	if match == "weight" {
 		mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
