@@ -26,7 +26,9 @@ import (
 // matching, widths (--width or --budget), the least-squares refit, the
 // BatchNorm statistics recomputed on the data, and the merged checkpoint
 // written with its config.json updated for the new widths. Memory: both
-// models and the merged one in float32, and one module's statistics.
+// models and the merged one in float32, the statistics of the modules not
+// yet refit, those above fisher/nn.DefaultDeferBytes kept as their rows
+// (their matrices one at a time, when read).
 func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
 	p := j.Plan
 	var nets []*nn.Net
