@@ -146,6 +146,7 @@ type recorder struct {
 	order []string // every entry, in the nets' point order
 	// deferred entries keep their blocks of rows (CollectLazyStats)
 	deferred map[string]*keptRows
+	scratch  []float32 // the float32 products of the deferred entries that accumulate
 }
 
 // keptRows are a deferred entry's blocks of rows, exactly as they would
@@ -244,7 +245,7 @@ func (r *recorder) send(name string, vs [][]float32, lo, hi, dim int) error {
 				return nil
 			}
 			// the rows outweigh the statistics: accumulate them from now on
-			a, err := k.replay(name, r.lanes == 2, nil, nil)
+			a, err := k.replay(name, r.lanes == 2, nil, &r.scratch)
 			if err != nil {
 				return err
 			}
