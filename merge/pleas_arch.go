@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -46,6 +47,10 @@ type PLeaSModelOptions struct {
 	// in the layout (at width 1, the aligned average of the two models,
 	// what weight or activation matching followed by averaging gives).
 	AverageOnly bool
+	// ReleaseStats hands every module's statistics back to the JointStats
+	// once the module is refit, when it has a Release(module) method (as
+	// fisher/nn.LazyStats has): nothing reads them again.
+	ReleaseStats bool
 }
 
 // PLeaSGroup reports how one group was merged.
@@ -256,6 +261,7 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		}
 	}
 	done := map[string]bool{}
+	scratch := &refitScratch{} // the work matrices, reused by every module
 	for _, m := range as.Arch.Modules {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -264,8 +270,15 @@ func PLeaSModel(ctx context.Context, as *permute.ArchSpec, a, b ModelWeights, js
 		if w == nil || !(m.Kind == arch.Linear || m.Kind == arch.Conv || m.Kind == arch.Conv1D) || o.AverageOnly || js == nil || !js.Has(m.Name) {
 			continue
 		}
-		if err := refitModule(ctx, as, m, a, b, js, maps, o.Ridge, res.Tensors); err != nil {
+		if err := refitModule(ctx, as, m, a, b, js, maps, o.Ridge, res.Tensors, scratch); err != nil {
 			return nil, fmt.Errorf("pleas: module %s: %w", m.Name, err)
+		}
+		if r, ok := js.(interface{ Release(string) }); ok && o.ReleaseStats {
+			r.Release(m.Name)
+			// the module's statistics and the refit's temporaries are
+			// garbage now: collect them before the next module's, or the
+			// heap grows to twice what it holds
+			runtime.GC()
 		}
 		done[w.Tensor] = true
 		if bp := m.Bias(); bp != nil {
@@ -665,7 +678,7 @@ func layoutMerge(p *arch.Param, a, b ModelWeights, axes [][]elem) (*tensors.Tens
 
 // refitModule refits one Linear, Conv1D or Conv2d module in the merged
 // layout and stores its weight (and bias).
-func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b ModelWeights, js permute.JointStats, maps map[string][][]elem, ridge float64, out map[string]*tensors.Tensor) error {
+func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b ModelWeights, js permute.JointStats, maps map[string][][]elem, ridge float64, out map[string]*tensors.Tensor, scratch *refitScratch) error {
 	wp := m.Weight()
 	st, err := js.Module(m.Name)
 	if err != nil {
@@ -709,7 +722,7 @@ func refitModule(ctx context.Context, as *permute.ArchSpec, m *arch.Module, a, b
 		}
 		return t, nil
 	}
-	pr := refitProblem{St: st, Rows: rows, Cols: cols, Ridge: ridge}
+	pr := refitProblem{St: st, Rows: rows, Cols: cols, Ridge: ridge, Scratch: scratch}
 	if pr.WA, err = mat(a, wp.Tensor); err != nil {
 		return err
 	}

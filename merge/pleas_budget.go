@@ -256,12 +256,12 @@ func newWidthProblem(as *permute.ArchSpec, js permute.JointStats, perms permute.
 	if kind == BudgetCompute && js != nil {
 		for _, m := range as.Arch.Modules {
 			if js.Has(m.Name) {
-				st, err := js.Module(m.Name)
+				c, err := statsCount(js, m.Name)
 				if err != nil {
 					return nil, err
 				}
-				if minCount == 0 || st.Count < minCount {
-					minCount = st.Count
+				if minCount == 0 || c < minCount {
+					minCount = c
 				}
 			}
 		}
@@ -290,11 +290,11 @@ func newWidthProblem(as *permute.ArchSpec, js permute.JointStats, perms permute.
 			}
 			t := costTerm{factor: 1}
 			if kind == BudgetCompute && minCount > 0 && js.Has(m.Name) {
-				st, err := js.Module(m.Name)
+				c, err := statsCount(js, m.Name)
 				if err != nil {
 					return nil, err
 				}
-				t.factor = math.Round(float64(st.Count) / float64(minCount))
+				t.factor = math.Round(float64(c) / float64(minCount))
 			}
 			for ax, l := range p.Shape {
 				ca := costAxis{fixed: float64(l)}
@@ -527,4 +527,17 @@ func budgetWidths(w map[string]int) []string {
 		out = append(out, fmt.Sprintf("%s=%d", g, w[g]))
 	}
 	return out
+}
+
+// statsCount returns a module's sample count, without its matrices when
+// the statistics can tell (stats.File, fisher/nn.LazyStats).
+func statsCount(js permute.JointStats, module string) (int64, error) {
+	if c, ok := js.(interface{ Count(string) (int64, error) }); ok {
+		return c.Count(module)
+	}
+	st, err := js.Module(module)
+	if err != nil {
+		return 0, err
+	}
+	return st.Count, nil
 }

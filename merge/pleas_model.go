@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -25,7 +26,9 @@ import (
 // matching, widths (--width or --budget), the least-squares refit, the
 // BatchNorm statistics recomputed on the data, and the merged checkpoint
 // written with its config.json updated for the new widths. Memory: both
-// models and the merged one in float32, and one module's statistics.
+// models and the merged one in float32, the statistics of the modules not
+// yet refit, those above fisher/nn.DefaultDeferBytes kept as their rows
+// (their matrices one at a time, when read).
 func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.WriteOptions) (*checkpoint.Written, error) {
 	p := j.Plan
 	var nets []*nn.Net
@@ -59,13 +62,16 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 		}
 		js = f
 	} else {
-		st, err := nn.CollectStats(ctx, nets, data, nn.StatsOptions{MaxGramElems: -1})
+		// the largest entries are accumulated when read, one at a time,
+		// and every module's statistics are released once it is refit
+		st, err := nn.CollectLazyStats(ctx, nets, data, nn.StatsOptions{MaxGramElems: -1}, 0)
 		if err != nil {
 			return nil, fmt.Errorf("pleas: statistics on %s: %w", p.Global("calib").Text, err)
 		}
-		js = permute.StatsOf(st)
+		js = st
+		runtime.GC() // the pass's buffers
 	}
-	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool}
+	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool, ReleaseStats: true}
 	match := p.Global("match").Text
 	if match == "weight" {
 		mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}

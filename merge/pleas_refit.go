@@ -6,6 +6,7 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas64"
+	"gonum.org/v1/gonum/lapack/lapack64"
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/wtool/wtool/fisher/stats"
@@ -39,6 +40,22 @@ type refitProblem struct {
 	WA, WB     []float32
 	BA, BB     []float32
 	Ridge      float64
+	// Scratch, if set, lends the d x d work matrices, reused from one
+	// module to the next (nil: allocated for this problem).
+	Scratch *refitScratch
+}
+
+// refitScratch holds the refit's largest work matrices between modules:
+// the normal matrix and the one factored in place. Their contents are
+// undefined between uses; only the upper triangles are read.
+type refitScratch struct{ zz, chol []float64 }
+
+// take returns n values of *buf, growing it when needed.
+func take(buf *[]float64, n int) []float64 {
+	if cap(*buf) < n {
+		*buf = make([]float64, n)
+	}
+	return (*buf)[:n]
 }
 
 // term is one source feature of a merged feature: coefficient c times
@@ -123,22 +140,34 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 		zt = append(zt, []term{{one, 1}})
 	}
 	zdim := len(zt)
-	// ZZ = P M P^T
-	zz := mat.NewSymDense(zdim, nil)
-	for r := range zdim {
-		if r%256 == 0 {
-			if err := ctx.Err(); err != nil {
-				return nil, nil, err
-			}
+	// ZZ = P M P^T, its upper triangle by tiles: a merged feature reads
+	// the cross Gram both ways, and tiles keep its transposed reads in cache
+	sc := p.Scratch
+	if sc == nil {
+		sc = &refitScratch{}
+	}
+	zzRaw := take(&sc.zz, zdim*zdim) // the lower triangle is never read
+	zz := mat.NewSymDense(zdim, zzRaw)
+	const tile = 64
+	for r0 := 0; r0 < zdim; r0 += tile {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
 		}
-		for s := r; s < zdim; s++ {
-			var v float64
-			for _, tr := range zt[r] {
-				for _, ts := range zt[s] {
-					v += tr.c * ts.c * mv(tr.i, ts.i)
+		r1 := min(r0+tile, zdim)
+		for s0 := r0; s0 < zdim; s0 += tile {
+			s1 := min(s0+tile, zdim)
+			for r := r0; r < r1; r++ {
+				row := zzRaw[r*zdim : (r+1)*zdim]
+				for s := max(s0, r); s < s1; s++ {
+					var v float64
+					for _, tr := range zt[r] {
+						for _, ts := range zt[s] {
+							v += tr.c * ts.c * mv(tr.i, ts.i)
+						}
+					}
+					row[s] = v
 				}
 			}
-			zz.SetSym(r, s, v)
 		}
 	}
 	// E[v_i (W_side x_side)_o] for i < 2d: H_side = M[:, side's x] W_side^T,
@@ -264,7 +293,7 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
 		}
-		x, err := solveMasked(zz, zT, cols, rows, p.Ridge, bias)
+		x, err := solveMasked(zz, zT, cols, rows, p.Ridge, bias, &sc.chol)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -284,8 +313,9 @@ func refitSolve(ctx context.Context, p refitProblem) ([]float32, []float32, erro
 // solveMasked solves (ZZ[cols,cols] + ridge) X = ZT[cols, rows] by
 // Cholesky, the ridge relative to the mean diagonal and sparing the bias
 // column (the last of cols when bias); a singular system is retried with
-// ten times the ridge, up to 1.
-func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float64, bias bool) (*mat.Dense, error) {
+// ten times the ridge, up to 1. The system is factored in *buf (grown
+// when needed).
+func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float64, bias bool, buf *[]float64) (*mat.Dense, error) {
 	k := len(cols)
 	nb := k
 	if bias {
@@ -310,7 +340,7 @@ func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float6
 	if ridge <= 0 {
 		ridge = 1e-6
 	}
-	data := make([]float64, k*k)
+	data := take(buf, k*k) // only the upper triangle is written and read
 	for r := ridge; ; r *= 10 {
 		// the upper triangle of ZZ[cols, cols] + ridge (row-major)
 		for i, ci := range cols {
@@ -328,16 +358,11 @@ func solveMasked(zz *mat.SymDense, zt *mat.Dense, cols, rows []int, ridge float6
 				drow[i] += r * meanDiag
 			}
 		}
-		var ch mat.Cholesky
-		if ch.Factorize(mat.NewSymDense(k, data)) {
-			if u, ok := ch.RawU().(*mat.TriDense); ok {
-				cholSolve(u.RawTriangular(), rhs.RawMatrix())
-				return rhs, nil
-			}
-			var x mat.Dense
-			if err := ch.SolveTo(&x, rhs); err == nil {
-				return &x, nil
-			}
+		// the factor in place: mat.Cholesky would copy the matrix and
+		// estimate its condition number, which nothing here reads
+		if _, ok := lapack64.Potrf(blas64.Symmetric{N: k, Stride: k, Uplo: blas.Upper, Data: data}); ok {
+			cholSolve(blas64.Triangular{N: k, Stride: k, Uplo: blas.Upper, Diag: blas.NonUnit, Data: data}, rhs.RawMatrix())
+			return rhs, nil
 		}
 		if !(r < 1) {
 			break

@@ -128,7 +128,7 @@ func TestPLeaSRefitEqualsDenseLeastSquares(t *testing.T) {
 			out := map[string]*tensors.Tensor{}
 			w := mapWeights{"m.weight": wa, "m.bias": ba}
 			v := mapWeights{"m.weight": wb, "m.bias": bb}
-			if err := refitModule(context.Background(), nil, m, w, v, js, map[string][][]elem{"m.weight": axes}, 1e-13, out); err != nil {
+			if err := refitModule(context.Background(), nil, m, w, v, js, map[string][][]elem{"m.weight": axes}, 1e-13, out, nil); err != nil {
 				t.Fatal(err)
 			}
 			gotW, _ := out["m.weight"].Float32()

@@ -22,6 +22,30 @@ func StatsOf(s *stats.Stats) JointStats { return s.Lookup() }
 // corr[i][j] = (E[a_i b_j] - E[a_i] E[b_j]) / (std(a_i) std(b_j)), 0 where a
 // feature is constant.
 func Correlation(m *stats.Module) ([]float64, error) {
+	cr, err := newCorrelator(m)
+	if err != nil {
+		return nil, err
+	}
+	d := m.Dim
+	c := make([]float64, d*d)
+	for i := range d {
+		for j := range d {
+			c[i*d+j] = cr.at(i, j)
+		}
+	}
+	return c, nil
+}
+
+// correlator gives single entries of Correlation's matrix, for consumers
+// that read a few of them (a convolution's patch pairs at the same kernel
+// position) without the d x d matrix.
+type correlator struct {
+	m              *stats.Module
+	n              float64
+	ma, mb, sa, sb []float64
+}
+
+func newCorrelator(m *stats.Module) (*correlator, error) {
 	if m.Cross == nil || m.GramB == nil {
 		return nil, fmt.Errorf("module %q: joint statistics needed (cross Gram)", m.Name)
 	}
@@ -29,23 +53,22 @@ func Correlation(m *stats.Module) ([]float64, error) {
 	if n == 0 {
 		return nil, fmt.Errorf("module %q: no samples", m.Name)
 	}
-	ma, mb := make([]float64, d), make([]float64, d)
-	sa, sb := make([]float64, d), make([]float64, d)
+	c := &correlator{m: m, n: n, ma: make([]float64, d), mb: make([]float64, d), sa: make([]float64, d), sb: make([]float64, d)}
 	for i := range d {
-		ma[i], mb[i] = m.Sum[i]/n, m.SumB[i]/n
-		sa[i] = math.Sqrt(max(m.Gram[i*d+i]/n-ma[i]*ma[i], 0))
-		sb[i] = math.Sqrt(max(m.GramB[i*d+i]/n-mb[i]*mb[i], 0))
-	}
-	c := make([]float64, d*d)
-	for i := range d {
-		for j := range d {
-			den := sa[i] * sb[j]
-			if den > 1e-12*(1+math.Abs(ma[i]*mb[j])) {
-				c[i*d+j] = (m.Cross[i*d+j]/n - ma[i]*mb[j]) / den
-			}
-		}
+		c.ma[i], c.mb[i] = m.Sum[i]/n, m.SumB[i]/n
+		c.sa[i] = math.Sqrt(max(m.Gram[i*d+i]/n-c.ma[i]*c.ma[i], 0))
+		c.sb[i] = math.Sqrt(max(m.GramB[i*d+i]/n-c.mb[i]*c.mb[i], 0))
 	}
 	return c, nil
+}
+
+// at returns the correlation of A's feature i with B's feature j.
+func (c *correlator) at(i, j int) float64 {
+	den := c.sa[i] * c.sb[j]
+	if den > 1e-12*(1+math.Abs(c.ma[i]*c.mb[j])) {
+		return (c.m.Cross[i*c.m.Dim+j]/c.n - c.ma[i]*c.mb[j]) / den
+	}
+	return 0
 }
 
 // GroupCorrelation describes how well activation matching aligned a group.

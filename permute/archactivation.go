@@ -251,7 +251,7 @@ func (s *Spec) pooledScores(ctx context.Context, g string, es []StatsEntry, js J
 			return nil, rep, fmt.Errorf("statistics entry %q has %d features; its space %s has %d units", e.Name, m.Dim, e.Space, size)
 		}
 		k := m.Dim / size
-		corr, err := Correlation(m)
+		corr, err := newCorrelator(m) // the entries read below only: a conv patch's d x d would be k times more
 		if err != nil {
 			return nil, rep, err
 		}
@@ -261,7 +261,6 @@ func (s *Spec) pooledScores(ctx context.Context, g string, es []StatsEntry, js J
 		if len(pos) != size {
 			return nil, rep, fmt.Errorf("statistics entry %q: group %q covers %d of the %d units of %s (a bug)", e.Name, g, len(pos), size, e.Space)
 		}
-		d := m.Dim
 		norm := 1 / float64(per*k)
 		for i := range n {
 			pi := pos[i*per : (i+1)*per]
@@ -270,7 +269,7 @@ func (s *Spec) pooledScores(ctx context.Context, g string, es []StatsEntry, js J
 				c := 0.0
 				for t := range per {
 					for q := range k {
-						c += corr[(pi[t]*k+q)*d+pj[t]*k+q]
+						c += corr.at(pi[t]*k+q, pj[t]*k+q)
 					}
 				}
 				sc[i*n+j] += c * norm

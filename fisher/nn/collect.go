@@ -3,6 +3,7 @@ package nn
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/wtool/wtool/fisher/stats"
 )
@@ -44,6 +45,23 @@ func Modules(p Point) bool { return p.Kind == ModuleInput }
 // Linear head, one per output position per image for a convolution's patch
 // and for a feature map's channels, one per token for a transformer.
 func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) (*stats.Stats, error) {
+	rec, err := collect(ctx, nets, d, opts, 0)
+	if err != nil {
+		return nil, err
+	}
+	s := rec.acc.Stats(opts.Source)
+	for _, m := range s.Modules {
+		if m.Count == 0 {
+			return nil, fmt.Errorf("%q never ran on the data", m.Name)
+		}
+	}
+	return s, nil
+}
+
+// collect runs the data through the nets into a recorder; entries whose
+// float64 statistics would take more than deferBytes (0: none) keep their
+// rows instead (see CollectLazyStats).
+func collect(ctx context.Context, nets []*Net, d *Data, opts StatsOptions, deferBytes int64) (*recorder, error) {
 	if len(nets) < 1 || len(nets) > 2 {
 		return nil, fmt.Errorf("statistics are for one model or a pair, not %d", len(nets))
 	}
@@ -62,7 +80,7 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 	}
 	var names []string
 	var dims []int
-	rec := &recorder{want: map[string]int{}, lanes: len(nets), bufs: map[string]*rowBuf{}}
+	rec := &recorder{want: map[string]int{}, lanes: len(nets), bufs: map[string]*rowBuf{}, deferred: map[string]*keptRows{}}
 	for _, pt := range nets[0].Points() {
 		if opts.Select != nil && !opts.Select(pt) {
 			continue
@@ -71,11 +89,16 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 			return nil, fmt.Errorf("%s %q: %d features give a Gram matrix of %d elements (%d MiB in float64), above the limit of %d; leave it out or raise the limit",
 				pt.Kind, pt.Name, pt.Dim, pt.Dim*pt.Dim, pt.Dim*pt.Dim*8>>20, limit)
 		}
+		rec.want[pt.Name] = pt.Dim
+		rec.order = append(rec.order, pt.Name)
+		if deferBytes > 0 && statsBytes(pt.Dim, joint) > deferBytes {
+			rec.deferred[pt.Name] = &keptRows{dim: pt.Dim}
+			continue
+		}
 		names = append(names, pt.Name)
 		dims = append(dims, pt.Dim)
-		rec.want[pt.Name] = pt.Dim
 	}
-	if len(names) == 0 {
+	if len(rec.order) == 0 {
 		return nil, fmt.Errorf("no statistics selected")
 	}
 	if rec.acc, err = stats.NewAccumulator(names, dims, joint); err != nil {
@@ -106,13 +129,8 @@ func CollectStats(ctx context.Context, nets []*Net, d *Data, opts StatsOptions) 
 	if err := rec.flushAll(); err != nil {
 		return nil, err
 	}
-	s := rec.acc.Stats(opts.Source)
-	for _, m := range s.Modules {
-		if m.Count == 0 {
-			return nil, fmt.Errorf("%q never ran on the data", m.Name)
-		}
-	}
-	return s, nil
+	rec.bufs = nil
+	return rec, nil
 }
 
 // recorder feeds a pass's activations to a statistics accumulator. Rows
@@ -124,7 +142,36 @@ type recorder struct {
 	want  map[string]int // name -> dimension
 	lanes int
 	bufs  map[string]*rowBuf
-	order []string // entries with buffered rows, in first-use order
+	used  []string // entries with buffered rows, in first-use order
+	order []string // every entry, in the nets' point order
+	// deferred entries keep their blocks of rows (CollectLazyStats)
+	deferred map[string]*keptRows
+	scratch  []float32 // the float32 products of the deferred entries that accumulate
+}
+
+// keptRows are a deferred entry's blocks of rows, exactly as they would
+// have been multiplied, or (when they came to outweigh the statistics) the
+// entry's own accumulator.
+type keptRows struct {
+	dim    int
+	blocks []rowBlock
+	bytes  int64
+	rows   int64
+	acc    *stats.Accumulator
+}
+
+type rowBlock struct {
+	x    [][]float32 // one per lane
+	rows int
+}
+
+// statsBytes is the size of an entry's float64 statistics.
+func statsBytes(dim int, joint bool) int64 {
+	d := int64(dim)
+	if joint {
+		return 8 * (3*d*d + 4*d)
+	}
+	return 8 * (d*d + 2*d)
 }
 
 // rowBuf holds an entry's pending rows, one slice per lane.
@@ -150,12 +197,11 @@ func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 	b := r.bufs[name]
 	if b == nil {
 		c := min(gramChunk, max(256, bufBytes/4/dim))
+		// the lanes' buffers are allocated on first use: an entry whose
+		// batches bring whole blocks (early convolutions) never needs them
 		b = &rowBuf{dim: dim, cap: c, x: make([][]float32, r.lanes)}
-		for i := range b.x {
-			b.x[i] = make([]float32, c*dim)
-		}
 		r.bufs[name] = b
-		r.order = append(r.order, name)
+		r.used = append(r.used, name)
 	}
 	for lo := 0; lo < rows; {
 		if b.rows == 0 && rows-lo >= b.cap { // a whole block: no copy
@@ -168,6 +214,9 @@ func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 		}
 		n := min(rows-lo, b.cap-b.rows)
 		for i := range vs {
+			if b.x[i] == nil {
+				b.x[i] = make([]float32, b.cap*dim)
+			}
 			copy(b.x[i][b.rows*dim:], vs[i][lo*dim:(lo+n)*dim])
 		}
 		b.rows += n
@@ -182,10 +231,55 @@ func (r *recorder) add(name string, vs [][]float32, rows, dim int) error {
 }
 
 func (r *recorder) send(name string, vs [][]float32, lo, hi, dim int) error {
-	if r.lanes == 2 {
-		return r.acc.AddJoint(name, vs[0][lo*dim:hi*dim], vs[1][lo*dim:hi*dim], hi-lo)
+	acc := r.acc
+	if k := r.deferred[name]; k != nil {
+		if k.acc == nil {
+			b := rowBlock{rows: hi - lo, x: make([][]float32, len(vs))}
+			for i, v := range vs {
+				b.x[i] = slices.Clone(v[lo*dim : hi*dim])
+			}
+			k.blocks = append(k.blocks, b)
+			k.bytes += int64(len(vs)*(hi-lo)*dim) * 4
+			k.rows += int64(hi - lo)
+			if k.bytes <= statsBytes(dim, r.lanes == 2) {
+				return nil
+			}
+			// the rows outweigh the statistics: accumulate them from now on
+			a, err := k.replay(name, r.lanes == 2, nil, &r.scratch)
+			if err != nil {
+				return err
+			}
+			k.acc, k.blocks, k.bytes = a, nil, 0
+			return nil
+		}
+		acc = k.acc
+		k.rows += int64(hi - lo)
 	}
-	return r.acc.Add(name, vs[0][lo*dim:hi*dim], hi-lo)
+	if r.lanes == 2 {
+		return acc.AddJoint(name, vs[0][lo*dim:hi*dim], vs[1][lo*dim:hi*dim], hi-lo)
+	}
+	return acc.Add(name, vs[0][lo*dim:hi*dim], hi-lo)
+}
+
+// replay accumulates a deferred entry's kept blocks, in the order they
+// came, into a new accumulator: the statistics the recorder would have
+// accumulated.
+func (k *keptRows) replay(name string, joint bool, alloc func(int) []float64, scratch *[]float32) (*stats.Accumulator, error) {
+	a, err := stats.NewAccumulatorWith([]string{name}, []int{k.dim}, joint, alloc, scratch)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range k.blocks {
+		if joint {
+			err = a.AddJoint(name, b.x[0], b.x[1], b.rows)
+		} else {
+			err = a.Add(name, b.x[0], b.rows)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 func (r *recorder) flush(name string, b *rowBuf) error {
@@ -199,7 +293,7 @@ func (r *recorder) flush(name string, b *rowBuf) error {
 
 // flushAll multiplies every entry's pending rows.
 func (r *recorder) flushAll() error {
-	for _, name := range r.order {
+	for _, name := range r.used {
 		if err := r.flush(name, r.bufs[name]); err != nil {
 			return err
 		}

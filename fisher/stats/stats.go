@@ -78,17 +78,30 @@ type Accumulator struct {
 	joint   bool
 	modules []*Module
 	index   map[string]int
-	buf     []float32 // per-batch float32 Gram
+	buf     []float32  // per-batch float32 Gram
+	shared  *[]float32 // the caller's buffer for it (NewAccumulatorWith), or nil
 	samples int64
 }
 
 // NewAccumulator returns an accumulator for modules with the given input
 // dimensions; joint accumulates two models' inputs and their cross Gram.
 func NewAccumulator(names []string, dims []int, joint bool) (*Accumulator, error) {
+	return NewAccumulatorWith(names, dims, joint, nil, nil)
+}
+
+// NewAccumulatorWith is NewAccumulator with the memory from the caller, who
+// reuses it from one accumulator to the next: alloc(n) returns n zeroed
+// float64 values for each array of the modules (nil: make), and scratch,
+// if not nil, is the float32 product buffer, grown as needed. The results
+// are the same as NewAccumulator's.
+func NewAccumulatorWith(names []string, dims []int, joint bool, alloc func(n int) []float64, scratch *[]float32) (*Accumulator, error) {
+	if alloc == nil {
+		alloc = func(n int) []float64 { return make([]float64, n) }
+	}
 	if len(names) != len(dims) {
 		return nil, fmt.Errorf("%d module names for %d dimensions", len(names), len(dims))
 	}
-	a := &Accumulator{joint: joint, index: map[string]int{}}
+	a := &Accumulator{joint: joint, index: map[string]int{}, shared: scratch}
 	for i, n := range names {
 		if _, dup := a.index[n]; dup {
 			return nil, fmt.Errorf("module %q listed twice", n)
@@ -97,9 +110,9 @@ func NewAccumulator(names []string, dims []int, joint bool) (*Accumulator, error
 		if d <= 0 {
 			return nil, fmt.Errorf("module %q: input dimension %d", n, d)
 		}
-		m := &Module{Name: n, Dim: d, Sum: make([]float64, d), Abs: make([]float64, d), Gram: make([]float64, d*d)}
+		m := &Module{Name: n, Dim: d, Sum: alloc(d), Abs: alloc(d), Gram: alloc(d * d)}
 		if joint {
-			m.SumB, m.AbsB, m.GramB, m.Cross = make([]float64, d), make([]float64, d), make([]float64, d*d), make([]float64, d*d)
+			m.SumB, m.AbsB, m.GramB, m.Cross = alloc(d), alloc(d), alloc(d*d), alloc(d*d)
 		}
 		a.index[n] = i
 		a.modules = append(a.modules, m)
@@ -180,18 +193,19 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int, sym b
 	if rows == 0 {
 		return
 	}
-	if cap(a.buf) < d*d {
-		a.buf = make([]float32, d*d)
+	pb := &a.buf
+	if a.shared != nil {
+		pb = a.shared
 	}
-	buf := a.buf[:d*d]
+	if cap(*pb) < d*d {
+		*pb = make([]float32, d*d)
+	}
+	buf := (*pb)[:d*d]
 	if sym {
 		blas32.Syrk(blas.Trans, 1, blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 			0, blas32.Symmetric{N: d, Stride: d, Data: buf, Uplo: blas.Upper})
 		for i := range d {
-			row, dst := buf[i*d+i:(i+1)*d], g[i*d+i:(i+1)*d]
-			for j, v := range row {
-				dst[j] += float64(v)
-			}
+			addF32(g[i*d+i:(i+1)*d], buf[i*d+i:(i+1)*d])
 		}
 		return
 	}
@@ -199,8 +213,28 @@ func (a *Accumulator) gramInto(g []float64, xa, xb []float32, rows, d int, sym b
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xa},
 		blas32.General{Rows: rows, Cols: d, Stride: d, Data: xb},
 		0, blas32.General{Rows: d, Cols: d, Stride: d, Data: buf})
-	for i, v := range buf {
-		g[i] += float64(v)
+	addF32(g[:d*d], buf)
+}
+
+// addF32 adds src to dst (the same length), eight at a time.
+func addF32(dst []float64, src []float32) {
+	n := len(src)
+	dst = dst[:n]
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		s := src[i : i+8 : i+8]
+		d := dst[i : i+8 : i+8]
+		d[0] += float64(s[0])
+		d[1] += float64(s[1])
+		d[2] += float64(s[2])
+		d[3] += float64(s[3])
+		d[4] += float64(s[4])
+		d[5] += float64(s[5])
+		d[6] += float64(s[6])
+		d[7] += float64(s[7])
+	}
+	for ; i < n; i++ {
+		dst[i] += float64(src[i])
 	}
 }
 
@@ -270,16 +304,30 @@ func (s *Stats) metadata() map[string]string {
 	}
 }
 
-// mirrorUpper copies the upper triangle of a d x d matrix to the lower one.
+// mirrorUpper copies the upper triangle of a d x d matrix to the lower one,
+// by 64 x 64 blocks, four source rows at a time (each destination row gets
+// four contiguous values: a 4608 x 4608 matrix in 0.05 s rather than 0.2 s).
 func mirrorUpper(g []float64, d int) {
 	if g == nil {
 		return
 	}
 	const blk = 64
 	for i0 := 0; i0 < d; i0 += blk {
+		i1 := min(i0+blk, d)
 		for j0 := i0; j0 < d; j0 += blk {
-			for i := i0; i < min(i0+blk, d); i++ {
-				for j := max(j0, i+1); j < min(j0+blk, d); j++ {
+			j1 := min(j0+blk, d)
+			i := i0
+			if j0 > i0 { // off the diagonal: the whole block, 4 rows at a time
+				for ; i+4 <= i1; i += 4 {
+					r0, r1, r2, r3 := g[i*d:(i+1)*d], g[(i+1)*d:(i+2)*d], g[(i+2)*d:(i+3)*d], g[(i+3)*d:(i+4)*d]
+					for j := j0; j < j1; j++ {
+						w := g[j*d+i : j*d+i+4 : j*d+i+4]
+						w[0], w[1], w[2], w[3] = r0[j], r1[j], r2[j], r3[j]
+					}
+				}
+			}
+			for ; i < i1; i++ {
+				for j := max(j0, i+1); j < j1; j++ {
 					g[j*d+i] = g[i*d+j]
 				}
 			}

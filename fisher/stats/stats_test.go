@@ -139,3 +139,28 @@ func TestImpossibleStatisticsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorUpper: the blocked mirror is the element-by-element one, for
+// sizes around its blocks and its groups of four rows.
+func TestMirrorUpper(t *testing.T) {
+	for _, d := range []int{1, 2, 3, 4, 5, 63, 64, 65, 67, 128, 130, 257} {
+		g := make([]float64, d*d)
+		want := make([]float64, d*d)
+		for i := range d {
+			for j := range d {
+				v := float64(i*1000 + j)
+				if j < i {
+					v = -1 // the lower triangle is overwritten
+				}
+				g[i*d+j] = v
+				want[i*d+j] = float64(min(i, j)*1000 + max(i, j))
+			}
+		}
+		mirrorUpper(g, d)
+		for k := range g {
+			if g[k] != want[k] {
+				t.Fatalf("d=%d: element (%d, %d) is %g, want %g", d, k/d, k%d, g[k], want[k])
+			}
+		}
+	}
+}
