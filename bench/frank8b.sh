@@ -7,6 +7,7 @@
 # Usage: bench/frank8b.sh   (as root, for drop_caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 CK=${CK:-/work/ckpt8b}
 OUT=$CK/out-$(whoami)-frank
 BIN=$(mktemp -d)/wtool
@@ -22,17 +23,8 @@ YML
 run() {
   mkdir -p "$OUT"
   sync; echo 3 > /proc/sys/vm/drop_caches
-  local start end peak=0 pid rc v
-  start=$(date +%s.%N)
-  "$BIN" merge --config "$CFG" -o "$OUT/frank" -q &
-  pid=$!
-  while kill -0 $pid 2>/dev/null; do
-    v=$(awk '/RssAnon/{print $2}' /proc/$pid/status 2>/dev/null || true)
-    if [ -n "$v" ] && [ "$v" -gt "$peak" ]; then peak=$v; fi
-    sleep 0.1
-  done
-  wait $pid; rc=$?
-  end=$(date +%s.%N)
+  sample_run 0.1 "$BIN" merge --config "$CFG" -o "$OUT/frank" -q
+  local start=$run_start end=$run_end peak=$run_peak_kib rc=$run_rc
   local bytes; bytes=$(du -sb "$OUT/frank" | cut -f1)
   echo "frankenmerge: rc=$rc $(echo "$end - $start" | bc) s, $bytes bytes, peak RssAnon ${peak} kB, num_hidden_layers $(python3 -c "import json;print(json.load(open('$OUT/frank/config.json'))['num_hidden_layers'])")"
   rm -rf "$OUT/frank"
@@ -44,5 +36,5 @@ run() {
   rm -rf "$OUT"
 }
 export -f run 2>/dev/null || true
-flock "$CK/.lock" bash -c "$(declare -f run); BIN=$BIN CFG=$CFG OUT=$OUT CK=$CK; run"
+flock "$CK/.lock" bash -c "$(declare -f sample_run run); BIN=$BIN CFG=$CFG OUT=$OUT CK=$CK; run"
 rm -f "$CFG"

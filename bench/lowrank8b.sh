@@ -19,6 +19,7 @@
 #   TIMEOUT  stop each step with SIGINT (Ctrl-C) after this many seconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 A=${1:-/work/ckpt8b/a}
 STEPS=${STEPS:-io adapter compress}
 OUT=${OUT:-/work/ckpt8b/out-h-perm}
@@ -33,36 +34,8 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *
 
 # measure LABEL CMD...: runs CMD holding the lock, page cache dropped;
 # prints LABEL, wall seconds, user+system CPU seconds, peak RssAnon MiB and
-# the exit code.
-measure() {
-	local label=$1
-	shift
-	local lockcmd=()
-	[ -n "$LOCK" ] && lockcmd=(flock "$LOCK")
-	"${lockcmd[@]}" bash -c '
-		[ "'"${DROP:-1}"'" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-		start=$(date +%s.%N)
-		to=()
-		[ -n "'"${TIMEOUT:-}"'" ] && to=(timeout --signal=INT "'"${TIMEOUT:-}"'")
-		"${to[@]}" "$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
-		pid=$!
-		peak=0
-		cpu=0
-		while kill -0 $pid 2>/dev/null; do
-			for q in $pid $(pgrep -P $pid); do # the command, or the one timeout runs
-				v=$(awk "/RssAnon/{print \$2}" /proc/$q/status 2>/dev/null || true)
-				[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-				c=$(awk "{print \$14+\$15}" /proc/$q/stat 2>/dev/null || true)
-				[ -n "$c" ] && [ "$c" -gt "$cpu" ] && cpu=$c
-			done
-			sleep 0.5
-		done
-		wait $pid; rc=$?
-		end=$(date +%s.%N)
-		printf "%s\t%.1f\t%.1f\t%d\t%d\n" "'"$label"'" "$(echo "$end - $start" | bc -l)" "$(echo "$cpu / $(getconf CLK_TCK)" | bc -l)" $((peak / 1024)) $rc
-		rm -rf "'"$OUT"'"
-	' _ "$@" | tee -a "$tmp/results.tsv"
-}
+# the exit code (bench/lib.sh's measure_step).
+measure() { measure_step cpu "$@"; }
 
 # shares LABEL: the CPU profile's samples by kind of work. The kernel time
 # of page faults on the mapped input (reading it from disk) shows up under

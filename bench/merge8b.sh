@@ -37,6 +37,7 @@
 # $CKPT8B/out-$BENCH_NAME (default h-merge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ck=${CKPT8B:-/work/ckpt8b}
 out=$ck/out-${BENCH_NAME:-h-merge}
 methods=("$@")
@@ -70,22 +71,11 @@ done
 dropcaches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # run CMD... in the background; print "seconds peak_rssanon_kib cpu_seconds"
-# (CPU: user + system of CMD's process, last sampled; 0 for a shell function)
+# (CPU: user + system of CMD's process or of its children, last sampled)
 measure() {
-  local t0 t1 pid peak=0 v cpu=0 c
-  t0=$(date +%s.%N)
-  "$@" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-    c=$(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    [ -n "$c" ] && [ "$c" -gt "$cpu" ] && cpu=$c
-    sleep 0.1
-  done
-  wait "$pid"
-  t1=$(date +%s.%N)
-  echo "$(echo "$t1 - $t0" | bc -l) $peak $(echo "$cpu / $(getconf CLK_TCK)" | bc -l)"
+  sample_run 0.1 "$@"
+  [ "$run_rc" = 0 ] || return "$run_rc"
+  echo "$run_secs $run_peak_kib $run_cpu_secs"
 }
 
 baseline() { # inputs...

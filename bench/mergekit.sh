@@ -15,6 +15,7 @@
 set -euo pipefail
 runs=${1:-3}
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/wtool-bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/wtool" ./cmd/wtool
@@ -26,17 +27,10 @@ cat "$tmp"/a.safetensors "$tmp"/b.safetensors "$tmp"/base.safetensors >/dev/null
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # run CMD...: time in seconds and peak RssAnon in KiB, into $t and $anon
 run() {
-  local t0 pid peak=0 a
-  t0=$(date +%s.%N)
-  "$@" & pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    a=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ -n "$a" ] && [ "$a" -gt "$peak" ] && peak=$a
-    sleep 0.05
-  done
-  wait "$pid"
-  t=$(echo "$(date +%s.%N) - $t0" | bc -l)
-  anon=$peak
+  sample_run 0.05 "$@"
+  [ "$run_rc" = 0 ] || return "$run_rc"
+  t=$run_secs
+  anon=$run_peak_kib
 }
 declare -A times anons
 cps=() cpss=()

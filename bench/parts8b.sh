@@ -14,6 +14,7 @@
 #   flock is taken here:  bench/parts8b.sh [A] [B] [OUTDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 A=${1:-/work/ckpt8b/a}
 B=${2:-/work/ckpt8b/b}
 OUTDIR=${3:-/work/ckpt8b/out-h-io}
@@ -29,17 +30,8 @@ drop() { sync; if [ "$(id -u)" -eq 0 ]; then echo 3 > /proc/sys/vm/drop_caches; 
 
 # run CMD...: prints "seconds peak_rssanon_MiB exit" into $tmp/last
 run() {
-  local t0 t1 pid peak=0 v code=0
-  t0=$(date +%s.%N)
-  "$@" & pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    v=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-    sleep 0.2
-  done
-  wait "$pid" || code=$?
-  t1=$(date +%s.%N)
-  printf '%.1f %d %d\n' "$(echo "$t1 - $t0" | bc -l)" $((peak / 1024)) "$code" > "$tmp/last"
+  sample_run 0.2 "$@"
+  printf '%.1f %d %d\n' "$run_secs" $((run_peak_kib / 1024)) "$run_rc" > "$tmp/last"
 }
 
 sums() { (cd "$1" && sha256sum $(ls | sort)); }

@@ -25,6 +25,7 @@
 #           the same after the first minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 A=${1:-/work/ckpt8b/a}
 B=${2:-/work/ckpt8b/b}
 C=${3:-/work/ckpt8b/base}
@@ -45,33 +46,8 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *
 
 # measure LABEL CMD...: runs CMD holding the lock, page cache dropped, and
 # prints its wall time and peak RssAnon; CMD's stdout goes to $tmp/LABEL.out,
-# its stderr to $tmp/LABEL.err.
-measure() {
-	local label=$1
-	shift
-	local lockcmd=()
-	[ -n "$LOCK" ] && lockcmd=(flock "$LOCK")
-	"${lockcmd[@]}" bash -c '
-		[ "'"${DROP:-1}"'" = 0 ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-		start=$(date +%s.%N)
-		to=()
-		[ -n "'"${TIMEOUT:-}"'" ] && to=(timeout --signal=INT "'"${TIMEOUT:-}"'")
-		"${to[@]}" "$@" >"'"$tmp/$label.out"'" 2>"'"$tmp/$label.err"'" &
-		pid=$!
-		peak=0
-		while kill -0 $pid 2>/dev/null; do
-			for q in $pid $(pgrep -P $pid); do # the command, or the one timeout runs
-				v=$(awk "/RssAnon/{print \$2}" /proc/$q/status 2>/dev/null || true)
-				[ -n "$v" ] && [ "$v" -gt "$peak" ] && peak=$v
-			done
-			sleep 0.5
-		done
-		wait $pid; rc=$?
-		end=$(date +%s.%N)
-		printf "%s\t%.1f\t%d\t%d\n" "'"$label"'" "$(echo "$end - $start" | bc -l)" $((peak / 1024)) $rc
-		rm -rf "'"$OUT"'"
-	' _ "$@" | tee -a "$tmp/results.tsv"
-}
+# its stderr to $tmp/LABEL.err (bench/lib.sh's measure_step).
+measure() { measure_step nocpu "$@"; }
 
 # kernelrate LABEL FLOP: the GEMM kernels' GFLOP per CPU-second in the
 # step's CPU profile (contention on a shared machine changes it far less

@@ -343,15 +343,8 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		}
 		return out
 	}
-	wopts, err = m.DefaultWriteOptions(wopts)
-	if err != nil {
+	if wopts, err = svdWriteOptions(m, wopts, o.Progress); err != nil {
 		return nil, nil, err
-	}
-	wopts.Progress = o.Progress
-	if wopts.Workers == 0 {
-		// one matrix at a time: the SVD already uses every core, and a second
-		// one in flight only doubles the memory
-		wopts.Workers = 1
 	}
 	// The adapter directory and the configs are written from what each
 	// shard's state keeps (the reports of the modules it holds, and for
@@ -391,11 +384,7 @@ func InitAdapters(ctx context.Context, m *checkpoint.Model, out string, o Adapte
 		if err != nil {
 			return err
 		}
-		b, err := json.Marshal(st)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+		return saveShardState(dir, st)
 	}}
 	written, err := checkpoint.Write(ctx, out, entries, produce, wopts)
 	if err != nil {
@@ -542,11 +531,7 @@ func finalizeAdapters(dir, out string, states []string) error {
 	var lora []string
 	for _, s := range states {
 		var one adapterState
-		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
-		if err == nil {
-			err = json.Unmarshal(b, &one)
-		}
-		if err != nil {
+		if err := loadShardState(s, &one); err != nil {
 			return fmt.Errorf("adapter state %s: %w", s, err)
 		}
 		st.Method, st.Alpha, st.TaskType, st.Shorts = one.Method, one.Alpha, one.TaskType, one.Shorts

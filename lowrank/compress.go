@@ -2,9 +2,7 @@ package lowrank
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -345,18 +343,11 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 		}
 		return nil, nil, fmt.Errorf("unexpected output tensor %q", e.Name)
 	}
-	wopts, err = m.DefaultWriteOptions(wopts)
-	if err != nil {
+	if wopts, err = svdWriteOptions(m, wopts, o.Progress); err != nil {
 		return nil, nil, err
 	}
 	if wopts, err = m.WithDType(wopts, o.DType); err != nil {
 		return nil, nil, err
-	}
-	wopts.Progress = o.Progress
-	if wopts.Workers == 0 {
-		// one matrix at a time: the SVD already uses every core, and a second
-		// one in flight only doubles the memory
-		wopts.Workers = 1
 	}
 	var list []TensorReport
 	collect := func() {
@@ -388,11 +379,7 @@ func Compress(ctx context.Context, m *checkpoint.Model, out string, o CompressOp
 					}
 				}
 				mu.Unlock()
-				b, err := json.Marshal(st)
-				if err != nil {
-					return err
-				}
-				return os.WriteFile(filepath.Join(dir, "reports.json"), b, 0o644)
+				return saveShardState(dir, st)
 			}}
 		}
 	}
@@ -413,15 +400,6 @@ type compressState struct {
 
 const compressFinalizer = "lowrank.compress"
 
-// jsonSafe replaces a NaN or Inf (which JSON cannot hold; only possible
-// with --allow-nonfinite) by -1 in what a shard's state records.
-func jsonSafe(x float64) float64 {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return -1
-	}
-	return x
-}
-
 func init() { checkpoint.RegisterFinalizer(compressFinalizer, finalizeCompress) }
 
 // finalizeCompress writes compression.json from every shard's reports.
@@ -430,11 +408,7 @@ func finalizeCompress(dir, _ string, states []string) error {
 	var list []TensorReport
 	for _, s := range states {
 		var st compressState
-		b, err := os.ReadFile(filepath.Join(s, "reports.json"))
-		if err == nil {
-			err = json.Unmarshal(b, &st)
-		}
-		if err != nil {
+		if err := loadShardState(s, &st); err != nil {
 			return fmt.Errorf("compression state %s: %w", s, err)
 		}
 		method = st.Method

@@ -7,47 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/wtool/wtool/internal/testenv"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/tensors"
 )
-
-// peakHeap runs f and returns the largest heap sampled while it ran, with
-// the collector made eager so that the heap follows the live data.
-func peakHeap(f func()) uint64 {
-	defer debug.SetGCPercent(debug.SetGCPercent(5))
-	runtime.GC()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			metrics.Read(sample)
-			if v := sample[0].Value.Uint64(); v > peak.Load() {
-				peak.Store(v)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Microsecond):
-			}
-		}
-	}()
-	f()
-	close(stop)
-	wg.Wait()
-	return peak.Load()
-}
 
 // TestAdapterMemoryOneMatrix: initialising adapters holds one weight
 // matrix at a time, whatever the number of targets: with twice the layers
@@ -86,7 +51,7 @@ func TestAdapterMemoryOneMatrix(t *testing.T) {
 			}
 			out := filepath.Join(dir, fmt.Sprintf("%s-%d", method, layers))
 			var runErr error
-			peaks[layers] = peakHeap(func() {
+			peaks[layers] = testenv.PeakHeap(t, func() {
 				_, _, runErr = InitAdapters(context.Background(), m, out, AdapterOptions{Method: method, Targets: []*regexp.Regexp{regexp.MustCompile("layers")},
 					Rule: RankRule{Rank: 4}}, checkpoint.WriteOptions{})
 			})

@@ -108,14 +108,11 @@ func (pleasMerger) Write(ctx context.Context, j *Job, out string, opts checkpoin
 	}
 	var js permute.JointStats
 	if path := p.Global("stats").Text; path != "" {
-		f, err := stats.Open(path)
+		f, err := openJointStats(path)
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close()
-		if f.Kind != stats.Joint {
-			return nil, fmt.Errorf("%s: pleas needs joint statistics of the two models, not %s ones", path, f.Kind)
-		}
 		js = f
 	} else {
 		in, err := mlp.OpenInputs(p.Global("calib").Text, p.Global("calib_key").Text)
@@ -136,17 +133,9 @@ func (pleasMerger) Write(ctx context.Context, j *Job, out string, opts checkpoin
 		if err != nil {
 			return nil, err
 		}
-		a, b := permute.NewCheckpointSource(j.Models[0], 0), permute.NewCheckpointSource(j.Models[1], 0)
-		mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
-		if mo.Restarts <= 0 {
-			mo.Restarts = permute.AutoRestarts(spec, permute.Shapes(j.Models[0]))
-		}
-		mr, err := permute.WeightMatching(ctx, spec, a, b, mo)
-		if err != nil {
+		if o.Perms, err = pleasWeightMatching(ctx, j, spec); err != nil {
 			return nil, err
 		}
-		o.Perms = mr.Perms
-		j.Report.Sweeps = mr.Sweeps
 	}
 	res, err := PLeaS(ctx, nets[0], nets[1], js, o)
 	if err != nil {
@@ -213,4 +202,36 @@ func writeNetwork(ctx context.Context, j *Job, n *mlp.Network, out string, opts 
 		return byName[e.Name], nil, nil
 	}
 	return checkpoint.Write(ctx, out, entries, produce, opts)
+}
+
+// openJointStats opens a --stats file for pleas, which needs the joint
+// statistics of the two models; the caller closes it.
+func openJointStats(path string) (*stats.File, error) {
+	f, err := stats.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if f.Kind != stats.Joint {
+		f.Close()
+		return nil, fmt.Errorf("%s: pleas needs joint statistics of the two models, not %s ones", path, f.Kind)
+	}
+	return f, nil
+}
+
+// pleasWeightMatching matches the job's two models by their weights
+// (--match weight) on spec, with the plan's seed and restarts (automatic
+// when not positive), and records the sweeps in the job's report.
+func pleasWeightMatching(ctx context.Context, j *Job, spec *permute.Spec) (permute.Perms, error) {
+	p := j.Plan
+	mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
+	if mo.Restarts <= 0 {
+		mo.Restarts = permute.AutoRestarts(spec, permute.Shapes(j.Models[0]))
+	}
+	a, b := permute.NewCheckpointSource(j.Models[0], 0), permute.NewCheckpointSource(j.Models[1], 0)
+	mr, err := permute.WeightMatching(ctx, spec, a, b, mo)
+	if err != nil {
+		return nil, err
+	}
+	j.Report.Sweeps = mr.Sweeps
+	return mr.Perms, nil
 }

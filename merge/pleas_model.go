@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/wtool/wtool/fisher/nn"
-	"github.com/wtool/wtool/fisher/stats"
 	"github.com/wtool/wtool/io/arch"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
@@ -52,14 +51,11 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 	}
 	var js permute.JointStats
 	if path := p.Global("stats").Text; path != "" {
-		f, err := stats.Open(path)
+		f, err := openJointStats(path)
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close()
-		if f.Kind != stats.Joint {
-			return nil, fmt.Errorf("%s: pleas needs joint statistics of the two models, not %s ones", path, f.Kind)
-		}
 		js = f
 	} else {
 		// the largest entries are accumulated when read, one at a time,
@@ -74,17 +70,9 @@ func writeModelPLeaS(ctx context.Context, j *Job, out string, opts checkpoint.Wr
 	o := PLeaSModelOptions{Width: p.Float("width"), Ridge: p.Float("ridge"), SeparateHeads: p.Global("separate_heads").Bool, AverageOnly: !p.Global("refit").Bool, ReleaseStats: true}
 	match := p.Global("match").Text
 	if match == "weight" {
-		mo := permute.MatchOptions{Seed: uint64(p.Global("seed").Int), Restarts: int(p.Global("restarts").Int)}
-		if mo.Restarts <= 0 {
-			mo.Restarts = permute.AutoRestarts(as.Spec, permute.Shapes(j.Models[0]))
-		}
-		a, b := permute.NewCheckpointSource(j.Models[0], 0), permute.NewCheckpointSource(j.Models[1], 0)
-		mr, err := permute.WeightMatching(ctx, as.Spec, a, b, mo)
-		if err != nil {
+		if o.Perms, err = pleasWeightMatching(ctx, j, as.Spec); err != nil {
 			return nil, err
 		}
-		o.Perms = mr.Perms
-		j.Report.Sweeps = mr.Sweeps
 	} else {
 		if o.Perms, err = activationPerms(ctx, as, nets[0], nets[1], js); err != nil {
 			return nil, err

@@ -32,44 +32,22 @@ func (t *TensorJob) RowSums(ctx context.Context, ins []*Input, width int, fn fun
 	m := rowLen(t)
 	rows := t.N / max(m, 1)
 	out := make([]float64, rows*width)
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
-	work := func() {
-		bufs := make([][]float64, len(ins))
-		for i := range bufs {
-			bufs[i] = make([]float64, m)
-		}
-		for {
-			r := int(next.Add(1)) - 1
-			if r >= rows || failed.Load() != nil {
-				return
-			}
+	err := claimEach(t.Workers(), rows, func() func(r int) error {
+		bufs := rowBuffers(len(ins), m)
+		return func(r int) error {
 			if err := ctx.Err(); err != nil {
-				failed.CompareAndSwap(nil, &err)
-				return
+				return err
 			}
-			for i, in := range ins {
-				if err := in.Decode(bufs[i], r*m); err != nil {
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
+			if err := decodeRows(ins, bufs, r*m); err != nil {
+				return err
 			}
 			fn(r, bufs, out[r*width:(r+1)*width])
 			processed.Add(int64(m))
+			return nil
 		}
-	}
-	workers := max(1, min(t.Workers(), rows))
-	if workers == 1 {
-		work()
-	} else {
-		var g fault.Group
-		for range workers {
-			g.Go(work)
-		}
-		g.Wait()
-	}
-	if p := failed.Load(); p != nil {
-		return nil, *p
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -89,37 +67,57 @@ func (t *TensorJob) ColumnSums(ctx context.Context, ins []*Input, width int, fn 
 	cols := t.N / max(rows, 1)
 	groups := max(1, min(rows, 16))
 	part := make([][]float64, groups)
-	var next atomic.Int64
-	var failed atomic.Pointer[error]
-	work := func() {
-		bufs := make([][]float64, len(ins))
-		for i := range bufs {
-			bufs[i] = make([]float64, cols)
-		}
-		for {
-			g := int(next.Add(1)) - 1
-			if g >= groups || failed.Load() != nil {
-				return
-			}
+	err := claimEach(t.Workers(), groups, func() func(g int) error {
+		bufs := rowBuffers(len(ins), cols)
+		return func(g int) error {
 			acc := make([]float64, cols*width)
 			for r := g * rows / groups; r < (g+1)*rows/groups; r++ {
 				if err := ctx.Err(); err != nil {
-					failed.CompareAndSwap(nil, &err)
-					return
+					return err
 				}
-				for i, in := range ins {
-					if err := in.Decode(bufs[i], r*cols); err != nil {
-						failed.CompareAndSwap(nil, &err)
-						return
-					}
+				if err := decodeRows(ins, bufs, r*cols); err != nil {
+					return err
 				}
 				fn(bufs, acc)
 				processed.Add(int64(cols))
 			}
 			part[g] = acc
+			return nil
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := part[0]
+	for _, p := range part[1:] {
+		for k, v := range p {
+			out[k] += v
 		}
 	}
-	workers := max(1, min(t.Workers(), groups))
+	return out, nil
+}
+
+// claimEach runs the tasks 0..n-1 on up to workers goroutines (on the
+// caller's when one suffices), each goroutine claiming the next task in
+// turn with the function newWorker gives it (its own buffers in a closure).
+// After the first error no task is claimed; that error is returned.
+func claimEach(workers, n int, newWorker func() func(i int) error) error {
+	var next atomic.Int64
+	var failed atomic.Pointer[error]
+	work := func() {
+		do := newWorker()
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n || failed.Load() != nil {
+				return
+			}
+			if err := do(i); err != nil {
+				failed.CompareAndSwap(nil, &err)
+				return
+			}
+		}
+	}
+	workers = max(1, min(workers, n))
 	if workers == 1 {
 		work()
 	} else {
@@ -130,15 +128,28 @@ func (t *TensorJob) ColumnSums(ctx context.Context, ins []*Input, width int, fn 
 		g.Wait()
 	}
 	if p := failed.Load(); p != nil {
-		return nil, *p
+		return *p
 	}
-	out := part[0]
-	for _, p := range part[1:] {
-		for k, v := range p {
-			out[k] += v
+	return nil
+}
+
+// rowBuffers allocates one buffer of m numbers per input.
+func rowBuffers(inputs, m int) [][]float64 {
+	bufs := make([][]float64, inputs)
+	for i := range bufs {
+		bufs[i] = make([]float64, m)
+	}
+	return bufs
+}
+
+// decodeRows decodes len(bufs[i]) elements of each input from element off.
+func decodeRows(ins []*Input, bufs [][]float64, off int) error {
+	for i, in := range ins {
+		if err := in.Decode(bufs[i], off); err != nil {
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // others returns the tensor's inputs other than the base model, in plan

@@ -2,13 +2,10 @@ package permute
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/wtool/wtool/fisher/nn"
@@ -17,19 +14,9 @@ import (
 	"github.com/wtool/wtool/io/checkpoint"
 )
 
-var (
-	familiesOnce sync.Once
-	familiesDir  string
-	familiesErr  error
-)
+var familiesGen = testenv.Generated{Prefix: "wtool-permute-families-"}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if familiesDir != "" {
-		os.RemoveAll(familiesDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(familiesGen.Run(m)) }
 
 // torchCheckpoints writes every family's tiny checkpoint
 // (testdata/families/families.py) once per test binary and returns the
@@ -37,21 +24,9 @@ func TestMain(m *testing.M) {
 func torchCheckpoints(t *testing.T) string {
 	t.Helper()
 	py := testenv.Python(t)
-	familiesOnce.Do(func() {
-		familiesDir, familiesErr = os.MkdirTemp("", "wtool-permute-families-")
-		if familiesErr != nil {
-			return
-		}
-		gen := exec.Command(py, "-B", "../testdata/families/families.py", familiesDir)
-		gen.Args = append(gen.Args, torchFamilies...)
-		if out, err := gen.CombinedOutput(); err != nil {
-			familiesErr = fmt.Errorf("families.py: %v\n%s", err, out)
-		}
+	return familiesGen.Dir(t, func(dir string) error {
+		return testenv.RunScript(py, "../testdata/families/families.py", append([]string{dir}, torchFamilies...)...)
 	})
-	if familiesErr != nil {
-		t.Fatal(familiesErr)
-	}
-	return familiesDir
 }
 
 // calibration returns random inputs the network reads: n images, or n

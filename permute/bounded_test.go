@@ -8,15 +8,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/wtool/wtool/internal/testenv"
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/safetensors"
 	"github.com/wtool/wtool/tensors"
@@ -97,38 +93,6 @@ func TestMatchModelsCheckpoints(t *testing.T) {
 	}
 }
 
-// peakHeap runs f and returns the largest heap (live and not yet swept
-// objects) sampled while it ran, with the garbage collector made eager so
-// that the heap follows the live data closely.
-func peakHeap(t *testing.T, f func()) uint64 {
-	t.Helper()
-	defer debug.SetGCPercent(debug.SetGCPercent(5))
-	runtime.GC()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			metrics.Read(sample)
-			if v := sample[0].Value.Uint64(); v > peak.Load() {
-				peak.Store(v)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Microsecond):
-			}
-		}
-	}()
-	f()
-	close(stop)
-	wg.Wait()
-	return peak.Load()
-}
-
 // TestMemoryFlatWhenModelDoubles: the heap used by MergeMany of three
 // BF16 checkpoints (and by weight matching of two) does not grow when the
 // models have twice the layers. The checkpoints are 4 and 8 MiB of float32
@@ -173,11 +137,11 @@ func TestMemoryFlatWhenModelDoubles(t *testing.T) {
 		}
 		opts := MatchOptions{Seed: 1, MaxSweeps: 3}
 		var err2, err3 error
-		two := peakHeap(t, func() {
+		two := testenv.PeakHeap(t, func() {
 			m := small()
 			_, err2 = m.match(context.Background(), side{members: []member{{src: srcs[0]}}}, member{src: srcs[1]}, opts, true)
 		})
-		three := peakHeap(t, func() {
+		three := testenv.PeakHeap(t, func() {
 			_, _, err3 = mergeMany(context.Background(), small(), srcs, opts)
 		})
 		if err2 != nil || err3 != nil {

@@ -193,21 +193,11 @@ func decode(dst []float32, ld int, tm *term, g geom, u0, u1, k0, k1 int, add boo
 		}
 		return bad
 	}
-	bq := g.b * g.q
 	for i := u0; i < u1; i++ {
 		row := dst[(i-u0)*ld : (i-u0)*ld+k1-k0]
 		for k := k0; k < k1; {
-			p, r := k/bq, k%bq
-			bo, q := r/g.q, r%g.q
+			base, q := tm.runAt(g, i, k)
 			n := min(g.q-q, k1-k)
-			if tm.pre != nil {
-				p = tm.pre[p]
-			}
-			u := i*g.b + bo
-			if tm.ax != nil {
-				u = tm.ax[u]
-			}
-			base := (p*a + u) * g.q
 			var idx []int
 			if tm.post != nil {
 				idx = tm.post[q : q+n]
@@ -219,6 +209,22 @@ func decode(dst []float32, ld int, tm *term, g geom, u0, u1, k0, k1 int, add boo
 		}
 	}
 	return bad
+}
+
+// runAt locates unit i's K position k: the positions [k, k+g.q-q) are
+// stored together, as the elements base+q+x, or base+post[q+x] when the
+// term has a post map. It is small enough to be inlined in the decoding
+// loops.
+func (tm *term) runAt(g geom, i, k int) (base, q int) {
+	p, r := k/(g.b*g.q), k%(g.b*g.q)
+	if tm.pre != nil {
+		p = tm.pre[p]
+	}
+	u := i*g.b + r/g.q
+	if tm.ax != nil {
+		u = tm.ax[u]
+	}
+	return (p*g.a + u) * g.q, r % g.q
 }
 
 // decodeRun decodes len(dst) elements into dst (or adds them): element x

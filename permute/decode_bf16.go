@@ -45,25 +45,14 @@ func decodeMajorBF16(dst []uint16, n, off int, tm *term, g geom, u0, u1, k0, k1 
 	err := guard(tm.t, func() error {
 		v := u16s(tm.t.data)
 		width := k1 - k0
-		a := g.a
-		bq := g.b * g.q
 		m := uint16(0x7f80) // 0 once a value is Inf or NaN
 		for i0 := u0; i0 < u1; i0 += bfTile {
 			i1 := min(u1, i0+bfTile)
 			for i := i0; i < i1; i++ {
 				row := tile[(i-i0)*width : (i-i0+1)*width]
 				for k := k0; k < k1; {
-					p, r := k/bq, k%bq
-					bo, q := r/g.q, r%g.q
+					base, q := tm.runAt(g, i, k)
 					cnt := min(g.q-q, k1-k)
-					if tm.pre != nil {
-						p = tm.pre[p]
-					}
-					u := i*g.b + bo
-					if tm.ax != nil {
-						u = tm.ax[u]
-					}
-					base := (p*a + u) * g.q
 					d := row[k-k0 : k-k0+cnt]
 					if tm.post != nil {
 						idx := tm.post[q : q+cnt]

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"text/tabwriter"
@@ -78,15 +77,7 @@ into a plain LoRA adapter for the original base model.
 			if err != nil {
 				return err
 			}
-			reg := of.registry()
-			if err := declareModel(reg, "MODEL", args[0]); err != nil {
-				return err
-			}
-			if err := g.checkPaths(reg); err != nil {
-				return err
-			}
-			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
-			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
+			m, err := of.openInput(cmd, g, &opts, args, "MODEL")
 			if err != nil {
 				return err
 			}
@@ -104,9 +95,7 @@ into a plain LoRA adapter for the original base model.
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"output": written.Path, "method": method, "modules": reports})
+				return printJSON(cmd.OutOrStdout(), map[string]any{"output": written.Path, "method": method, "modules": reports})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "MODULE\tKIND\tSHAPE\tRANK\tENERGY\tRESIDUAL\tCAST ERROR\tNOTE")
@@ -231,9 +220,7 @@ The output is written atomically and may not be or lie inside an input.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"output": out, "r": ad.Config.R, "lora_alpha": ad.Config.LoraAlpha,
+				return printJSON(cmd.OutOrStdout(), map[string]any{"output": out, "r": ad.Config.R, "lora_alpha": ad.Config.LoraAlpha,
 					"lora_bias": ad.Config.LoraBias, "modules_to_save": ad.Config.ModulesToSave, "modules": reports})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -252,9 +251,7 @@ func printAlign(cmd *cobra.Command, g *globals, asJSON bool, method string, spec
 		} else {
 			v["correlations"] = res.Correlations
 		}
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return printJSON(out, v)
 	}
 	fmt.Fprintf(out, "aligned %d groups (%s matching", len(spec.Groups), method)
 	if method == "weight" {

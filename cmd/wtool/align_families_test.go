@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/wtool/wtool/internal/testenv"
@@ -25,19 +22,9 @@ import (
 // the families testdata/families/families.py writes (Llama in two shards)
 var specFamilies = []string{"bert", "gemma", "gpt2", "llama", "mistral", "mixtral", "phi3", "qwen2", "resnet18", "resnet50", "vit"}
 
-var (
-	familiesOnce sync.Once
-	familiesDir  string
-	familiesErr  error
-)
+var familiesGen = testenv.Generated{Prefix: "wtool-align-families-"}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if familiesDir != "" {
-		os.RemoveAll(familiesDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(familiesGen.Run(m)) }
 
 // familyCheckpoints writes every family's tiny checkpoint once per test
 // binary and, per family, a copy with a random permutation of every group
@@ -45,28 +32,17 @@ func TestMain(m *testing.M) {
 func familyCheckpoints(t *testing.T) string {
 	t.Helper()
 	py := testenv.Python(t)
-	familiesOnce.Do(func() {
-		familiesDir, familiesErr = os.MkdirTemp("", "wtool-align-families-")
-		if familiesErr != nil {
-			return
-		}
-		gen := exec.Command(py, "-B", "../../testdata/families/families.py", familiesDir)
-		gen.Args = append(gen.Args, specFamilies...)
-		if out, err := gen.CombinedOutput(); err != nil {
-			familiesErr = fmt.Errorf("families.py: %v\n%s", err, out)
-			return
+	return familiesGen.Dir(t, func(dir string) error {
+		if err := testenv.RunScript(py, "../../testdata/families/families.py", append([]string{dir}, specFamilies...)...); err != nil {
+			return err
 		}
 		for i, f := range specFamilies {
-			if familiesErr = plant(filepath.Join(familiesDir, f), uint64(i)); familiesErr != nil {
-				return
+			if err := plant(filepath.Join(dir, f), uint64(i)); err != nil {
+				return err
 			}
 		}
-		familiesErr = writeCalibration(familiesDir)
+		return writeCalibration(dir)
 	})
-	if familiesErr != nil {
-		t.Fatal(familiesErr)
-	}
-	return familiesDir
 }
 
 // plant writes PATH-perm: PATH with a random permutation (none the

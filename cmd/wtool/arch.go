@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -60,9 +59,7 @@ parameters too; --json prints everything.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(a)
+				return printJSON(cmd.OutOrStdout(), a)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "family %s", a.Family)

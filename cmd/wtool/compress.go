@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -16,7 +15,6 @@ import (
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/fsafe"
 	"github.com/wtool/wtool/lowrank"
-	"github.com/wtool/wtool/tensors"
 )
 
 // svdFlags are the flags of commands that run the truncated SVD engine.
@@ -181,27 +179,10 @@ so it is fixed before anything is computed.
 			if co.Targets, err = compileTargets(targets); err != nil {
 				return err
 			}
-			if dtype != "" {
-				dt, err := tensors.ParseUserDType(dtype)
-				if err != nil || !dt.IsFloat() {
-					return usageErrorf("--dtype %q: want f32, f16, bf16 or f64", dtype)
-				}
-				co.DType = dt
-			}
-			reg := of.registry()
-			if err := declareModel(reg, "MODEL", args[0]); err != nil {
+			if co.DType, err = parseFloatDType(dtype); err != nil {
 				return err
 			}
-			for _, in := range [][2]string{{"--fisher", fisherPath}, {"--stats", statsPath}, {"--calib", mf.calib}} {
-				if err := reg.Input(in[0], in[1]); err != nil {
-					return err
-				}
-			}
-			if err := g.checkPaths(reg); err != nil {
-				return err
-			}
-			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
-			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
+			m, err := of.openInput(cmd, g, &opts, args, "MODEL", [2]string{"--fisher", fisherPath}, [2]string{"--stats", statsPath}, [2]string{"--calib", mf.calib})
 			if err != nil {
 				return err
 			}
@@ -238,9 +219,7 @@ so it is fixed before anything is computed.
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"output": written.Path, "method": method, "tensors": reports})
+				return printJSON(cmd.OutOrStdout(), map[string]any{"output": written.Path, "method": method, "tensors": reports})
 			}
 			printCompress(cmd, reports)
 			g.wrote(written, "")
@@ -369,9 +348,7 @@ input.`,
 				g.info("wrote %s", plot)
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(sp)
+				return printJSON(cmd.OutOrStdout(), sp)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "TENSOR\tSHAPE\tSIGMA_1\tRANK@90%\tRANK@95%\tRANK@99%")

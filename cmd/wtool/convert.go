@@ -4,7 +4,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wtool/wtool/io/checkpoint"
-	"github.com/wtool/wtool/tensors"
 )
 
 func newConvertCmd(g *globals) *cobra.Command {
@@ -28,26 +27,15 @@ tokenizer and other non-weight files of an input directory copied beside them.
   wtool convert ./Llama-3.2-1B -o ./llama-f16 --dtype f16 --max-shard-size 500MB`,
 		Args: argsBetween(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var dt tensors.DType
-			if dtype != "" {
-				var err error
-				if dt, err = tensors.ParseUserDType(dtype); err != nil || !dt.IsFloat() {
-					return usageErrorf("--dtype %q: want f32, f16, bf16 or f64", dtype)
-				}
+			dt, err := parseFloatDType(dtype)
+			if err != nil {
+				return err
 			}
 			opts, err := of.options(cmd, g)
 			if err != nil {
 				return err
 			}
-			reg := of.registry()
-			if err := declareModel(reg, "MODEL", args[0]); err != nil {
-				return err
-			}
-			if err := g.checkPaths(reg); err != nil {
-				return err
-			}
-			opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
-			m, err := checkpoint.OpenContext(cmd.Context(), args[0])
+			m, err := of.openInput(cmd, g, &opts, args, "MODEL")
 			if err != nil {
 				return err
 			}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
@@ -60,9 +59,7 @@ or token ids as an integer tensor [sequences, length].`,
 				results = append(results, r)
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(results)
+				return printJSON(cmd.OutOrStdout(), results)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "MODEL\tFAMILY\tSAMPLES\tACCURACY\tLOSS\tPERPLEXITY")

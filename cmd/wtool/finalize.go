@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-
 	"github.com/spf13/cobra"
 
 	"github.com/wtool/wtool/io/checkpoint"
@@ -46,9 +44,7 @@ See docs/distributed.md for Kubernetes and Slurm examples.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"output": w.Path, "files": w.Files, "tensors": w.Tensors, "bytes": w.TotalSize})
+				return printJSON(cmd.OutOrStdout(), map[string]any{"output": w.Path, "files": w.Files, "tensors": w.Tensors, "bytes": w.TotalSize})
 			}
 			g.wrote(w, "")
 			return nil

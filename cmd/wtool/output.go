@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/wtool/wtool/io/checkpoint"
 	"github.com/wtool/wtool/io/fsafe"
+	"github.com/wtool/wtool/tensors"
 )
 
 // outputFlags are the flags of every command that writes a checkpoint.
@@ -97,6 +100,47 @@ func declareModel(r *fsafe.Registry, role, path string) error {
 		return r.Input(role+"'s directory", filepath.Dir(path))
 	}
 	return nil
+}
+
+// openInput starts a command that writes one checkpoint from the model
+// args[0]: it declares the model (as role) and the optional inputs given as
+// {flag, path} pairs beside -o, checks the paths, records the inputs and
+// the run's fingerprint in opts, and opens the model (the caller closes it).
+func (o *outputFlags) openInput(cmd *cobra.Command, g *globals, opts *checkpoint.WriteOptions, args []string, role string, inputs ...[2]string) (*checkpoint.Model, error) {
+	reg := o.registry()
+	if err := declareModel(reg, role, args[0]); err != nil {
+		return nil, err
+	}
+	for _, in := range inputs {
+		if err := reg.Input(in[0], in[1]); err != nil {
+			return nil, err
+		}
+	}
+	if err := g.checkPaths(reg); err != nil {
+		return nil, err
+	}
+	opts.Inputs, opts.Fingerprint = reg.Inputs(), fingerprint(cmd, args, reg.Inputs())
+	return checkpoint.OpenContext(cmd.Context(), args[0])
+}
+
+// parseFloatDType parses a --dtype flag naming a floating-point dtype (0
+// when the flag is empty: keep the model's).
+func parseFloatDType(dtype string) (tensors.DType, error) {
+	if dtype == "" {
+		return 0, nil
+	}
+	dt, err := tensors.ParseUserDType(dtype)
+	if err != nil || !dt.IsFloat() {
+		return 0, usageErrorf("--dtype %q: want f32, f16, bf16 or f64", dtype)
+	}
+	return dt, nil
+}
+
+// printJSON prints v as indented JSON (what --json prints).
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // checkPaths runs the registry's checks and prints what they cleaned.

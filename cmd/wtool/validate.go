@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -79,9 +78,7 @@ The exit status is 0 only when every PATH is valid (warnings do not count),
 				}
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(results); err != nil {
+				if err := printJSON(cmd.OutOrStdout(), results); err != nil {
 					return err
 				}
 			}

@@ -36,18 +36,11 @@ func init() { register("bert", newBERT) }
 func newBERT(n *Net) (family, error) {
 	a := n.Arch
 	cfg := a.Config
-	if a.Attention == nil {
-		return nil, &UnsupportedError{Family: "bert", Reason: "no attention geometry (config.json num_attention_heads)"}
+	act, err := transformerAct(a, "bert", "num_attention_heads", "gelu", "hidden_act")
+	if err != nil {
+		return nil, err
 	}
-	b := &bert{at: a.Attention, eps: cfg.Float("layer_norm_eps", 1e-12)}
-	actName := cfg.String("hidden_act")
-	if actName == "" {
-		actName = "gelu"
-	}
-	var err error
-	if b.act, err = parseAct(actName); err != nil {
-		return nil, &UnsupportedError{Family: "bert", Reason: err.Error()}
-	}
+	b := &bert{at: a.Attention, eps: cfg.Float("layer_norm_eps", 1e-12), act: act}
 	for _, m := range a.Modules {
 		if m.Layer >= 0 {
 			continue
@@ -107,19 +100,10 @@ func newBERT(n *Net) (family, error) {
 			return nil, &UnsupportedError{Family: "bert", Reason: "token classification heads"}
 		}
 	}
-	for l := range a.Layers {
-		li := newLayerIndex(a, l)
-		var L encLayer
-		if L.norm1, err = li.norm("attention.output.LayerNorm"); err != nil {
-			return nil, err
-		}
-		if L.norm2, err = li.norm(fmt.Sprintf("layer.%d.output.LayerNorm", l)); err != nil {
-			return nil, err
-		}
-		if err := L.find(li); err != nil {
-			return nil, err
-		}
-		b.layers = append(b.layers, L)
+	if b.layers, err = encLayers(a, func(l int) (string, string) {
+		return "attention.output.LayerNorm", fmt.Sprintf("layer.%d.output.LayerNorm", l)
+	}); err != nil {
+		return nil, err
 	}
 	b.pts = b.makePoints(a)
 	return b, nil
@@ -130,42 +114,22 @@ func (b *bert) input() Input { return b.in }
 func (b *bert) points() []Point { return b.pts }
 
 func (b *bert) makePoints(a *arch.Arch) []Point {
-	var pts []Point
-	mod := func(name string) {
-		if name == "" {
-			return
-		}
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name, Kind: ModuleInput, Module: name, Space: m.In, Dim: m.InFeatures})
-	}
-	norm := func(name string) {
-		if name == "" {
-			return
-		}
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name + ":in", Kind: Activation, Module: name, Space: m.Out, Dim: m.OutFeatures})
-	}
-	norm(b.embNorm)
+	pl := pointList{a: a}
+	pl.norm(b.embNorm)
 	for _, L := range b.layers {
-		for _, m := range []string{L.q, L.k, L.v, L.o} {
-			mod(m)
-		}
-		norm(L.norm1)
-		mod(L.up)
-		mod(L.dn)
-		norm(L.norm2)
+		pl.module(L.q, L.k, L.v, L.o)
+		pl.norm(L.norm1)
+		pl.module(L.up, L.dn)
+		pl.norm(L.norm2)
 	}
-	mod(b.pooler)
+	pl.module(b.pooler)
 	if b.transform != "" {
-		mod(b.transform)
-		norm(b.tnorm)
-		if b.decoder != "" {
-			mod(b.decoder)
-		}
+		pl.module(b.transform)
+		pl.norm(b.tnorm)
+		pl.module(b.decoder)
 	}
-	mod(b.nsp)
-	mod(b.classifier)
-	return pts
+	pl.module(b.nsp, b.classifier)
+	return pl.pts
 }
 
 func (b *bert) forward(p *pass, bt *batch) ([]fm, error) {
@@ -240,16 +204,7 @@ func (b *bert) forward(p *pass, bt *batch) ([]fm, error) {
 	}
 	var pooled []fm
 	if b.pooler != "" {
-		first := make([]fm, len(x))
-		for i, l := range p.lanes {
-			d := x[i].c
-			y := l.ar.get(bt.n * d)
-			for s := range bt.n {
-				copy(y[s*d:][:d], x[i].x[s*bt.t*d:][:d])
-			}
-			first[i] = fm{x: y, n: bt.n, h: 1, w: 1, c: d}
-		}
-		if pooled, err = p.linear(b.pooler, first); err != nil {
+		if pooled, err = p.linear(b.pooler, p.firstTokens(x, bt.n, bt.t)); err != nil {
 			return nil, err
 		}
 		for i := range pooled {

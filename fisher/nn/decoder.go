@@ -54,24 +54,14 @@ func init() {
 func newDecoder(n *Net) (family, error) {
 	a := n.Arch
 	cfg := a.Config
-	if a.Attention == nil {
-		return nil, &UnsupportedError{Family: a.Family, Reason: "no attention geometry (config.json num_attention_heads)"}
+	act, err := transformerAct(a, a.Family, "num_attention_heads", "silu", "hidden_activation", "hidden_act")
+	if err != nil {
+		return nil, err
 	}
-	d := &decoder{at: a.Attention, eps: cfg.Float("rms_norm_eps", 1e-6), scale: 1}
+	d := &decoder{at: a.Attention, eps: cfg.Float("rms_norm_eps", 1e-6), scale: 1, act: act}
 	if a.Family == "gemma" {
 		d.plusOne = true
 		d.scale = float32(math.Sqrt(float64(a.Hidden)))
-	}
-	actName := cfg.String("hidden_activation")
-	if actName == "" {
-		actName = cfg.String("hidden_act")
-	}
-	if actName == "" {
-		actName = "silu"
-	}
-	var err error
-	if d.act, err = parseAct(actName); err != nil {
-		return nil, &UnsupportedError{Family: a.Family, Reason: err.Error()}
 	}
 	if a.Family == "mistral" {
 		d.window = cfg.Int("sliding_window", 0)
@@ -114,15 +104,8 @@ func newDecoder(n *Net) (family, error) {
 		if L.norm2, err = li.norm("post_attention_layernorm"); err != nil {
 			return nil, err
 		}
-		if L.qkv = li.role(arch.RoleAttnQKV); L.qkv == "" {
-			for _, x := range []struct {
-				dst *string
-				r   arch.Role
-			}{{&L.q, arch.RoleAttnQ}, {&L.k, arch.RoleAttnK}, {&L.v, arch.RoleAttnV}} {
-				if *x.dst, err = li.need(x.r); err != nil {
-					return nil, err
-				}
-			}
+		if L.qkv, L.q, L.k, L.v, err = li.qkvNames(); err != nil {
+			return nil, err
 		}
 		if L.o, err = li.need(arch.RoleAttnOut); err != nil {
 			return nil, err
@@ -162,36 +145,19 @@ func (d *decoder) input() Input { return d.in }
 func (d *decoder) points() []Point { return d.pts }
 
 func (d *decoder) makePoints(a *arch.Arch) []Point {
-	var pts []Point
-	mod := func(name string) {
-		if name == "" {
-			return
-		}
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name, Kind: ModuleInput, Module: name, Space: m.In, Dim: m.InFeatures})
-	}
-	norm := func(name string) {
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name + ":in", Kind: Activation, Module: name, Space: m.Out, Dim: m.OutFeatures})
-	}
+	pl := pointList{a: a}
 	for _, L := range d.layers {
-		norm(L.norm1)
-		for _, m := range []string{L.qkv, L.q, L.k, L.v, L.o} {
-			mod(m)
-		}
-		norm(L.norm2)
-		for _, m := range []string{L.gateUp, L.gate, L.up, L.dn, L.router} {
-			mod(m)
-		}
+		pl.norm(L.norm1)
+		pl.module(L.qkv, L.q, L.k, L.v, L.o)
+		pl.norm(L.norm2)
+		pl.module(L.gateUp, L.gate, L.up, L.dn, L.router)
 		for _, e := range L.experts {
-			mod(e.gate)
-			mod(e.up)
-			mod(e.dn)
+			pl.module(e.gate, e.up, e.dn)
 		}
 	}
-	norm(d.final)
-	mod(d.head)
-	return pts
+	pl.norm(d.final)
+	pl.module(d.head)
+	return pl.pts
 }
 
 func (d *decoder) forward(p *pass, b *batch) ([]fm, error) {
@@ -212,24 +178,9 @@ func (d *decoder) forward(p *pass, b *batch) ([]fm, error) {
 			return nil, err
 		}
 		h := p.rmsNorm(L.norm1, x, d.eps, d.plusOne)
-		var q, k, v []fm
-		if L.qkv != "" {
-			qkv, err := p.linear(L.qkv, h)
-			if err != nil {
-				return nil, err
-			}
-			parts := p.split(qkv, qd, kvd, kvd)
-			q, k, v = parts[0], parts[1], parts[2]
-		} else {
-			if q, err = p.linear(L.q, h); err != nil {
-				return nil, err
-			}
-			if k, err = p.linear(L.k, h); err != nil {
-				return nil, err
-			}
-			if v, err = p.linear(L.v, h); err != nil {
-				return nil, err
-			}
+		q, k, v, err := p.projectQKV(h, at, L.qkv, L.q, L.k, L.v)
+		if err != nil {
+			return nil, err
 		}
 		if q[0].c != qd || k[0].c != kvd || v[0].c != kvd {
 			return nil, fmt.Errorf("layer attention: q/k/v have %d/%d/%d features, the geometry says %d/%d/%d", q[0].c, k[0].c, v[0].c, qd, kvd, kvd)

@@ -28,18 +28,11 @@ func init() { register("gpt2", newGPT2) }
 func newGPT2(n *Net) (family, error) {
 	a := n.Arch
 	cfg := a.Config
-	if a.Attention == nil {
-		return nil, &UnsupportedError{Family: "gpt2", Reason: "no attention geometry (config.json n_head)"}
+	act, err := transformerAct(a, "gpt2", "n_head", "gelu_new", "activation_function")
+	if err != nil {
+		return nil, err
 	}
-	g := &gpt2{at: a.Attention, eps: cfg.Float("layer_norm_epsilon", 1e-5)}
-	actName := cfg.String("activation_function")
-	if actName == "" {
-		actName = "gelu_new"
-	}
-	var err error
-	if g.act, err = parseAct(actName); err != nil {
-		return nil, &UnsupportedError{Family: "gpt2", Reason: err.Error()}
-	}
+	g := &gpt2{at: a.Attention, eps: cfg.Float("layer_norm_epsilon", 1e-5), act: act}
 	for _, m := range a.Modules {
 		if m.Layer >= 0 {
 			continue
@@ -65,51 +58,11 @@ func newGPT2(n *Net) (family, error) {
 		hm, _ := a.Module(g.head)
 		g.in.Classes = hm.OutFeatures
 	}
-	for l := range a.Layers {
-		li := newLayerIndex(a, l)
-		var L encLayer
-		if L.norm1, err = li.norm("ln_1"); err != nil {
-			return nil, err
-		}
-		if L.norm2, err = li.norm("ln_2"); err != nil {
-			return nil, err
-		}
-		if err := L.find(li); err != nil {
-			return nil, err
-		}
-		g.layers = append(g.layers, L)
+	if g.layers, err = encLayers(a, func(int) (string, string) { return "ln_1", "ln_2" }); err != nil {
+		return nil, err
 	}
 	g.pts = encoderPoints(a, "", g.layers, g.final, g.head)
 	return g, nil
-}
-
-// encoderPoints lists a pre-LN transformer's statistics in forward order.
-func encoderPoints(a *arch.Arch, first string, layers []encLayer, final, head string) []Point {
-	var pts []Point
-	mod := func(name string) {
-		if name == "" {
-			return
-		}
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name, Kind: ModuleInput, Module: name, Space: m.In, Dim: m.InFeatures})
-	}
-	norm := func(name string) {
-		m, _ := a.Module(name)
-		pts = append(pts, Point{Name: name + ":in", Kind: Activation, Module: name, Space: m.Out, Dim: m.OutFeatures})
-	}
-	mod(first)
-	for _, L := range layers {
-		norm(L.norm1)
-		for _, m := range []string{L.qkv, L.q, L.k, L.v, L.o} {
-			mod(m)
-		}
-		norm(L.norm2)
-		mod(L.up)
-		mod(L.dn)
-	}
-	norm(final)
-	mod(head)
-	return pts
 }
 
 func (g *gpt2) input() Input { return g.in }
@@ -139,18 +92,10 @@ func (g *gpt2) forward(p *pass, b *batch) ([]fm, error) {
 			}
 		}
 	}
-	for _, L := range g.layers {
-		if err := p.check(); err != nil {
-			return nil, err
-		}
-		if err := preLNBlock(p, L, x, g.eps, g.act, g.at, true); err != nil {
-			return nil, err
-		}
-	}
-	if err := p.record(g.final+":in", x); err != nil {
+	h, err := preLNStack(p, g.layers, g.final, x, g.eps, g.act, g.at, true)
+	if err != nil {
 		return nil, err
 	}
-	h := p.layerNorm(g.final, x, g.eps)
 	if g.head != "" {
 		return p.linear(g.head, h)
 	}

@@ -307,3 +307,99 @@ func tokensOf(b *batch) error {
 	}
 	return nil
 }
+
+// transformerAct checks that a transformer's description has its attention
+// geometry (config.json's heads key gives it) and returns its activation
+// function: the first of config.json's keys that is set, else def.
+func transformerAct(a *arch.Arch, family, heads, def string, keys ...string) (activation, error) {
+	if a.Attention == nil {
+		return nil, &UnsupportedError{Family: family, Reason: "no attention geometry (config.json " + heads + ")"}
+	}
+	name := ""
+	for _, k := range keys {
+		if name = a.Config.String(k); name != "" {
+			break
+		}
+	}
+	if name == "" {
+		name = def
+	}
+	act, err := parseAct(name)
+	if err != nil {
+		return nil, &UnsupportedError{Family: family, Reason: err.Error()}
+	}
+	return act, nil
+}
+
+// qkvNames finds a layer's fused q|k|v projection, else its separate q, k
+// and v projections (an error when one is missing).
+func (li layerIndex) qkvNames() (qkv, q, k, v string, err error) {
+	if qkv = li.role(arch.RoleAttnQKV); qkv != "" {
+		return qkv, "", "", "", nil
+	}
+	if q, err = li.need(arch.RoleAttnQ); err != nil {
+		return
+	}
+	if k, err = li.need(arch.RoleAttnK); err != nil {
+		return
+	}
+	v, err = li.need(arch.RoleAttnV)
+	return
+}
+
+// projectQKV computes queries, keys and values on every lane: with the
+// fused projection qkv when there is one (its output cut into q|k|v by the
+// attention geometry), else with the projections q, k and v.
+func (p *pass) projectQKV(h []fm, at *arch.Attention, qkv, q, k, v string) (qs, ks, vs []fm, err error) {
+	if qkv != "" {
+		out, err := p.linear(qkv, h)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		qd, kvd := at.Heads*at.HeadDim, at.KVHeads*at.HeadDim
+		if out[0].c != qd+2*kvd {
+			return nil, nil, nil, fmt.Errorf("module %q gives %d features, not q|k|v of %d|%d|%d", qkv, out[0].c, qd, kvd, kvd)
+		}
+		parts := p.split(out, qd, kvd, kvd)
+		return parts[0], parts[1], parts[2], nil
+	}
+	if qs, err = p.linear(q, h); err != nil {
+		return nil, nil, nil, err
+	}
+	if ks, err = p.linear(k, h); err != nil {
+		return nil, nil, nil, err
+	}
+	if vs, err = p.linear(v, h); err != nil {
+		return nil, nil, nil, err
+	}
+	return qs, ks, vs, nil
+}
+
+// pointList collects statistics points in forward order.
+type pointList struct {
+	a   *arch.Arch
+	pts []Point
+}
+
+// module adds the inputs of the named modules ("" names are skipped).
+func (pl *pointList) module(names ...string) {
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		m, _ := pl.a.Module(name)
+		pl.pts = append(pl.pts, Point{Name: name, Kind: ModuleInput, Module: name, Space: m.In, Dim: m.InFeatures})
+	}
+}
+
+// norm adds the inputs of the named norms, activations of the space they
+// normalise ("" names are skipped).
+func (pl *pointList) norm(names ...string) {
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		m, _ := pl.a.Module(name)
+		pl.pts = append(pl.pts, Point{Name: name + ":in", Kind: Activation, Module: name, Space: m.Out, Dim: m.OutFeatures})
+	}
+}

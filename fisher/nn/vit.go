@@ -30,57 +30,16 @@ type vit struct {
 	patches int
 }
 
-// encLayer is one encoder layer (ViT, BERT, GPT-2).
-type encLayer struct {
-	norm1, norm2 string
-	q, k, v, o   string
-	qkv          string // a fused q|k|v projection (GPT-2's c_attn)
-	up, dn       string
-}
-
-// qkvOf computes the layer's queries, keys and values.
-func (L *encLayer) qkvOf(p *pass, h []fm, at *arch.Attention) (q, k, v []fm, err error) {
-	if L.qkv != "" {
-		qkv, err := p.linear(L.qkv, h)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		qd, kvd := at.Heads*at.HeadDim, at.KVHeads*at.HeadDim
-		if qkv[0].c != qd+2*kvd {
-			return nil, nil, nil, fmt.Errorf("module %q gives %d features, not q|k|v of %d|%d|%d", L.qkv, qkv[0].c, qd, kvd, kvd)
-		}
-		parts := p.split(qkv, qd, kvd, kvd)
-		return parts[0], parts[1], parts[2], nil
-	}
-	if q, err = p.linear(L.q, h); err != nil {
-		return nil, nil, nil, err
-	}
-	if k, err = p.linear(L.k, h); err != nil {
-		return nil, nil, nil, err
-	}
-	if v, err = p.linear(L.v, h); err != nil {
-		return nil, nil, nil, err
-	}
-	return q, k, v, nil
-}
-
 func init() { register("vit", newViT) }
 
 func newViT(n *Net) (family, error) {
 	a := n.Arch
 	cfg := a.Config
-	if a.Attention == nil {
-		return nil, &UnsupportedError{Family: "vit", Reason: "no attention geometry (config.json num_attention_heads)"}
+	act, err := transformerAct(a, "vit", "num_attention_heads", "gelu", "hidden_act")
+	if err != nil {
+		return nil, err
 	}
-	v := &vit{at: a.Attention, eps: cfg.Float("layer_norm_eps", 1e-12), hidden: a.Hidden}
-	actName := cfg.String("hidden_act")
-	if actName == "" {
-		actName = "gelu"
-	}
-	var err error
-	if v.act, err = parseAct(actName); err != nil {
-		return nil, &UnsupportedError{Family: "vit", Reason: err.Error()}
-	}
+	v := &vit{at: a.Attention, eps: cfg.Float("layer_norm_eps", 1e-12), hidden: a.Hidden, act: act}
 	for _, m := range a.Modules {
 		if m.Layer >= 0 {
 			continue
@@ -129,46 +88,14 @@ func newViT(n *Net) (family, error) {
 		hm, _ := a.Module(v.head)
 		v.in.Classes = hm.OutFeatures
 	}
-	for l := range a.Layers {
-		li := newLayerIndex(a, l)
-		var L encLayer
-		if L.norm1, err = li.norm("layernorm_before"); err != nil {
-			return nil, err
-		}
-		if L.norm2, err = li.norm("layernorm_after"); err != nil {
-			return nil, err
-		}
-		if err := L.find(li); err != nil {
-			return nil, err
-		}
-		v.layers = append(v.layers, L)
+	if v.layers, err = encLayers(a, func(int) (string, string) { return "layernorm_before", "layernorm_after" }); err != nil {
+		return nil, err
 	}
 	v.pts = encoderPoints(a, v.proj, v.layers, v.final, v.head)
 	return v, nil
 }
 
 func isMaskToken(name string) bool { return len(name) >= 10 && name[len(name)-10:] == "mask_token" }
-
-// find fills in an encoder layer's projections by role.
-func (L *encLayer) find(li layerIndex) error {
-	var err error
-	qkv := []struct {
-		dst *string
-		r   arch.Role
-	}{{&L.q, arch.RoleAttnQ}, {&L.k, arch.RoleAttnK}, {&L.v, arch.RoleAttnV}}
-	if L.qkv = li.role(arch.RoleAttnQKV); L.qkv != "" {
-		qkv = nil
-	}
-	for _, x := range append(qkv, []struct {
-		dst *string
-		r   arch.Role
-	}{{&L.o, arch.RoleAttnOut}, {&L.up, arch.RoleMLPUp}, {&L.dn, arch.RoleMLPDown}}...) {
-		if *x.dst, err = li.need(x.r); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func (v *vit) input() Input { return v.in }
 
@@ -203,64 +130,15 @@ func (v *vit) forward(p *pass, b *batch) ([]fm, error) {
 		}
 		x[i] = fm{x: y, n: b.n, h: t, w: 1, c: d}
 	}
-	for _, L := range v.layers {
-		if err := p.check(); err != nil {
-			return nil, err
-		}
-		if err := preLNBlock(p, L, x, v.eps, v.act, v.at, false); err != nil {
-			return nil, err
-		}
-	}
-	if err := p.record(v.final+":in", x); err != nil {
+	h, err := preLNStack(p, v.layers, v.final, x, v.eps, v.act, v.at, false)
+	if err != nil {
 		return nil, err
 	}
-	h := p.layerNorm(v.final, x, v.eps)
-	// the class token of every image
-	cls := make([]fm, len(h))
-	for i, l := range p.lanes {
-		y := l.ar.get(b.n * d)
-		for s := range b.n {
-			copy(y[s*d:][:d], h[i].x[s*t*d:][:d])
-		}
-		cls[i] = fm{x: y, n: b.n, h: 1, w: 1, c: d}
-	}
+	cls := p.firstTokens(h, b.n, t) // the class token of every image
 	if v.head == "" {
 		return cls, nil
 	}
 	return p.linear(v.head, cls)
-}
-
-// preLNBlock runs a pre-LN transformer layer in place on x (ViT's, and
-// GPT-2's with causal attention).
-func preLNBlock(p *pass, L encLayer, x []fm, eps float64, act activation, at *arch.Attention, causal bool) error {
-	if err := p.record(L.norm1+":in", x); err != nil {
-		return err
-	}
-	h := p.layerNorm(L.norm1, x, eps)
-	q, k, vv, err := L.qkvOf(p, h, at)
-	if err != nil {
-		return err
-	}
-	o, err := p.linear(L.o, p.attend(q, k, vv, at, causal, 0))
-	if err != nil {
-		return err
-	}
-	addInto(x, o)
-	if err := p.record(L.norm2+":in", x); err != nil {
-		return err
-	}
-	h = p.layerNorm(L.norm2, x, eps)
-	u, err := p.linear(L.up, h)
-	if err != nil {
-		return err
-	}
-	apply(u, act)
-	dn, err := p.linear(L.dn, u)
-	if err != nil {
-		return err
-	}
-	addInto(x, dn)
-	return nil
 }
 
 // mustTensor returns the tensor name of a bare parameter module.

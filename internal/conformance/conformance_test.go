@@ -21,19 +21,9 @@ import (
 // the families testdata/families/families.py writes
 var families = []string{"llama", "qwen2", "mistral", "gemma", "phi3", "gpt2", "mixtral", "bert", "vit", "resnet18", "resnet50"}
 
-var (
-	genOnce sync.Once
-	genDir  string
-	genErr  error
-)
+var gen = testenv.Generated{Prefix: "wtool-families-"}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if genDir != "" {
-		os.RemoveAll(genDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(gen.Run(m)) }
 
 // generated returns the Python interpreter and the directory holding every
 // family's checkpoint and the data files (testdata/families/gen.py), written
@@ -41,20 +31,9 @@ func TestMain(m *testing.M) {
 func generated(t *testing.T) (string, string) {
 	t.Helper()
 	py := python(t)
-	genOnce.Do(func() {
-		genDir, genErr = os.MkdirTemp("", "wtool-families-")
-		if genErr != nil {
-			return
-		}
-		out, err := exec.Command(py, "-B", "../../testdata/families/gen.py", genDir).CombinedOutput()
-		if err != nil {
-			genErr = fmt.Errorf("gen.py: %v\n%s", err, out)
-		}
+	return py, gen.Dir(t, func(dir string) error {
+		return testenv.RunScript(py, "../../testdata/families/gen.py", dir)
 	})
-	if genErr != nil {
-		t.Fatal(genErr)
-	}
-	return py, genDir
 }
 
 var (

@@ -2,9 +2,6 @@ package arch
 
 import (
 	"fmt"
-	"regexp"
-	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -26,14 +23,7 @@ func (bert) MatchConfig(c *Config) bool {
 }
 
 func bertRoot(names []string) (string, bool) {
-	for _, r := range []string{"bert.", ""} {
-		if slices.Contains(names, r+"embeddings.word_embeddings.weight") && slices.ContainsFunc(names, func(n string) bool {
-			return strings.HasPrefix(n, r+"encoder.layer.0.attention.self.query.")
-		}) {
-			return r, true
-		}
-	}
-	return "", false
+	return encoderRoot(names, "bert", "embeddings.word_embeddings.weight", "attention.self.")
 }
 
 func (bert) MatchNames(names []string) bool { _, ok := bertRoot(names); return ok }
@@ -48,22 +38,9 @@ func (bert) Describe(b *Builder) error {
 	a := b.Arch()
 	a.Prefix = "bert"
 	cfg := b.Config
-	var layers []int
-	for _, g := range b.Matching(regexp.MustCompile(`^` + regexp.QuoteMeta(root) + `encoder\.layer\.(\d+)\.`)) {
-		n, _ := strconv.Atoi(g[0])
-		layers = append(layers, n)
-	}
-	slices.Sort(layers)
-	a.Layers = layers[len(layers)-1] + 1
-	a.Hidden = int(b.Shapes[root+"embeddings.word_embeddings.weight"][1])
-	if cfg.Has("num_attention_heads") {
-		h := cfg.Int("num_attention_heads", 0)
-		if h <= 0 || a.Hidden%h != 0 {
-			return fmt.Errorf("config.json: hidden_size %d is not a multiple of %d heads", a.Hidden, h)
-		}
-		a.Attention = &Attention{Heads: h, KVHeads: h, HeadDim: a.Hidden / h}
-	} else {
-		b.Note("no attention geometry (config.json num_attention_heads): heads unknown")
+	layers, err := encoderGeometry(b, root, int(b.Shapes[root+"embeddings.word_embeddings.weight"][1]))
+	if err != nil {
+		return err
 	}
 	for s, k := range map[string]SpaceKind{"tokens": SpaceInput, "positions": SpaceInput, "token_types": SpaceInput,
 		"residual": SpaceResidual, "pooled": SpaceHidden, "logits": SpaceOutput, "labels": SpaceOutput, "nsp": SpaceOutput} {
@@ -76,26 +53,9 @@ func (bert) Describe(b *Builder) error {
 	b.Add(Spec{Name: e + "LayerNorm", Kind: LayerNorm, Role: RoleNorm, Out: "residual"})
 	b.AddTensor(e+"position_ids", Buffer, RoleBuffer)
 	b.AddTensor(e+"token_type_ids", Buffer, RoleBuffer)
+	layer := encoderLayer{attn: "attention.self.", norms: [2]string{"attention.output.LayerNorm", "output.LayerNorm"}, postLN: true}
 	for _, n := range layers {
-		b.SetLayer(n)
-		p := fmt.Sprintf("%sencoder.layer.%d.", root, n)
-		sp := func(s string) string { return fmt.Sprintf("layers.%d.%s", n, s) }
-		q, k, v, o, h := sp("attn.q"), sp("attn.k"), sp("attn.v"), sp("attn.out"), sp("mlp.hidden")
-		for _, s := range []string{q, k, v, o} {
-			b.Space(s, SpaceAttention)
-			if at := a.Attention; at != nil {
-				b.Heads(s, at.Heads, at.HeadDim, false)
-			}
-		}
-		b.Space(h, SpaceHidden)
-		b.Add(Spec{Name: p + "attention.self.query", Kind: Linear, Role: RoleAttnQ, In: "residual", Out: q})
-		b.Add(Spec{Name: p + "attention.self.key", Kind: Linear, Role: RoleAttnK, In: "residual", Out: k})
-		b.Add(Spec{Name: p + "attention.self.value", Kind: Linear, Role: RoleAttnV, In: "residual", Out: v})
-		b.Add(Spec{Name: p + "attention.output.dense", Kind: Linear, Role: RoleAttnOut, In: o, Out: "residual"})
-		b.Add(Spec{Name: p + "attention.output.LayerNorm", Kind: LayerNorm, Role: RoleNorm, Out: "residual"})
-		b.Add(Spec{Name: p + "intermediate.dense", Kind: Linear, Role: RoleMLPUp, In: "residual", Out: h})
-		b.Add(Spec{Name: p + "output.dense", Kind: Linear, Role: RoleMLPDown, In: h, Out: "residual"})
-		b.Add(Spec{Name: p + "output.LayerNorm", Kind: LayerNorm, Role: RoleNorm, Out: "residual"})
+		layer.add(b, root, n)
 	}
 	b.SetLayer(-1)
 	b.Add(Spec{Name: root + "pooler.dense", Kind: Linear, Role: RolePooler, In: "residual", Out: "pooled", Optional: true})

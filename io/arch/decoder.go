@@ -50,12 +50,7 @@ func (d decoder) describe(b *Builder) error {
 	a := b.Arch()
 	a.Prefix = "model"
 	cfg := b.Config
-	var layers []int
-	for _, g := range b.Matching(regexp.MustCompile(`^` + regexp.QuoteMeta(root) + `layers\.(\d+)\.`)) {
-		n, _ := strconv.Atoi(g[0])
-		layers = append(layers, n)
-	}
-	slices.Sort(layers)
+	layers := b.layerNumbers(root, "layers")
 	a.Layers = 0
 	if len(layers) > 0 {
 		a.Layers = layers[len(layers)-1] + 1

@@ -2,9 +2,7 @@ package arch
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
-	"strconv"
 )
 
 // gpt2 is OpenAI's GPT-2 in Hugging Face naming: transformers' Conv1D
@@ -44,12 +42,7 @@ func (gpt2) Describe(b *Builder) error {
 	a := b.Arch()
 	a.Prefix = "transformer"
 	cfg := b.Config
-	var layers []int
-	for _, g := range b.Matching(regexp.MustCompile(`^` + regexp.QuoteMeta(root) + `h\.(\d+)\.`)) {
-		n, _ := strconv.Atoi(g[0])
-		layers = append(layers, n)
-	}
-	slices.Sort(layers)
+	layers := b.layerNumbers(root, "h")
 	a.Layers = layers[len(layers)-1] + 1
 	a.Hidden = int(b.Shapes[root+"wte.weight"][1])
 	if cfg.Has("n_head") {

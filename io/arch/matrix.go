@@ -63,21 +63,17 @@ func transpose[T float32 | float64](a []T, r, c int) []T {
 // Matrix decodes a module's weight tensor (or a tensor of the same layout)
 // as a float32 matrix in the module's own orientation [out, in].
 func (m *Module) Matrix(t *tensors.Tensor) ([]float32, int, int, error) {
-	v, err := t.Float32()
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	if err := m.checkShape(t); err != nil {
-		return nil, 0, 0, err
-	}
-	mat, err := ToMatrix(m, v)
-	rows, cols := m.MatrixShape()
-	return mat, rows, cols, err
+	return moduleMatrix(m, t, t.Float32)
 }
 
 // MatrixFloat64 is Matrix with float64 values.
 func (m *Module) MatrixFloat64(t *tensors.Tensor) ([]float64, int, int, error) {
-	v, err := t.Float64()
+	return moduleMatrix(m, t, t.Float64)
+}
+
+// moduleMatrix is Matrix with the values decode gives (t's, decoded).
+func moduleMatrix[T float32 | float64](m *Module, t *tensors.Tensor, decode func() ([]T, error)) ([]T, int, int, error) {
+	v, err := decode()
 	if err != nil {
 		return nil, 0, 0, err
 	}
