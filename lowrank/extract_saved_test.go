@@ -83,18 +83,9 @@ func qwen2PairTied(t *testing.T, dir string, tied bool) (base, ft string, vb, vf
 		}
 		entries = append(entries, safetensors.Entry{Name: n, DType: tensors.F32, Shape: s})
 	}
-	write := func(path string, v map[string][]float32) {
-		produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
-			x, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, v[e.Name])
-			return x, nil, err
-		}
-		if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Files: map[string][]byte{"config.json": []byte(config)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	base, ft = filepath.Join(dir, "base"), filepath.Join(dir, "ft")
-	write(base, vb)
-	write(ft, vf)
+	writeF32Model(t, base, entries, vb, config)
+	writeF32Model(t, ft, entries, vf, config)
 	return
 }
 

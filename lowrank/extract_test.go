@@ -56,18 +56,9 @@ func extractPair(t *testing.T, dir string) (base, ft string, vb, vf map[string][
 		}
 		entries = append(entries, safetensors.Entry{Name: n, DType: tensors.F32, Shape: s})
 	}
-	write := func(path string, v map[string][]float32) {
-		produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
-			x, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, v[e.Name])
-			return x, nil, err
-		}
-		if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Files: map[string][]byte{"config.json": []byte(extractLlamaConfig)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	base, ft = filepath.Join(dir, "base"), filepath.Join(dir, "ft")
-	write(base, vb)
-	write(ft, vf)
+	writeF32Model(t, base, entries, vb, extractLlamaConfig)
+	writeF32Model(t, ft, entries, vf, extractLlamaConfig)
 	return
 }
 
@@ -224,5 +215,18 @@ func TestExtractLoRA(t *testing.T) {
 	}
 	if ad.Config.R != 2 {
 		t.Errorf("r = %d", ad.Config.R)
+	}
+}
+
+// writeF32Model writes a checkpoint directory at path holding the float32
+// values v of entries, with config as its config.json.
+func writeF32Model(t *testing.T, path string, entries []safetensors.Entry, v map[string][]float32, config string) {
+	t.Helper()
+	produce := func(_ context.Context, e safetensors.Entry) (*tensors.Tensor, func(), error) {
+		x, err := tensors.FromFloat32(e.Name, e.DType, e.Shape, v[e.Name])
+		return x, nil, err
+	}
+	if _, err := checkpoint.Write(context.Background(), path, entries, produce, checkpoint.WriteOptions{Files: map[string][]byte{"config.json": []byte(config)}}); err != nil {
+		t.Fatal(err)
 	}
 }
