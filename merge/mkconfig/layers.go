@@ -15,8 +15,9 @@ const DefaultModule = "default"
 // name for the module of a single-module architecture; for multi-module
 // architectures mergekit applies models: to every module and refuses
 // slices:, which the caller must do). numLayers reads a model's layer count
-// (num_hidden_layers of its config.json; for slices: it is not called);
-// models of one slice must have the same count.
+// (num_hidden_layers of its config.json); models of one slice must have
+// the same count. For slices:, numLayers may be nil; when it is not, every
+// source's layer_range must lie within its model's layers.
 func (c *Config) Normalize(numLayers func(ModelRef) (int, error)) ([]OutputModule, error) {
 	fromModels := func(models []InputModel, line int) ([]OutputSlice, error) {
 		var srcs []InputSlice
@@ -59,10 +60,16 @@ func (c *Config) Normalize(numLayers func(ModelRef) (int, error)) ([]OutputModul
 		}
 		return []OutputModule{{Name: DefaultModule, Slices: ss, Line: c.Line}}, nil
 	case len(c.Slices) > 0:
+		if err := checkRanges(c.Slices, numLayers); err != nil {
+			return nil, err
+		}
 		return []OutputModule{{Name: DefaultModule, Slices: c.Slices, Line: c.Lines["slices"]}}, nil
 	}
 	var out []OutputModule
 	for _, m := range c.Modules {
+		if err := checkRanges(m.Slices, numLayers); err != nil {
+			return nil, err
+		}
 		if len(m.Models) > 0 {
 			ss, err := fromModels(m.Models, m.Line)
 			if err != nil {
@@ -73,6 +80,26 @@ func (c *Config) Normalize(numLayers func(ModelRef) (int, error)) ([]OutputModul
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// checkRanges reports a source whose layer_range goes beyond its model's
+// layers (numLayers nil: not checked).
+func checkRanges(slices []OutputSlice, numLayers func(ModelRef) (int, error)) error {
+	if numLayers == nil {
+		return nil
+	}
+	for _, s := range slices {
+		for _, src := range s.Sources {
+			n, err := numLayers(src.Model)
+			if err != nil {
+				return fmt.Errorf("%s: %w", src.Model, err)
+			}
+			if src.LayerRange[0] < 0 || src.LayerRange[1] > n || src.LayerRange[1] < src.LayerRange[0] {
+				return errAt(src.Line, "layer_range [%d, %d] of %s is outside its %d layers", src.LayerRange[0], src.LayerRange[1], src.Model, n)
+			}
+		}
+	}
+	return nil
 }
 
 // SourceLayer is one input layer of an output layer.

@@ -249,6 +249,14 @@ base_model: base
 	if l := mods[0].Layers(); len(l) != 1 || l[0].T != 1 || l[0].Sources[0].Layer != 3 {
 		t.Errorf("one-layer slice: %+v", l)
 	}
+	// a layer_range beyond the model's layers is refused, naming the model
+	// (an unchecked [0, 2000000000] would list two billion layers)
+	for _, r := range []string{"[3, 9]", "[0, 2000000000]"} {
+		c = mustParse(t, "slices:\n- sources:\n  - {model: a, layer_range: "+r+"}\nmerge_method: passthrough\n")
+		if _, err := c.Normalize(func(ModelRef) (int, error) { return 8, nil }); err == nil || !strings.Contains(err.Error(), "of a is outside its 8 layers") {
+			t.Errorf("layer_range %s: got %v", r, err)
+		}
+	}
 }
 
 // Gradients and conditions evaluate as mergekit's evaluate_setting.
