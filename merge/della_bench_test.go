@@ -45,3 +45,10 @@ func BenchmarkDella(b *testing.B) {
 func BenchmarkDellaTIES(b *testing.B) {
 	benchRows(b, TaskVectorOptions{Weights: []float64{1, 1}, Densities: []float64{0.5, 0.5}, Sparsify: Magnitude, Consensus: true, Normalize: true})
 }
+
+// BenchmarkDellaL1 is DELLA as mergekit runs it by default (rescale: L1,
+// which needs a pass for the norms before the merge pass).
+func BenchmarkDellaL1(b *testing.B) {
+	benchRows(b, TaskVectorOptions{Weights: []float64{1, 1}, Densities: []float64{0.5, 0.15, 0.5, 0.15}, Sparsify: Magnitude,
+		Rescale: RescaleL1, Consensus: true, Normalize: true, sparsifier: dellaSparsifier{seed: 1}})
+}

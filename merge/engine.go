@@ -59,6 +59,7 @@ type Job struct {
 	dry       bool                              // Describe: no input is computed
 	aligned   *alignment                        // Plan.Align's permutations
 	ahead     sync.WaitGroup                    // read-ahead goroutines
+	keepBytes atomic.Int64                      // recorded keep decisions in flight (reserveKeep)
 }
 
 // numParam is a Number parameter resolved for every model.

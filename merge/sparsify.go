@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"sync"
+
+	"github.com/wtool/wtool/io/checkpoint"
 )
 
 // Sparsification of task vectors: a sparsifier prepares, per tensor, with
@@ -56,18 +58,59 @@ func checkDensity(d float64, zeroOK bool, what string) error {
 	return nil
 }
 
+// keepRecorder is a trimmer whose keep decisions the L1 pass can record, one
+// bit per element and model, for the merge pass to replay instead of
+// deciding again (DELLA: ranks and draws computed once, not twice).
+type keepRecorder interface {
+	// recordBytes is the memory recording takes.
+	recordBytes() int64
+	// record makes the next trims record their decisions.
+	record()
+	// replay makes the next trims replay the recorded decisions.
+	replay()
+}
+
+// reserveKeep reserves n bytes of recorded keep decisions within the job's
+// share for them (a twelfth of its memory budget), across the tensors in
+// flight; false when they do not fit (the trimmer then decides again).
+func (j *Job) reserveKeep(n int64) bool {
+	limit := j.MaxMemory
+	if limit <= 0 {
+		limit = checkpoint.DefaultMaxMemory()
+	}
+	limit /= 12
+	for {
+		cur := j.keepBytes.Load()
+		if cur+n > limit {
+			return false
+		}
+		if j.keepBytes.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
+
 // l1Trim scales each sparsified task vector so that it keeps its L1 norm
 // (mergekit's rescale: true): scale[i] = L1(x_i - b) / L1(trimmed), 0
 // (no scaling) when either is below 1e-7, as in mergekit.
 type l1Trim struct {
 	inner trimmer
 	scale []float64
+	done  func() // releases recorded decisions (nil: none)
 }
 
 // l1Rescaled measures, in one pass, each model's L1 norm before and after
 // the trimmer and returns the trimmer followed by the rescaling.
-func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) (trimmer, error) {
+func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) (*l1Trim, error) {
 	n := len(ins) - 1
+	tr := &l1Trim{inner: inner, scale: make([]float64, n)}
+	rec, _ := inner.(keepRecorder)
+	if rec != nil && t.Job != nil {
+		if need := rec.recordBytes(); need > 0 && t.Job.reserveKeep(need) {
+			rec.record()
+			tr.done = func() { t.Job.keepBytes.Add(-need) }
+		}
+	}
 	bufs := sync.Pool{New: func() any { b := make([]float64, BlockSize); return &b }}
 	sums, err := t.Sums(ctx, ins, 2*n, func(lo int, in [][]float64, acc []float64) error {
 		bp := bufs.Get().(*[]float64)
@@ -88,9 +131,14 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 		return nil
 	})
 	if err != nil {
+		if tr.done != nil {
+			tr.done()
+		}
 		return nil, err
 	}
-	tr := &l1Trim{inner: inner, scale: make([]float64, n)}
+	if tr.done != nil {
+		rec.replay()
+	}
 	for i := range n {
 		if before, after := sums[2*i], sums[2*i+1]; before >= 1e-7 && after >= 1e-7 {
 			tr.scale[i] = before / after

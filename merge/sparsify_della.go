@@ -1,10 +1,15 @@
 package merge
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
+	"math/bits"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/wtool/wtool/internal/fault"
 )
@@ -39,7 +44,44 @@ type dellaTrim struct {
 	rows   fibers
 	cache  sync.Pool
 	inv    bool
+	n      int        // elements of the tensor
+	kept   [][]uint64 // per model: recorded keep decisions, a bit per element (nil: none)
+	mode   int        // keepDecide, keepRecord or keepReplay
 }
+
+// Modes of a dellaTrim's keep decisions (see keepRecorder).
+const (
+	keepDecide = iota // decide in every trim
+	keepRecord        // decide and record the decisions
+	keepReplay        // replay the recorded decisions
+)
+
+// recordBytes: a bit per element of each sparsified model (only keep
+// decisions are recorded: inverse rescaling needs the probabilities).
+func (tr *dellaTrim) recordBytes() int64 {
+	if tr.inv {
+		return 0
+	}
+	var words int64
+	for i, sp := range tr.sparse {
+		if sp && tr.dens[i] > 0 {
+			words += int64(tr.n+63) / 64
+		}
+	}
+	return 8 * words
+}
+
+func (tr *dellaTrim) record() {
+	tr.kept = make([][]uint64, len(tr.sparse))
+	for i, sp := range tr.sparse {
+		if sp && tr.dens[i] > 0 {
+			tr.kept[i] = make([]uint64, (tr.n+63)/64)
+		}
+	}
+	tr.mode = keepRecord
+}
+
+func (tr *dellaTrim) replay() { tr.mode = keepReplay }
 
 // fibers are the rows of a tensor along one axis: row r has the elements
 // start(r) + j*stride for j < length.
@@ -92,10 +134,26 @@ type dellaRow struct {
 	model, row int
 	x, b       []float64
 	keys       []uint64
-	idx, tmp   []int32 // the argsort and its scratch
-	hist       *[256]int32
-	p          []float64 // by position in the row
+	packed     []uint64 // sortPacked's second buffer
+	idx, tmp   []int32  // the argsort and its scratch
+	hist       *[1 << maxDigit]int32
+	p          []float64 // by position in the row (inverse rescaling)
+	keep       []uint8   // by position: 1 kept, 0 dropped (l1 or no rescaling)
+	bk         []uint16  // decide: each entry's bucket
+	order      []int32   // decide: the entries of a bucket
+	next       []int32   // decide: the previous entry of the same bucket (-1: none)
+	rank       []int32   // decide: exact ranks of the entries of sorted buckets
+	amb        []int32   // decide: the entries whose bucket leaves the decision open
+	bucket     *dellaBuckets
 	err        error
+}
+
+// dellaBuckets are decide's per-bucket tables.
+type dellaBuckets struct {
+	start    [nBuckets + 1]int32 // bucket b holds ranks [start[b], start[b+1])
+	plo, phi [nBuckets]float64   // p at the first and the last rank of b
+	head     [nBuckets]int32     // the last entry of each bucket (see dellaRow.next)
+	sorted   [nBuckets]bool
 }
 
 // dellaRows caches one row per model (a block's trims alternate models).
@@ -104,7 +162,7 @@ type dellaRowCache []*dellaRow
 func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input, params []float64) (trimmer, error) {
 	n := len(ins) - 1
 	tr := &dellaTrim{ins: ins, keys: make([]uint64, n), dens: make([]float64, n), eps: make([]float64, n),
-		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse}
+		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse, n: t.N}
 	tr.cache.New = func() any {
 		c := make(dellaRowCache, n)
 		for i := range c {
@@ -147,43 +205,223 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 
 // row returns model i's keep probabilities of a row, from c when it holds
 // them.
-func (tr *dellaTrim) row(c *dellaRow, i, row int) error {
+//
+// x and b, when not nil, are the row's values of model i and of the base
+// (the caller's block holds the whole row); else the row is decoded.
+func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 	if c.model == i && c.row == row {
 		return c.err
 	}
 	m := tr.rows.length
 	if cap(c.x) < m {
-		c.x, c.b, c.p, c.keys = make([]float64, m), make([]float64, m), make([]float64, m), make([]uint64, m)
-		c.idx, c.tmp = make([]int32, m), make([]int32, m)
+		c.x, c.b, c.keys = make([]float64, m), make([]float64, m), make([]uint64, m)
+		if tr.inv {
+			c.p, c.packed, c.idx, c.tmp = make([]float64, m), make([]uint64, m), make([]int32, m), make([]int32, m)
+			c.hist = new([1 << maxDigit]int32)
+		} else {
+			c.keep, c.bk, c.order, c.rank, c.next = make([]uint8, m), make([]uint16, m), make([]int32, m), make([]int32, m), make([]int32, m)
+			c.bucket = new(dellaBuckets)
+		}
 	}
-	if c.hist == nil {
-		c.hist = new([256]int32)
-	}
-	c.x, c.b, c.keys, c.idx, c.tmp, c.p = c.x[:m], c.b[:m], c.keys[:m], c.idx[:m], c.tmp[:m], c.p[:m]
+	c.x, c.b, c.keys = c.x[:m], c.b[:m], c.keys[:m]
 	c.model, c.row, c.err = i, row, nil
-	if err := tr.rows.decode(tr.ins[i], row, c.x); err != nil {
-		c.err = err
-		return err
+	if x == nil {
+		x, b = c.x, c.b
+		if err := tr.rows.decode(tr.ins[i], row, x); err != nil {
+			c.err = err
+			return err
+		}
+		if err := tr.rows.decode(tr.ins[len(tr.ins)-1], row, b); err != nil {
+			c.err = err
+			return err
+		}
 	}
-	if err := tr.rows.decode(tr.ins[len(tr.ins)-1], row, c.b); err != nil {
-		c.err = err
-		return err
+	d, eps := tr.dens[i], tr.eps[i]
+	prob := func(rank int) float64 {
+		if m > 1 {
+			return d - eps + 2*eps*float64(rank)/float64(m-1)
+		}
+		return d
 	}
-	for j := range c.x {
-		c.keys[j] = math.Float64bits(math.Abs(c.x[j] - c.b[j]))
+	if !tr.inv {
+		c.keep, c.bk, c.order, c.rank, c.next = c.keep[:m], c.bk[:m], c.order[:m], c.rank[:m], c.next[:m]
+		tr.decide(c, i, row, x, b, prob)
+		return nil
 	}
+	c.packed, c.idx, c.tmp, c.p = c.packed[:m], c.idx[:m], c.tmp[:m], c.p[:m]
 	// the rank of entry j: its position in the stable argsort of the keys
 	// (the keys below its own, plus the equal keys at smaller indices)
-	order := argsortStable(c.keys, c.idx, c.tmp, c.hist)
-	d, eps := tr.dens[i], tr.eps[i]
-	for rank, j := range order {
-		p := d
-		if m > 1 {
-			p = d - eps + 2*eps*float64(rank)/float64(m-1)
+	if sorted, low, ok := sortPacked(x, b, c.keys, c.packed, c.hist); ok {
+		for rank, v := range sorted {
+			c.p[v&low] = prob(rank)
 		}
-		c.p[j] = p
+		return nil
+	}
+	for j := range x {
+		c.keys[j] = math.Float64bits(math.Abs(x[j] - b[j]))
+	}
+	for rank, j := range argsortStable(c.keys, c.idx, c.tmp, (*[256]int32)(c.hist[:256])) {
+		c.p[j] = prob(rank)
 	}
 	return nil
+}
+
+// Buckets of decide: a key's bucket is its float64 bits' exponent and top
+// bucketMant mantissa bits (so buckets follow key order), counted down from
+// the row's largest key over nBuckets buckets (32 binades); smaller keys
+// and zeros share bucket 0.
+const (
+	nBuckets   = 2048
+	bucketMant = 6
+)
+
+// decide sets c.keep, the keep decisions of a row (Uniform(key, e) < p of
+// the entry's rank), without ranking every entry: p is non-decreasing in
+// the rank, so an entry whose bucket spans ranks [lo, hi] is kept when
+// u < p(lo) and dropped when u >= p(hi), whatever its rank within the
+// bucket; only the rare entries with p(lo) <= u < p(hi) need their exact
+// rank, for which their bucket is sorted (stably: ties by index). The
+// decisions are exactly those of the ranks; a counting pass and a
+// decision pass over the row replace the radix sort.
+func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64, prob func(int) float64) {
+	bs = bs[:len(xs)]
+	var top uint64
+	for j := range xs {
+		top = max(top, math.Float64bits(math.Abs(xs[j]-bs[j])))
+	}
+	bt := c.bucket
+	off := int(top>>(52-bucketMant)) - (nBuckets - 1)
+	start := bt.start[:]
+	clear(start)
+	// buckets, counted, and each bucket's entries as a list (from head,
+	// through next; by decreasing index) for the rare exact ranks
+	for j := range xs {
+		k := math.Float64bits(math.Abs(xs[j] - bs[j]))
+		b := max(int(k>>(52-bucketMant))-off, 0)
+		c.bk[j] = uint16(b)
+		if start[b+1] == 0 {
+			bt.head[b] = -1
+		}
+		start[b+1]++
+		c.next[j], bt.head[b] = bt.head[b], int32(j)
+	}
+	for b := range nBuckets {
+		if n := start[b+1]; n > 0 {
+			bt.plo[b], bt.phi[b] = prob(int(start[b])), prob(int(start[b]+n-1))
+		}
+		start[b+1] += start[b]
+	}
+	key := tr.keys[i]
+	e0, stride := tr.rows.start(row), tr.rows.stride
+	amb := c.amb[:0]
+	for j, b := range c.bk {
+		u := Uniform(key, e0+j*stride)
+		lo, hi := u < bt.plo[b], u < bt.phi[b]
+		c.keep[j] = uint8(b2u(lo))
+		if lo != hi {
+			amb = append(amb, int32(j))
+		}
+	}
+	c.amb = amb
+	for _, j := range amb {
+		b := c.bk[j]
+		if !bt.sorted[b] {
+			// the bucket's entries by (key, index), ranked from start[b]
+			members := c.order[:0]
+			for q := bt.head[b]; q >= 0; q = c.next[q] {
+				members = append(members, q)
+			}
+			slices.Reverse(members) // by index
+			for _, q := range members {
+				c.keys[q] = math.Float64bits(math.Abs(xs[q] - bs[q]))
+			}
+			sortByKey(members, c.keys)
+			for r, q := range members {
+				c.rank[q] = start[b] + int32(r)
+			}
+			bt.sorted[b] = true
+		}
+		c.keep[j] = uint8(b2u(Uniform(key, e0+int(j)*stride) < prob(int(c.rank[j]))))
+	}
+	for _, j := range amb {
+		bt.sorted[c.bk[j]] = false
+	}
+}
+
+// sortByKey sorts entries (in index order) by key, stably: insertion sort
+// for the small buckets decide meets, a library stable sort beyond.
+func sortByKey(idx []int32, keys []uint64) {
+	if len(idx) > 48 {
+		slices.SortStableFunc(idx, func(p, q int32) int { return cmp.Compare(keys[p], keys[q]) })
+		return
+	}
+	for a := 1; a < len(idx); a++ {
+		v := idx[a]
+		k := keys[v]
+		z := a
+		for z > 0 && keys[idx[z-1]] > k {
+			idx[z] = idx[z-1]
+			z--
+		}
+		idx[z] = v
+	}
+}
+
+// maxDigit is the widest digit, in bits, of sortPacked's radix passes.
+const maxDigit = 11
+
+// sortPacked sorts the magnitudes |x[j] - b[j]| of a row, stably, when
+// their float64 bits leave the low bits.Len(m-1) bits zero (always for
+// bf16 and f16 inputs, and f32 ones whose values are within 2^14 of each
+// other): each key carries its index in those bits, an LSD radix sort of
+// the packed words orders them by key then index (stability: the index
+// bits are never sorted on), with digits of up to maxDigit bits covering
+// only the bits that differ between keys. It returns the sorted words (one
+// of the buffers keys and tmp) and the index mask; ok is false when a key
+// needs its low bits (the caller sorts with argsortStable).
+func sortPacked(x, b []float64, keys, tmp []uint64, hist *[1 << maxDigit]int32) (sorted []uint64, low uint64, ok bool) {
+	m := len(keys)
+	low = uint64(1)<<bits.Len(uint(max(m-1, 0))) - 1
+	or, and := uint64(0), ^uint64(0)
+	for j := range keys {
+		k := math.Float64bits(math.Abs(x[j] - b[j]))
+		or |= k
+		and &= k
+		keys[j] = k | uint64(j)
+	}
+	if or&low != 0 {
+		return nil, 0, false
+	}
+	varying := (or ^ and) &^ low
+	if varying == 0 {
+		return keys, low, true // all equal: index order
+	}
+	lo, hi := bits.TrailingZeros64(varying), 63-bits.LeadingZeros64(varying)
+	width := min(maxDigit, max(4, bits.Len(uint(m))-1))
+	passes := (hi - lo + width) / width
+	width = (hi - lo + passes) / passes // spread evenly: (hi-lo+1)/passes, rounded up
+	mask := uint64(1)<<width - 1
+	h := hist[:1<<width]
+	src, dst := keys, tmp
+	for p := range passes {
+		sh := uint(lo + p*width)
+		clear(h)
+		for _, v := range src {
+			h[(v>>sh)&mask]++
+		}
+		var sum int32
+		for d, c := range h {
+			h[d] = sum
+			sum += c
+		}
+		for _, v := range src {
+			d := (v >> sh) & mask
+			dst[h[d]] = v
+			h[d]++
+		}
+		src, dst = dst, src
+	}
+	return src, low, true
 }
 
 // argsortStable returns the indices of keys in ascending order of key, equal
@@ -237,13 +475,27 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		clear(d)
 		return true
 	}
+	if tr.mode == keepReplay {
+		kept := tr.kept[i]
+		for q := range d {
+			e := lo + q
+			keep := kept[e>>6] >> (e & 63) & 1
+			d[q] = math.Float64frombits(math.Float64bits((x[q]-b[q])*w) & -keep)
+		}
+		return true
+	}
 	cs := tr.cache.Get().(*dellaRowCache)
 	defer tr.cache.Put(cs)
 	c := (*cs)[i]
 	x, b = x[:len(d)], b[:len(d)]
 	for k := 0; k < len(d); {
 		row, pos := tr.rows.of(lo + k)
-		if err := tr.row(c, i, row); err != nil {
+		// the block's own values when it holds the whole row
+		var xr, br []float64
+		if m := tr.rows.length; tr.rows.inner == 1 && pos == 0 && len(d)-k >= m {
+			xr, br = x[k:k+m], b[k:k+m]
+		}
+		if err := tr.row(c, i, row, xr, br); err != nil {
 			// every value of the row was decoded once in prepare: only a
 			// file truncated since then fails here; never silently
 			fault.Fail(fmt.Errorf("della: %w", err))
@@ -254,8 +506,19 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		if tr.rows.inner == 1 {
 			n = min(len(d)-k, tr.rows.length-pos)
 		}
-		ps, key := c.p[pos:pos+n], tr.keys[i]
 		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
+		if !tr.inv {
+			for q, kp := range c.keep[pos : pos+n] {
+				// kept: v * w; dropped: +0 (a mask, not a branch)
+				ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])*w) & -uint64(kp))
+			}
+			if tr.mode == keepRecord {
+				recordKeeps(tr.kept[i], lo+k, c.keep[pos:pos+n])
+			}
+			k += n
+			continue
+		}
+		ps, key := c.p[pos:pos+n], tr.keys[i]
 		for q, p := range ps {
 			v := xs[q] - bs[q]
 			if tr.inv {
@@ -272,4 +535,34 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		k += n
 	}
 	return true
+}
+
+// recordKeeps sets the bits of elements e0, e0+1, ... that keep says are
+// kept, eight at a time where the elements are 8-aligned (a multiply
+// gathers eight 0/1 bytes into a byte: byte i of x times the constant's
+// byte 7-i lands on bit 56+i, and no two products meet). Words are combined
+// with an atomic OR: the blocks of a pass run concurrently and may share a
+// word at their edges.
+func recordKeeps(kept []uint64, e0 int, keep []uint8) {
+	for q := 0; q < len(keep); {
+		e := e0 + q
+		if e&7 != 0 || len(keep)-q < 8 {
+			if keep[q] != 0 {
+				atomic.OrUint64(&kept[e>>6], 1<<(e&63))
+			}
+			q++
+			continue
+		}
+		sh := e & 63
+		n := min((len(keep)-q)&^7, 64-sh)
+		var word uint64
+		for r := 0; r < n; r += 8 {
+			x := binary.LittleEndian.Uint64(keep[q+r:])
+			word |= (x * 0x0102040810204080 >> 56) << (sh + r)
+		}
+		if word != 0 {
+			atomic.OrUint64(&kept[e>>6], word)
+		}
+		q += n
+	}
 }

@@ -67,6 +67,12 @@ func TestDellaRanksMatchReference(t *testing.T) {
 		{"low-bytes", 700, func() (float64, float64) { // keys differing only in their two low bytes, with ties
 			return 1 + float64(r.IntN(400))*0x1p-52, 0
 		}},
+		{"wide-range", 3000, func() (float64, float64) { // keys over 80 binades: below the buckets' 32, many share bucket 0 with zeros
+			if r.IntN(5) == 0 {
+				return 0, 0
+			}
+			return math.Ldexp(1+float64(r.IntN(4))/4, -r.IntN(80)), 0
+		}},
 		{"all-zero", 300, func() (float64, float64) { return 3, 3 }},
 		{"all-tied", 300, func() (float64, float64) { return 1, 1 + float64(1-2*r.IntN(2)) }},
 	} {
@@ -81,9 +87,9 @@ func TestDellaRanksMatchReference(t *testing.T) {
 					return &Input{Tensor: "w", DType: tensors.F64, Shape: tt.Shape, Data: tt.Data}
 				}
 				ins := []*Input{in(x), in(b)}
-				tr := &dellaTrim{ins: ins, dens: []float64{de[0]}, eps: []float64{de[1]}, sparse: []bool{true}, rows: dellaRows([]int64{int64(tc.m)}, tc.m)}
+				tr := &dellaTrim{ins: ins, dens: []float64{de[0]}, eps: []float64{de[1]}, sparse: []bool{true}, rows: dellaRows([]int64{int64(tc.m)}, tc.m), inv: true}
 				c := &dellaRow{model: -1}
-				if err := tr.row(c, 0, 0); err != nil {
+				if err := tr.row(c, 0, 0, nil, nil); err != nil {
 					t.Fatal(err)
 				}
 				keys := make([]uint64, tc.m)
@@ -96,12 +102,27 @@ func TestDellaRanksMatchReference(t *testing.T) {
 						t.Fatalf("density %v: entry %d: p %v, reference %v", de, j, c.p[j], want[j])
 					}
 				}
+				// without inverse rescaling only the keep decisions are
+				// computed (decide: buckets, exact ranks where they matter):
+				// they are those of the reference ranks, under several keys
+				for key := range uint64(4) {
+					td := &dellaTrim{ins: ins, keys: []uint64{key * 0x9E3779B97F4A7C15}, dens: tr.dens, eps: tr.eps, sparse: tr.sparse, rows: tr.rows}
+					cd := &dellaRow{model: -1}
+					if err := td.row(cd, 0, 0, x, b); err != nil {
+						t.Fatal(err)
+					}
+					for j := range want {
+						if k := Uniform(td.keys[0], j) < want[j]; (cd.keep[j] == 1) != k {
+							t.Fatalf("density %v key %d: entry %d kept %v, reference %v (p %v)", de, key, j, cd.keep[j], k, want[j])
+						}
+					}
+				}
 				// the cache is reused: a second row through the same buffers
 				x2 := slices.Clone(x)
 				slices.Reverse(x2)
 				tr.ins[0] = in(x2)
 				c.model = -1 // the cached row is stale
-				if err := tr.row(c, 0, 0); err != nil {
+				if err := tr.row(c, 0, 0, nil, nil); err != nil {
 					t.Fatal(err)
 				}
 				for j := range keys {
@@ -190,6 +211,94 @@ func TestDellaTrimMatchesReference(t *testing.T) {
 				if math.Float64bits(got[e]) != math.Float64bits(want[e]) {
 					t.Fatalf("shape %v inverse %v: element %d: %v, reference %v", shape, inv, e, got[e], want[e])
 				}
+			}
+		}
+	}
+}
+
+// TestDellaRecordedKeepsReplay: with rescale l1 the L1 pass records DELLA's
+// keep decisions and the merge pass replays them; the merged tensor is bit
+// for bit the one computed deciding twice (no room to record), for a 2-D
+// tensor whose rows do not fill whole words, a 3-D one (strided rows) and a
+// 1-D one longer than a block, written in chunks at odd offsets.
+func TestDellaRecordedKeepsReplay(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	for _, shape := range [][]int64{{7, 300}, {4, 50, 3}, {9001}} {
+		n := 1
+		for _, s := range shape {
+			n *= int(s)
+		}
+		mk := func() *Input {
+			v := make([]float32, n)
+			for j := range v {
+				v[j] = float32(r.IntN(7)) * 0.25
+				if r.IntN(3) == 0 {
+					v[j] = float32(r.NormFloat64())
+				}
+			}
+			tt, _ := tensors.FromFloat32("w", tensors.F32, shape, v)
+			return &Input{Tensor: "w", DType: tensors.F32, Shape: shape, Data: tt.Data}
+		}
+		ms, base := []*Input{mk(), mk()}, mk()
+		var outs [2][]byte
+		for run, mem := range []int64{1 << 30, 1} {
+			tj := memJob("w", n)
+			tj.Shape = shape
+			tj.Job.MaxMemory = mem
+			k, err := taskVectorKernel(context.Background(), tj, ms, base, TaskVectorOptions{Weights: []float64{0.6, 0.9},
+				Densities: []float64{0.4, 0.2, 0.6, 0.1}, Sparsify: Magnitude, Rescale: RescaleL1, Consensus: true, Normalize: true,
+				sparsifier: dellaSparsifier{seed: 3}}, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if recorded := k.Done != nil; recorded != (run == 0) {
+				t.Fatalf("shape %v, budget %d: recorded %v", shape, mem, recorded)
+			}
+			out := make([]byte, 4*n)
+			for lo := 0; lo < n; {
+				hi := min(n, lo+1+r.IntN(3000))
+				if err := elementwise(context.Background(), k, lo, hi-lo, tensors.F32, out[4*lo:4*hi], nil); err != nil {
+					t.Fatal(err)
+				}
+				lo = hi
+			}
+			if k.Done != nil {
+				k.Done()
+			}
+			if b := tj.Job.keepBytes.Load(); b != 0 {
+				t.Errorf("shape %v: %d bytes of recorded decisions still reserved", shape, b)
+			}
+			outs[run] = out
+		}
+		if !slices.Equal(outs[0], outs[1]) {
+			t.Errorf("shape %v: replayed decisions merge differently", shape)
+		}
+	}
+}
+
+// TestRecordKeeps: recordKeeps sets exactly the bits of the kept entries,
+// for runs at every alignment and length (the eight-at-a-time gather and
+// the single bits at the edges), next to bits already set.
+func TestRecordKeeps(t *testing.T) {
+	r := rand.New(rand.NewPCG(51, 52))
+	for range 500 {
+		n := 200
+		want := make([]bool, n)
+		kept := make([]uint64, (n+63)/64)
+		for range 3 {
+			e0 := r.IntN(n)
+			keep := make([]uint8, r.IntN(n-e0+1))
+			for q := range keep {
+				if r.IntN(2) == 0 {
+					keep[q] = 1
+					want[e0+q] = true
+				}
+			}
+			recordKeeps(kept, e0, keep)
+		}
+		for e, w := range want {
+			if got := kept[e>>6]>>(e&63)&1 == 1; got != w {
+				t.Fatalf("element %d: bit %v, want %v", e, got, w)
 			}
 		}
 	}

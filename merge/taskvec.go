@@ -105,15 +105,18 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 	}
 	ins := append(append([]*Input{}, models...), base)
 	var trim trimmer
+	var done func()
 	if sp := builtinSparsifier(o); sp != nil {
 		var err error
 		if trim, err = sp.prepare(ctx, t, ins, o.Densities); err != nil {
 			return nil, err
 		}
 		if _, own := sp.(randomSparsifier); o.Rescale == RescaleL1 && !own {
-			if trim, err = l1Rescaled(ctx, t, ins, trim); err != nil {
+			l1, err := l1Rescaled(ctx, t, ins, trim)
+			if err != nil {
 				return nil, err
 			}
+			trim, done = l1, l1.done
 		}
 	}
 	w := o.Weights
@@ -159,5 +162,5 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 			linearN(out, d, b, divisor, o.Normalize, lambda)
 		}
 	}
-	return &Kernel{Inputs: ins, Fn: fn}, nil
+	return &Kernel{Inputs: ins, Fn: fn, Done: done}, nil
 }
