@@ -510,6 +510,9 @@ func elementwise(ctx context.Context, k *Kernel, lo, n int, dt tensors.DType, ds
 // runWhole computes a whole tensor in memory (the slice API): elementwise
 // kernels only.
 func runWhole(ctx context.Context, k *Kernel, n int, dst []float32) error {
+	if k.Done != nil {
+		defer k.Done()
+	}
 	out := make([]float64, n)
 	if err := elementwise(ctx, k, 0, n, tensors.F64, nil, out); err != nil {
 		return err

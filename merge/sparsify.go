@@ -64,21 +64,24 @@ func checkDensity(d float64, zeroOK bool, what string) error {
 type keepRecorder interface {
 	// recordBytes is the memory recording takes.
 	recordBytes() int64
-	// record makes the next trims record their decisions.
-	record()
+	// record makes the next trims record their decisions (false: it could
+	// not, they decide as before).
+	record() bool
 	// replay makes the next trims replay the recorded decisions.
 	replay()
+	// release frees the recorded decisions; no trim may follow.
+	release()
 }
 
 // reserveKeep reserves n bytes of recorded keep decisions within the job's
-// share for them (a twelfth of its memory budget), across the tensors in
+// share for them (a sixteenth of its memory budget), across the tensors in
 // flight; false when they do not fit (the trimmer then decides again).
 func (j *Job) reserveKeep(n int64) bool {
 	limit := j.MaxMemory
 	if limit <= 0 {
 		limit = checkpoint.DefaultMaxMemory()
 	}
-	limit /= 12
+	limit /= 16
 	for {
 		cur := j.keepBytes.Load()
 		if cur+n > limit {
@@ -107,8 +110,11 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 	rec, _ := inner.(keepRecorder)
 	if rec != nil && t.Job != nil {
 		if need := rec.recordBytes(); need > 0 && t.Job.reserveKeep(need) {
-			rec.record()
-			tr.done = func() { t.Job.keepBytes.Add(-need) }
+			if rec.record() {
+				tr.done = func() { rec.release(); t.Job.keepBytes.Add(-need) }
+			} else {
+				t.Job.keepBytes.Add(-need)
+			}
 		}
 	}
 	bufs := sync.Pool{New: func() any { b := make([]float64, BlockSize); return &b }}

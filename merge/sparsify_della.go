@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,7 @@ type dellaTrim struct {
 	inv    bool
 	n      int        // elements of the tensor
 	kept   [][]uint64 // per model: recorded keep decisions, a bit per element (nil: none)
+	frees  []func()   // unmap kept
 	mode   int        // keepDecide, keepRecord or keepReplay
 }
 
@@ -71,17 +73,44 @@ func (tr *dellaTrim) recordBytes() int64 {
 	return 8 * words
 }
 
-func (tr *dellaTrim) record() {
-	tr.kept = make([][]uint64, len(tr.sparse))
+// record maps the bits outside the Go heap (see offHeapWords), so that
+// release returns them at once; false when the mapping fails (the trimmer
+// keeps deciding).
+func (tr *dellaTrim) record() bool {
+	kept := make([][]uint64, len(tr.sparse))
+	var frees []func()
 	for i, sp := range tr.sparse {
 		if sp && tr.dens[i] > 0 {
-			tr.kept[i] = make([]uint64, (tr.n+63)/64)
+			w, free, err := offHeapWords((tr.n + 63) / 64)
+			if err != nil {
+				for _, f := range frees {
+					f()
+				}
+				return false
+			}
+			kept[i], frees = w, append(frees, free)
 		}
 	}
-	tr.mode = keepRecord
+	tr.kept, tr.frees, tr.mode = kept, frees, keepRecord
+	// a kernel dropped without its Done (a failed write) still unmaps them
+	runtime.AddCleanup(tr, func(fs []func()) {
+		for _, f := range fs {
+			f()
+		}
+	}, frees)
+	return true
 }
 
 func (tr *dellaTrim) replay() { tr.mode = keepReplay }
+
+// release unmaps the recorded decisions; the trimmer must not be used
+// after it.
+func (tr *dellaTrim) release() {
+	for _, f := range tr.frees {
+		f()
+	}
+	tr.kept, tr.frees, tr.mode = nil, nil, keepDecide
+}
 
 // fibers are the rows of a tensor along one axis: row r has the elements
 // start(r) + j*stride for j < length.
@@ -151,7 +180,7 @@ type dellaRow struct {
 // dellaBuckets are decide's per-bucket tables.
 type dellaBuckets struct {
 	start    [nBuckets + 1]int32 // bucket b holds ranks [start[b], start[b+1])
-	plo, phi [nBuckets]float64   // p at the first and the last rank of b
+	tlo, thi [nBuckets]uint64    // p at the first and the last rank of b, times 2^53, rounded up
 	head     [nBuckets]int32     // the last entry of each bucket (see dellaRow.next)
 	sorted   [nBuckets]bool
 }
@@ -285,38 +314,53 @@ const (
 // decision pass over the row replace the radix sort.
 func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64, prob func(int) float64) {
 	bs = bs[:len(xs)]
-	var top uint64
-	for j := range xs {
-		top = max(top, math.Float64bits(math.Abs(xs[j]-bs[j])))
+	// the largest magnitude (four chains: the maxima do not wait on each
+	// other; non-negative floats order as their bits)
+	var t0, t1, t2, t3 float64
+	j := 0
+	for ; j+4 <= len(xs); j += 4 {
+		t0 = max(t0, math.Abs(xs[j]-bs[j]))
+		t1 = max(t1, math.Abs(xs[j+1]-bs[j+1]))
+		t2 = max(t2, math.Abs(xs[j+2]-bs[j+2]))
+		t3 = max(t3, math.Abs(xs[j+3]-bs[j+3]))
 	}
+	for ; j < len(xs); j++ {
+		t0 = max(t0, math.Abs(xs[j]-bs[j]))
+	}
+	top := math.Float64bits(max(t0, t1, t2, t3))
 	bt := c.bucket
 	off := int(top>>(52-bucketMant)) - (nBuckets - 1)
 	start := bt.start[:]
 	clear(start)
+	for b := range bt.head {
+		bt.head[b] = -1
+	}
 	// buckets, counted, and each bucket's entries as a list (from head,
 	// through next; by decreasing index) for the rare exact ranks
 	for j := range xs {
 		k := math.Float64bits(math.Abs(xs[j] - bs[j]))
 		b := max(int(k>>(52-bucketMant))-off, 0)
 		c.bk[j] = uint16(b)
-		if start[b+1] == 0 {
-			bt.head[b] = -1
-		}
 		start[b+1]++
 		c.next[j], bt.head[b] = bt.head[b], int32(j)
 	}
+	// the decisions compare the draws' 53 bits with p scaled to integers:
+	// n * 2^-53 < p exactly when n < ceil(p * 2^53)
 	for b := range nBuckets {
 		if n := start[b+1]; n > 0 {
-			bt.plo[b], bt.phi[b] = prob(int(start[b])), prob(int(start[b]+n-1))
+			bt.tlo[b] = uint64(math.Ceil(prob(int(start[b])) * (1 << 53)))
+			bt.thi[b] = uint64(math.Ceil(prob(int(start[b]+n-1)) * (1 << 53)))
 		}
 		start[b+1] += start[b]
 	}
 	key := tr.keys[i]
 	e0, stride := tr.rows.start(row), tr.rows.stride
+	ctr, step := key+uint64(e0)*golden, uint64(stride)*golden // Uniform's counter
 	amb := c.amb[:0]
 	for j, b := range c.bk {
-		u := Uniform(key, e0+j*stride)
-		lo, hi := u < bt.plo[b], u < bt.phi[b]
+		n := splitmix64(ctr) >> 11
+		ctr += step
+		lo, hi := n < bt.tlo[b], n < bt.thi[b]
 		c.keep[j] = uint8(b2u(lo))
 		if lo != hi {
 			amb = append(amb, int32(j))

@@ -303,3 +303,23 @@ func TestRecordKeeps(t *testing.T) {
 		}
 	}
 }
+
+// TestOffHeapWords: the words are zeroed, writable, sized as asked; free
+// is idempotent.
+func TestOffHeapWords(t *testing.T) {
+	w, free, err := offHeapWords(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w) != 1000 || w[0] != 0 || w[999] != 0 {
+		t.Fatalf("len %d, ends %d %d", len(w), w[0], w[999])
+	}
+	w[999] = 7
+	free()
+	free()
+	if w, free, err := offHeapWords(0); err != nil || w != nil {
+		t.Fatalf("zero words: %v %v", w, err)
+	} else {
+		free()
+	}
+}
