@@ -3,7 +3,6 @@ package merge
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/bits"
@@ -46,6 +45,7 @@ type dellaTrim struct {
 	cache  sync.Pool
 	inv    bool
 	n      int        // elements of the tensor
+	thr    [][]uint64 // per model: ceil(p(rank) * 2^53), by rank (l1 or no rescaling)
 	kept   [][]uint64 // per model: recorded keep decisions, a bit per element (nil: none)
 	frees  []func()   // unmap kept
 	mode   int        // keepDecide, keepRecord or keepReplay
@@ -158,7 +158,8 @@ func (f fibers) decode(in *Input, row int, dst []float64) error {
 	return nil
 }
 
-// dellaRow is one row's keep probabilities of one model.
+// dellaRow is one row's keep decisions (or, with inverse rescaling, keep
+// probabilities) of one model.
 type dellaRow struct {
 	model, row int
 	x, b       []float64
@@ -167,22 +168,15 @@ type dellaRow struct {
 	idx, tmp   []int32  // the argsort and its scratch
 	hist       *[1 << maxDigit]int32
 	p          []float64 // by position in the row (inverse rescaling)
-	keep       []uint8   // by position: 1 kept, 0 dropped (l1 or no rescaling)
+	kbits      []uint64  // by position, a bit each: kept (l1 or no rescaling)
 	bk         []uint16  // decide: each entry's bucket
-	order      []int32   // decide: the entries of a bucket
-	next       []int32   // decide: the previous entry of the same bucket (-1: none)
+	order      []int32   // decide: the row in bucket order
 	rank       []int32   // decide: exact ranks of the entries of sorted buckets
 	amb        []int32   // decide: the entries whose bucket leaves the decision open
-	bucket     *dellaBuckets
+	start, cur []int32   // decide: bucket b holds ranks [start[b], start[b+1])
+	sorted     []bool    // decide: buckets sorted for exact ranks
+	tlo, thi   []uint64  // decide: thresholds of each bucket's first and last rank
 	err        error
-}
-
-// dellaBuckets are decide's per-bucket tables.
-type dellaBuckets struct {
-	start    [nBuckets + 1]int32 // bucket b holds ranks [start[b], start[b+1])
-	tlo, thi [nBuckets]uint64    // p at the first and the last rank of b, times 2^53, rounded up
-	head     [nBuckets]int32     // the last entry of each bucket (see dellaRow.next)
-	sorted   [nBuckets]bool
 }
 
 // dellaRows caches one row per model (a block's trims alternate models).
@@ -191,7 +185,7 @@ type dellaRowCache []*dellaRow
 func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input, params []float64) (trimmer, error) {
 	n := len(ins) - 1
 	tr := &dellaTrim{ins: ins, keys: make([]uint64, n), dens: make([]float64, n), eps: make([]float64, n),
-		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse, n: t.N}
+		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse, n: t.N, thr: make([][]uint64, n)}
 	tr.cache.New = func() any {
 		c := make(dellaRowCache, n)
 		for i := range c {
@@ -213,6 +207,12 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 			return nil, fmt.Errorf("DELLA: density - epsilon and density + epsilon must lie in (0, 1): density %g, epsilon %g", d, eps)
 		}
 		tr.sparse[i], tr.dens[i], tr.eps[i] = true, d, eps
+		if d > 0 && !s.inverse {
+			// Uniform(key, e) < p exactly when its 53 bits, as an
+			// integer n, satisfy n < ceil(p * 2^53): the thresholds of
+			// every rank, shared by the rows
+			tr.thr[i] = dellaThresholds(d, eps, tr.rows.length)
+		}
 		if d > 0 {
 			hashed = append(hashed, ins[i])
 			which = append(which, i)
@@ -232,6 +232,19 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 	return tr, nil
 }
 
+// dellaThresholds returns ceil(p(r) * 2^53) for the ranks r of a row of m.
+func dellaThresholds(d, eps float64, m int) []uint64 {
+	thr := make([]uint64, m)
+	for r := range m {
+		p := d
+		if m > 1 {
+			p = d - eps + 2*eps*float64(r)/float64(m-1)
+		}
+		thr[r] = uint64(math.Ceil(p * (1 << 53)))
+	}
+	return thr
+}
+
 // row returns model i's keep probabilities of a row, from c when it holds
 // them.
 //
@@ -248,8 +261,10 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 			c.p, c.packed, c.idx, c.tmp = make([]float64, m), make([]uint64, m), make([]int32, m), make([]int32, m)
 			c.hist = new([1 << maxDigit]int32)
 		} else {
-			c.keep, c.bk, c.order, c.rank, c.next = make([]uint8, m), make([]uint16, m), make([]int32, m), make([]int32, m), make([]int32, m)
-			c.bucket = new(dellaBuckets)
+			nb := tr.buckets()
+			c.kbits, c.bk, c.order, c.rank = make([]uint64, (m+63)/64), make([]uint16, m), make([]int32, m), make([]int32, m)
+			c.start, c.cur, c.sorted = make([]int32, nb+1), make([]int32, nb), make([]bool, nb)
+			c.tlo, c.thi = make([]uint64, nb), make([]uint64, nb)
 		}
 	}
 	c.x, c.b, c.keys = c.x[:m], c.b[:m], c.keys[:m]
@@ -273,8 +288,7 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 		return d
 	}
 	if !tr.inv {
-		c.keep, c.bk, c.order, c.rank, c.next = c.keep[:m], c.bk[:m], c.order[:m], c.rank[:m], c.next[:m]
-		tr.decide(c, i, row, x, b, prob)
+		tr.decide(c, i, row, x, b)
 		return nil
 	}
 	c.packed, c.idx, c.tmp, c.p = c.packed[:m], c.idx[:m], c.tmp[:m], c.p[:m]
@@ -295,120 +309,185 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 	return nil
 }
 
-// Buckets of decide: a key's bucket is its float64 bits' exponent and top
-// bucketMant mantissa bits (so buckets follow key order), counted down from
-// the row's largest key over nBuckets buckets (32 binades); smaller keys
-// and zeros share bucket 0.
-const (
-	nBuckets   = 2048
-	bucketMant = 6
-)
+// buckets is the number of buckets decide sorts a row's entries into:
+// about half the row length, within [64, 8192].
+func (tr *dellaTrim) buckets() int {
+	return min(8192, max(64, 1<<bits.Len(uint(tr.rows.length))/4))
+}
 
-// decide sets c.keep, the keep decisions of a row (Uniform(key, e) < p of
-// the entry's rank), without ranking every entry: p is non-decreasing in
-// the rank, so an entry whose bucket spans ranks [lo, hi] is kept when
-// u < p(lo) and dropped when u >= p(hi), whatever its rank within the
-// bucket; only the rare entries with p(lo) <= u < p(hi) need their exact
-// rank, for which their bucket is sorted (stably: ties by index). The
-// decisions are exactly those of the ranks; a counting pass and a
-// decision pass over the row replace the radix sort.
-func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64, prob func(int) float64) {
-	bs = bs[:len(xs)]
-	// the largest magnitude (four chains: the maxima do not wait on each
-	// other; non-negative floats order as their bits)
-	var t0, t1, t2, t3 float64
-	j := 0
-	for ; j+4 <= len(xs); j += 4 {
-		t0 = max(t0, math.Abs(xs[j]-bs[j]))
-		t1 = max(t1, math.Abs(xs[j+1]-bs[j+1]))
-		t2 = max(t2, math.Abs(xs[j+2]-bs[j+2]))
-		t3 = max(t3, math.Abs(xs[j+3]-bs[j+3]))
-	}
-	for ; j < len(xs); j++ {
-		t0 = max(t0, math.Abs(xs[j]-bs[j]))
-	}
-	top := math.Float64bits(max(t0, t1, t2, t3))
-	bt := c.bucket
-	off := int(top>>(52-bucketMant)) - (nBuckets - 1)
-	start := bt.start[:]
-	clear(start)
-	for b := range bt.head {
-		bt.head[b] = -1
-	}
-	// buckets, counted, and each bucket's entries as a list (from head,
-	// through next; by decreasing index) for the rare exact ranks
-	for j := range xs {
-		k := math.Float64bits(math.Abs(xs[j] - bs[j]))
-		b := max(int(k>>(52-bucketMant))-off, 0)
-		c.bk[j] = uint16(b)
-		start[b+1]++
-		c.next[j], bt.head[b] = bt.head[b], int32(j)
-	}
-	// the decisions compare the draws' 53 bits with p scaled to integers:
-	// n * 2^-53 < p exactly when n < ceil(p * 2^53)
-	for b := range nBuckets {
-		if n := start[b+1]; n > 0 {
-			bt.tlo[b] = uint64(math.Ceil(prob(int(start[b])) * (1 << 53)))
-			bt.thi[b] = uint64(math.Ceil(prob(int(start[b]+n-1)) * (1 << 53)))
-		}
-		start[b+1] += start[b]
-	}
+// decide sets c.kbits, the keep decisions of a row (Uniform(key, e) < p of
+// the entry's rank, as draw < thr[rank]: see prepare), without ranking
+// every entry. Zero magnitudes are the smallest keys, ranked among
+// themselves by index as they come. The others go to buckets by their
+// float64 bits (so buckets follow key order), scaled to span the row's
+// non-zero range; an entry of a bucket holding ranks [lo, hi] is kept when
+// draw < thr[lo] and dropped when draw >= thr[hi], whatever its rank
+// within the bucket (thr is non-decreasing). Only the rare entries in
+// between need their exact rank: for one or two, a count over the row;
+// beyond, the row in bucket order and their buckets sorted (stably: ties
+// by index). The decisions are exactly those of the ranks.
+func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64) {
+	const abs = 1<<63 - 1
+	m := len(xs)
+	bs = bs[:m]
+	thr := tr.thr[i]
 	key := tr.keys[i]
 	e0, stride := tr.rows.start(row), tr.rows.stride
 	ctr, step := key+uint64(e0)*golden, uint64(stride)*golden // Uniform's counter
+	kb := c.kbits[:(m+63)/64]
+	// the largest key and the smallest non-zero one (k - 1 wraps a zero
+	// to the top; two chains: the extremes do not wait on each other)
+	var t0, t1 uint64
+	u0, u1 := ^uint64(0), ^uint64(0)
+	j := 0
+	for ; j+2 <= m; j += 2 {
+		k0 := math.Float64bits(xs[j]-bs[j]) & abs
+		k1 := math.Float64bits(xs[j+1]-bs[j+1]) & abs
+		t0, u0 = max(t0, k0), min(u0, k0-1)
+		t1, u1 = max(t1, k1), min(u1, k1-1)
+	}
+	if j < m {
+		k0 := math.Float64bits(xs[j]-bs[j]) & abs
+		t0, u0 = max(t0, k0), min(u0, k0-1)
+	}
+	top, low := max(t0, t1), min(u0, u1)+1
+	if top == 0 { // all zero: the ranks are the indices
+		clear(kb)
+		for j := range m {
+			kb[j>>6] |= b2u(splitmix64(ctr)>>11 < thr[j]) << (j & 63)
+			ctr += step
+		}
+		return
+	}
+	nb := len(c.cur)
+	sh := uint(0)
+	for (top>>sh)-(low>>sh) > uint64(nb-2) {
+		sh++
+	}
+	base := low>>sh - 1
+	start := c.start[:nb+1]
+	clear(start)
+	for j := range m {
+		k := math.Float64bits(xs[j]-bs[j]) & abs
+		b := (k>>sh - base) & -b2u(k != 0) // 0: zeros; else 1 + scaled key
+		c.bk[j] = uint16(b)
+		start[b+1]++
+	}
+	// the thresholds of each bucket's first and last rank
+	tlo, thi := c.tlo[:nb], c.thi[:nb]
+	for b := range nb {
+		if n := start[b+1]; n > 0 {
+			tlo[b], thi[b] = thr[start[b]], thr[start[b]+n-1]
+		}
+		start[b+1] += start[b]
+	}
 	amb := c.amb[:0]
+	var zc int32 // the rank of the next zero
+	var word uint64
 	for j, b := range c.bk {
 		n := splitmix64(ctr) >> 11
 		ctr += step
-		lo, hi := n < bt.tlo[b], n < bt.thi[b]
-		c.keep[j] = uint8(b2u(lo))
+		var lo, hi bool
+		if b == 0 {
+			lo = n < thr[zc]
+			hi = lo
+			zc++
+		} else {
+			lo, hi = n < tlo[b], n < thi[b]
+		}
+		word |= b2u(lo) << (j & 63)
 		if lo != hi {
 			amb = append(amb, int32(j))
 		}
+		if j&63 == 63 {
+			kb[j>>6], word = word, 0
+		}
+	}
+	if m&63 != 0 {
+		kb[m>>6] = word
 	}
 	c.amb = amb
-	for _, j := range amb {
-		b := c.bk[j]
-		if !bt.sorted[b] {
-			// the bucket's entries by (key, index), ranked from start[b]
-			members := c.order[:0]
-			for q := bt.head[b]; q >= 0; q = c.next[q] {
-				members = append(members, q)
-			}
-			slices.Reverse(members) // by index
-			for _, q := range members {
-				c.keys[q] = math.Float64bits(math.Abs(xs[q] - bs[q]))
-			}
-			sortByKey(members, c.keys)
-			for r, q := range members {
-				c.rank[q] = start[b] + int32(r)
-			}
-			bt.sorted[b] = true
+	if len(amb) == 0 {
+		return
+	}
+	keyOf := func(q int32) uint64 { return math.Float64bits(xs[q]-bs[q]) & abs }
+	if len(amb) > 2 {
+		// the row in bucket order (stable: by index within a bucket)
+		copy(c.cur, start[:nb])
+		for j, b := range c.bk {
+			c.order[c.cur[b]] = int32(j)
+			c.cur[b]++
 		}
-		c.keep[j] = uint8(b2u(Uniform(key, e0+int(j)*stride) < prob(int(c.rank[j]))))
 	}
 	for _, j := range amb {
-		bt.sorted[c.bk[j]] = false
+		b := c.bk[j]
+		var rank int32
+		if len(amb) <= 2 {
+			// the entries of the bucket before j in (key, index) order
+			kj := keyOf(j)
+			rank = start[b]
+			for q, bq := range c.bk {
+				if bq == b && int32(q) != j {
+					if kq := keyOf(int32(q)); kq < kj || kq == kj && int32(q) < j {
+						rank++
+					}
+				}
+			}
+		} else {
+			if !c.sorted[b] {
+				members := c.order[start[b]:start[b+1]]
+				for _, q := range members {
+					c.keys[q] = keyOf(q)
+				}
+				sortByKey(members, c.keys)
+				for r, q := range members {
+					c.rank[q] = start[b] + int32(r)
+				}
+				c.sorted[b] = true
+			}
+			rank = c.rank[j]
+		}
+		n := splitmix64(key+uint64(e0+int(j)*stride)*golden) >> 11
+		w, bit := j>>6, uint64(1)<<(j&63)
+		kb[w] = kb[w]&^bit | bit&-b2u(n < thr[rank])
+	}
+	if len(amb) > 2 {
+		for _, j := range amb {
+			c.sorted[c.bk[j]] = false
+		}
 	}
 }
 
 // sortByKey sorts entries (in index order) by key, stably: insertion sort
-// for the small buckets decide meets, a library stable sort beyond.
+// for small buckets, a sort of the keys packed with their positions
+// (stable by construction) for larger ones, nothing when all keys are
+// equal.
 func sortByKey(idx []int32, keys []uint64) {
-	if len(idx) > 48 {
-		slices.SortStableFunc(idx, func(p, q int32) int { return cmp.Compare(keys[p], keys[q]) })
+	if len(idx) < 2 {
 		return
 	}
-	for a := 1; a < len(idx); a++ {
-		v := idx[a]
-		k := keys[v]
-		z := a
-		for z > 0 && keys[idx[z-1]] > k {
-			idx[z] = idx[z-1]
-			z--
+	if len(idx) <= 32 {
+		for a := 1; a < len(idx); a++ {
+			v := idx[a]
+			k := keys[v]
+			z := a
+			for z > 0 && keys[idx[z-1]] > k {
+				idx[z] = idx[z-1]
+				z--
+			}
+			idx[z] = v
 		}
-		idx[z] = v
+		return
 	}
+	k0 := keys[idx[0]]
+	same := true
+	for _, q := range idx[1:] {
+		same = same && keys[q] == k0
+	}
+	if same {
+		return
+	}
+	slices.SortStableFunc(idx, func(p, q int32) int { return cmp.Compare(keys[p], keys[q]) })
 }
 
 // maxDigit is the widest digit, in bits, of sortPacked's radix passes.
@@ -552,12 +631,14 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		}
 		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
 		if !tr.inv {
-			for q, kp := range c.keep[pos : pos+n] {
+			kb := c.kbits
+			for q := range ds {
 				// kept: v * w; dropped: +0 (a mask, not a branch)
-				ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])*w) & -uint64(kp))
+				keep := kb[(pos+q)>>6] >> ((pos + q) & 63) & 1
+				ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])*w) & -keep)
 			}
 			if tr.mode == keepRecord {
-				recordKeeps(tr.kept[i], lo+k, c.keep[pos:pos+n])
+				orBits(tr.kept[i], lo+k, kb, pos, n)
 			}
 			k += n
 			continue
@@ -581,32 +662,25 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 	return true
 }
 
-// recordKeeps sets the bits of elements e0, e0+1, ... that keep says are
-// kept, eight at a time where the elements are 8-aligned (a multiply
-// gathers eight 0/1 bytes into a byte: byte i of x times the constant's
-// byte 7-i lands on bit 56+i, and no two products meet). Words are combined
-// with an atomic OR: the blocks of a pass run concurrently and may share a
-// word at their edges.
-func recordKeeps(kept []uint64, e0 int, keep []uint8) {
-	for q := 0; q < len(keep); {
-		e := e0 + q
-		if e&7 != 0 || len(keep)-q < 8 {
-			if keep[q] != 0 {
-				atomic.OrUint64(&kept[e>>6], 1<<(e&63))
-			}
-			q++
-			continue
+// orBits ORs bits [pos, pos+n) of src into dst at bit e, up to a word at a
+// time; dst's bits of the range must be zero. A whole word is stored (the
+// caller is the only writer of its elements); the parts of words at the
+// edges are combined with an atomic OR: the blocks of a pass run
+// concurrently and may share those words.
+func orBits(dst []uint64, e int, src []uint64, pos, n int) {
+	for off := 0; off < n; {
+		sp, dp := pos+off, e+off
+		c := min(64-sp&63, 64-dp&63, n-off)
+		v := src[sp>>6] >> (sp & 63)
+		if c < 64 {
+			v &= 1<<c - 1
 		}
-		sh := e & 63
-		n := min((len(keep)-q)&^7, 64-sh)
-		var word uint64
-		for r := 0; r < n; r += 8 {
-			x := binary.LittleEndian.Uint64(keep[q+r:])
-			word |= (x * 0x0102040810204080 >> 56) << (sh + r)
+		switch {
+		case c == 64:
+			dst[dp>>6] = v // a whole word: only this block has its elements
+		case v != 0:
+			atomic.OrUint64(&dst[dp>>6], v<<(dp&63))
 		}
-		if word != 0 {
-			atomic.OrUint64(&kept[e>>6], word)
-		}
-		q += n
+		off += c
 	}
 }

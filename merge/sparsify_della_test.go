@@ -106,14 +106,15 @@ func TestDellaRanksMatchReference(t *testing.T) {
 				// computed (decide: buckets, exact ranks where they matter):
 				// they are those of the reference ranks, under several keys
 				for key := range uint64(4) {
-					td := &dellaTrim{ins: ins, keys: []uint64{key * 0x9E3779B97F4A7C15}, dens: tr.dens, eps: tr.eps, sparse: tr.sparse, rows: tr.rows}
+					td := &dellaTrim{ins: ins, keys: []uint64{key * 0x9E3779B97F4A7C15}, dens: tr.dens, eps: tr.eps, sparse: tr.sparse, rows: tr.rows,
+						thr: [][]uint64{dellaThresholds(de[0], de[1], tc.m)}}
 					cd := &dellaRow{model: -1}
 					if err := td.row(cd, 0, 0, x, b); err != nil {
 						t.Fatal(err)
 					}
 					for j := range want {
-						if k := Uniform(td.keys[0], j) < want[j]; (cd.keep[j] == 1) != k {
-							t.Fatalf("density %v key %d: entry %d kept %v, reference %v (p %v)", de, key, j, cd.keep[j], k, want[j])
+						if k := Uniform(td.keys[0], j) < want[j]; (cd.kbits[j>>6]>>(j&63)&1 == 1) != k {
+							t.Fatalf("density %v key %d: entry %d kept %v, reference %v (p %v)", de, key, j, !k, k, want[j])
 						}
 					}
 				}
@@ -276,29 +277,38 @@ func TestDellaRecordedKeepsReplay(t *testing.T) {
 	}
 }
 
-// TestRecordKeeps: recordKeeps sets exactly the bits of the kept entries,
-// for runs at every alignment and length (the eight-at-a-time gather and
-// the single bits at the edges), next to bits already set.
-func TestRecordKeeps(t *testing.T) {
+// TestOrBits: orBits sets exactly the bits of the source range, for
+// ranges at every alignment of source and destination, next to ranges
+// already written (sharing words at their edges).
+func TestOrBits(t *testing.T) {
 	r := rand.New(rand.NewPCG(51, 52))
 	for range 500 {
-		n := 200
+		n := 300
 		want := make([]bool, n)
-		kept := make([]uint64, (n+63)/64)
+		dst := make([]uint64, (n+63)/64)
+		e := r.IntN(40)
 		for range 3 {
-			e0 := r.IntN(n)
-			keep := make([]uint8, r.IntN(n-e0+1))
-			for q := range keep {
-				if r.IntN(2) == 0 {
-					keep[q] = 1
-					want[e0+q] = true
+			src := make([]uint64, 5)
+			for w := range src {
+				src[w] = r.Uint64()
+			}
+			pos := r.IntN(100)
+			e += r.IntN(40)
+			if e >= n {
+				break
+			}
+			c := r.IntN(min(n-e, 5*64-pos) + 1)
+			for q := range c {
+				if src[(pos+q)>>6]>>((pos+q)&63)&1 == 1 {
+					want[e+q] = true
 				}
 			}
-			recordKeeps(kept, e0, keep)
+			orBits(dst, e, src, pos, c)
+			e += c // ranges do not overlap (orBits' contract)
 		}
 		for e, w := range want {
-			if got := kept[e>>6]>>(e&63)&1 == 1; got != w {
-				t.Fatalf("element %d: bit %v, want %v", e, got, w)
+			if got := dst[e>>6]>>(e&63)&1 == 1; got != w {
+				t.Fatalf("bit %d: %v, want %v", e, got, w)
 			}
 		}
 	}
