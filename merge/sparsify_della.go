@@ -219,9 +219,14 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 		}
 	}
 	if len(which) > 0 {
-		// the base is read too: the rows the kernel reads beyond its block
-		// were all decoded once, so a non-finite value is reported here
-		hs, err := valuesHashes(ctx, t, append(hashed, ins[n]))
+		// the base is read too when a row can reach beyond a block: the
+		// rows the kernel reads beyond its block were then all decoded
+		// once, so a non-finite value is reported here (within a block,
+		// the kernel's own decoding reports it)
+		if r := tr.rows; r.inner != 1 || BlockSize%r.length != 0 {
+			hashed = append(hashed, ins[n])
+		}
+		hs, err := valuesHashes(ctx, t, hashed)
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/wtool/wtool/tensors"
@@ -331,5 +332,46 @@ func TestOffHeapWords(t *testing.T) {
 		t.Fatalf("zero words: %v %v", w, err)
 	} else {
 		free()
+	}
+}
+
+// TestDellaNonFiniteBase: a NaN in the base is an error, never a fault in
+// the middle of a pass, whether rows fit in blocks (found by the passes'
+// own decoding) or reach beyond them (the base is then checked up front,
+// with the hashes), with and without inverse rescaling.
+func TestDellaNonFiniteBase(t *testing.T) {
+	for _, shape := range [][]int64{{4, 1024}, {2, 5000}, {3, 7, 5}} {
+		n := int(shape[0] * shape[1])
+		if len(shape) == 3 {
+			n *= int(shape[2])
+		}
+		mk := func(nan int) *Input {
+			v := make([]float32, n)
+			for j := range v {
+				v[j] = float32(j%13) * 0.1
+			}
+			if nan >= 0 {
+				v[nan] = float32(math.NaN())
+			}
+			tt, _ := tensors.FromFloat32("w", tensors.F32, shape, v)
+			return &Input{Tensor: "w", DType: tensors.F32, Shape: shape, Data: tt.Data}
+		}
+		for _, inv := range []bool{false, true} {
+			tj := memJob("w", n)
+			tj.Shape = shape
+			o := TaskVectorOptions{Weights: []float64{1, 1}, Densities: []float64{0.5, 0.1, 0.5, 0.1}, Sparsify: Magnitude,
+				Rescale: RescaleL1, Consensus: true, Normalize: true, sparsifier: dellaSparsifier{seed: 1, inverse: inv}}
+			if inv {
+				o.Rescale = RescaleInverse
+			}
+			k, err := taskVectorKernel(context.Background(), tj, []*Input{mk(-1), mk(-1)}, mk(n-3), o, 1)
+			if err == nil {
+				out := make([]byte, 4*n)
+				err = elementwise(context.Background(), k, 0, n, tensors.F32, out, nil)
+			}
+			if err == nil || !strings.Contains(err.Error(), "non-finite") {
+				t.Errorf("shape %v inverse %v: %v, want a non-finite error", shape, inv, err)
+			}
+		}
 	}
 }
