@@ -36,3 +36,9 @@ func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, 
 
 //go:noescape
 func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams)
+
+//go:noescape
+func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)
+
+//go:noescape
+func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int)

@@ -481,3 +481,91 @@ lnnonorm:
 	JNZ lnloop
 	VZEROUPPER
 	RET
+
+// crumbParams is keepCrumbsParams in simd.go.
+#define CRB_HK 0
+#define CRB_HC 8
+#define CRB_TK 16
+#define CRB_TC 24
+#define CRB_LO 32
+#define CRB_W 40
+
+// func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)
+// d[k] = (x[k] - b[k]) * w where |x[k] - b[k]| is among the hi threshold's
+// and not among the top threshold's (Threshold.Keep of its bits at element
+// lo + k), else +0 (n > 0, a multiple of 8).
+TEXT ·keepCrumbsx512(SB), NOSPLIT, $0-40
+	MOVQ d+0(FP), DI
+	MOVQ x+8(FP), R8
+	MOVQ b+16(FP), R10
+	MOVQ n+24(FP), CX
+	MOVQ p+32(FP), R11
+	VPBROADCASTQ CRB_HK(R11), Z20
+	VPBROADCASTQ CRB_HC(R11), Z21
+	VPBROADCASTQ CRB_TK(R11), Z22
+	VPBROADCASTQ CRB_TC(R11), Z23
+	VPBROADCASTQ CRB_LO(R11), Z24
+	VBROADCASTSD CRB_W(R11), Z25
+	VPADDQ iota64<>(SB), Z24, Z24
+	MOVQ $8, AX
+	VPBROADCASTQ AX, Z19
+	MOVQ $0x7fffffffffffffff, AX
+	VPBROADCASTQ AX, Z18
+
+crbloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // v = x - b
+	VPANDQ Z18, Z1, Z2           // key
+	VPCMPUQ $6, Z20, Z2, K1      // key > hk
+	VPCMPUQ $0, Z20, Z2, K2      // key == hk
+	VPCMPQ $2, Z21, Z24, K3      // index <= hc
+	KANDW K3, K2, K2
+	KORW K2, K1, K1              // in hi
+	VPCMPUQ $6, Z22, Z2, K4      // key > tk
+	VPCMPUQ $0, Z22, Z2, K5      // key == tk
+	VPCMPQ $2, Z23, Z24, K6      // index <= tc
+	KANDW K6, K5, K5
+	KORW K5, K4, K4              // in top
+	KANDNW K1, K4, K1            // in hi and not in top
+	VMULPD Z25, Z1, Z1           // v * w
+	VMOVAPD.Z Z1, K1, Z1         // or +0
+	VMOVUPD Z1, (DI)
+	VPADDQ Z19, Z24, Z24
+	ADDQ $64, R8
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ crbloop
+	VZEROUPPER
+	RET
+
+// func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int)
+// Counts the keys above p.hi and sets, in hits (one byte per 8 keys, bit j
+// for key j), the keys in [p.lo, p.lo + p.width] (n > 0, a multiple of 8).
+TEXT ·rangeCountx512(SB), NOSPLIT, $0-40
+	MOVQ keys+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVQ p+16(FP), R11
+	MOVQ hits+24(FP), DI
+	VPBROADCASTQ 0(R11), Z20     // lo
+	VPBROADCASTQ 8(R11), Z21     // width
+	VPBROADCASTQ 16(R11), Z22    // hi
+	XORQ AX, AX
+
+rngloop:
+	VMOVDQU64 (SI), Z1
+	VPCMPUQ $6, Z22, Z1, K1      // key > hi
+	KMOVB K1, DX
+	POPCNTL DX, DX
+	ADDQ DX, AX
+	VPSUBQ Z20, Z1, Z2           // key - lo
+	VPCMPUQ $2, Z21, Z2, K2      // <= width: lo <= key <= lo + width
+	KMOVB K2, DX
+	MOVB DX, (DI)
+	ADDQ $64, SI
+	INCQ DI
+	SUBQ $8, CX
+	JNZ rngloop
+	MOVQ AX, above+32(FP)
+	VZEROUPPER
+	RET
