@@ -437,3 +437,30 @@ func TestSelectionKernelsMatchGo(t *testing.T) {
 		}
 	}
 }
+
+// TestSCECombineMatchesGo: the AVX-512 combination of two models gives
+// the Go code's bits, on blocks with NaN, infinities, zeros of both signs
+// and subnormals, at every length mod 8, with zero and tiny weights.
+func TestSCECombineMatchesGo(t *testing.T) {
+	if !haveAVX512 {
+		t.Skip("no AVX-512 on this CPU (or purego): only the Go code runs")
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, n := range []int{1, 7, 8, 9, 15, 16, 17, 64, 1000, BlockSize} {
+		x0, x1, b := randomBlock(r, n, true), randomBlock(r, n, true), randomBlock(r, n, true)
+		for k := range b {
+			switch r.IntN(6) { // equal values: zero offsets
+			case 0:
+				x0[k] = b[k]
+			case 1:
+				x1[k] = b[k]
+			}
+		}
+		for _, w := range [][]float64{{0.5, 0.5}, {1, 0}, {0, 0}, {1e-9, 3e-7}, {0.25, 0.75}} {
+			got, want := make([]float64, n), make([]float64, n)
+			sceCombine(got, [][]float64{x0, x1}, b, w, nil)
+			sceCombineGo(want, [][]float64{x0, x1}, b, w)
+			sameBits(t, fmt.Sprintf("sceCombine n %d w %v", n, w), got, want)
+		}
+	}
+}

@@ -135,6 +135,27 @@ func sceSquares(acc []float64, x [][]float64, b []float64, mask []uint64) {
 // without branches (an agreeing entry adds d w_i and w_i, another adds +0,
 // which leaves the sums unchanged: they start at +0 and never become -0).
 func sceCombine(out []float64, x [][]float64, b, w []float64, mask []uint64) {
+	m := 0
+	if haveAVX512 && len(x) == 2 {
+		if m = len(out) &^ 7; m > 0 {
+			sceCombine2x512(&out[0], &x[0][0], &x[1][0], &b[0], m, &combineParams{w0: w[0], w1: w[1]})
+		}
+	}
+	tail := make([][]float64, 0, 8)
+	for _, xi := range x {
+		tail = append(tail, xi[m:])
+	}
+	sceCombineGo(out[m:], tail, b[m:], w)
+	if mask != nil {
+		mask, b := mask[:len(out)], b[:len(out)]
+		for k := range out {
+			out[k] = math.Float64frombits(math.Float64bits(out[k])&mask[k] | math.Float64bits(b[k])&^mask[k])
+		}
+	}
+}
+
+// sceCombineGo is sceCombine in Go, without the mask.
+func sceCombineGo(out []float64, x [][]float64, b, w []float64) {
 	n := len(x)
 	m := len(out)
 	b = b[:m]
@@ -173,12 +194,6 @@ func sceCombine(out []float64, x [][]float64, b, w []float64, mask []uint64) {
 				den += math.Float64frombits(math.Float64bits(w[i]) & a)
 			}
 			out[k] = bk + num/max(den, 1e-6)
-		}
-	}
-	if mask != nil {
-		mask = mask[:m]
-		for k := range out {
-			out[k] = math.Float64frombits(math.Float64bits(out[k])&mask[k] | math.Float64bits(b[k])&^mask[k])
 		}
 	}
 }

@@ -42,3 +42,6 @@ func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)
 
 //go:noescape
 func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int)
+
+//go:noescape
+func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)

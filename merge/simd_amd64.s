@@ -569,3 +569,63 @@ rngloop:
 	MOVQ AX, above+32(FP)
 	VZEROUPPER
 	RET
+
+// func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)
+// SCE's combination of two models (sceCombineGo): with d_i = x_i - b and
+// sum = (0 + d0) + d1, the entries agreeing with sum's sign (d > 0 and sum
+// >= 0, or d < 0 and sum < 0) give b + (0 + d0 w0 + d1 w1) / max(0 + w0 +
+// w1, 1e-6) over them (n > 0, a multiple of 8).
+TEXT ·sceCombine2x512(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), DI
+	MOVQ x0+8(FP), R8
+	MOVQ x1+16(FP), R9
+	MOVQ b+24(FP), R10
+	MOVQ n+32(FP), CX
+	MOVQ p+40(FP), R11
+	VBROADCASTSD CMB_W0(R11), Z25
+	VBROADCASTSD CMB_W1(R11), Z26
+	MOVQ $0x3eb0c6f7a0b5ed8d, AX // 1e-6
+	VPBROADCASTQ AX, Z24
+	VPXORQ Z15, Z15, Z15
+
+sceloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // d0
+	VMOVUPD (R9), Z3
+	VSUBPD (R10), Z3, Z3         // d1
+	VADDPD Z1, Z15, Z5
+	VADDPD Z3, Z5, Z5            // sum = (0 + d0) + d1
+	VCMPPD $0x1d, Z15, Z5, K1    // sum >= 0
+	VCMPPD $0x11, Z15, Z5, K2    // sum < 0
+	VCMPPD $0x1e, Z15, Z1, K3    // d0 > 0
+	VCMPPD $0x11, Z15, Z1, K4    // d0 < 0
+	KANDW K1, K3, K3
+	KANDW K2, K4, K4
+	KORW K4, K3, K3              // d0 agrees
+	VCMPPD $0x1e, Z15, Z3, K5    // d1 > 0
+	VCMPPD $0x11, Z15, Z3, K6    // d1 < 0
+	KANDW K1, K5, K5
+	KANDW K2, K6, K6
+	KORW K6, K5, K5              // d1 agrees
+	VMULPD Z25, Z1, Z6
+	VMOVAPD.Z Z6, K3, Z6
+	VADDPD Z6, Z15, Z6           // 0 + d0 w0
+	VMULPD Z26, Z3, Z7
+	VMOVAPD.Z Z7, K5, Z7
+	VADDPD Z7, Z6, Z6            // + d1 w1: num
+	VMOVAPD.Z Z25, K3, Z8
+	VADDPD Z8, Z15, Z8
+	VMOVAPD.Z Z26, K5, Z9
+	VADDPD Z9, Z8, Z8            // den
+	VMAXPD Z8, Z24, Z8           // max(den, 1e-6), NaN if den is
+	VDIVPD Z8, Z6, Z6
+	VADDPD (R10), Z6, Z6         // b + num / den
+	VMOVUPD Z6, (DI)
+	ADDQ $64, R8
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ sceloop
+	VZEROUPPER
+	RET

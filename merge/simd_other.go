@@ -12,6 +12,7 @@ func keepMagx512(d, x, b *float64, n int, p *keepMagParams)               { pani
 func keepRandx512(d, x, b *float64, n int, p *keepRandParams)             { panic("no AVX-512") }
 func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)         { panic("no AVX-512") }
 func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) int { panic("no AVX-512") }
+func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)    { panic("no AVX-512") }
 func consensus2x512(out, d0, d1, b *float64, n int, p *combineParams)     { panic("no AVX-512") }
 func linear2x512(out, d0, d1, b *float64, n int, p *combineParams)        { panic("no AVX-512") }
 func lerpx512(out, x, y *float64, n int, s0, s1 float64)                  { panic("no AVX-512") }
