@@ -438,8 +438,8 @@ func TestSelectionKernelsMatchGo(t *testing.T) {
 	}
 }
 
-// TestSCECombineMatchesGo: the AVX-512 combination of two models gives
-// the Go code's bits, on blocks with NaN, infinities, zeros of both signs
+// TestSCECombineMatchesGo: the AVX-512 combination of two models and
+// variance keys give the Go code's bits, on blocks with NaN, infinities, zeros of both signs
 // and subnormals, at every length mod 8, with zero and tiny weights.
 func TestSCECombineMatchesGo(t *testing.T) {
 	if !haveAVX512 {
@@ -461,6 +461,14 @@ func TestSCECombineMatchesGo(t *testing.T) {
 			sceCombine(got, [][]float64{x0, x1}, b, w, nil)
 			sceCombineGo(want, [][]float64{x0, x1}, b, w)
 			sameBits(t, fmt.Sprintf("sceCombine n %d w %v", n, w), got, want)
+		}
+		keys, ref := make([]uint64, n), make([]uint64, n)
+		sceKeys(keys, [][]float64{x0, x1}, b)
+		sceKeysGo(ref, [][]float64{x0, x1}, b)
+		for k := range keys {
+			if keys[k] != ref[k] && !(math.IsNaN(math.Float64frombits(keys[k])) && math.IsNaN(math.Float64frombits(ref[k]))) {
+				t.Fatalf("sceKeys n %d element %d: %#x, Go %#x", n, k, keys[k], ref[k])
+			}
 		}
 	}
 }

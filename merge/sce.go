@@ -59,6 +59,21 @@ func sceVariance(in [][]float64, b []float64, k int) float64 {
 // sceKeys writes the bits of sceVariance of every entry of a block into
 // keys (the same float64 operations, in the same order, as sceVariance).
 func sceKeys(keys []uint64, x [][]float64, b []float64) {
+	m := 0
+	if haveAVX512 && len(x) == 2 {
+		if m = len(keys) &^ 7; m > 0 {
+			sceKeys2x512(&keys[0], &x[0][0], &x[1][0], &b[0], m)
+		}
+	}
+	tail := make([][]float64, 0, 8)
+	for _, xi := range x {
+		tail = append(tail, xi[m:])
+	}
+	sceKeysGo(keys[m:], tail, b[m:])
+}
+
+// sceKeysGo is sceKeys in Go.
+func sceKeysGo(keys []uint64, x [][]float64, b []float64) {
 	n := len(x)
 	b = b[:len(keys)]
 	if n == 2 {

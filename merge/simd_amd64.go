@@ -45,3 +45,6 @@ func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int
 
 //go:noescape
 func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)
+
+//go:noescape
+func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)

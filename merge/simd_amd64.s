@@ -629,3 +629,42 @@ sceloop:
 	JNZ sceloop
 	VZEROUPPER
 	RET
+
+// func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)
+// The bits of SCE's variance of two task vectors (sceKeys): d_i = x_i - b,
+// m = ((0 + d0) + d1) / 2, keys = ((0 + (d0-m)^2) + (d1-m)^2) / 2 (n > 0,
+// a multiple of 8; dividing by 2 is multiplying by 0.5, exactly).
+TEXT ·sceKeys2x512(SB), NOSPLIT, $0-40
+	MOVQ keys+0(FP), DI
+	MOVQ x0+8(FP), R8
+	MOVQ x1+16(FP), R9
+	MOVQ b+24(FP), R10
+	MOVQ n+32(FP), CX
+	MOVQ $0x3fe0000000000000, AX // 0.5
+	VPBROADCASTQ AX, Z24
+	VPXORQ Z15, Z15, Z15
+
+skloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // d0
+	VMOVUPD (R9), Z3
+	VSUBPD (R10), Z3, Z3         // d1
+	VADDPD Z1, Z15, Z5
+	VADDPD Z3, Z5, Z5
+	VMULPD Z24, Z5, Z5           // m
+	VSUBPD Z5, Z1, Z1            // d0 - m
+	VSUBPD Z5, Z3, Z3            // d1 - m
+	VMULPD Z1, Z1, Z1
+	VMULPD Z3, Z3, Z3
+	VADDPD Z1, Z15, Z6
+	VADDPD Z3, Z6, Z6
+	VMULPD Z24, Z6, Z6           // v
+	VMOVUPD Z6, (DI)
+	ADDQ $64, R8
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ skloop
+	VZEROUPPER
+	RET

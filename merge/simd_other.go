@@ -13,6 +13,7 @@ func keepRandx512(d, x, b *float64, n int, p *keepRandParams)             { pani
 func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)         { panic("no AVX-512") }
 func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) int { panic("no AVX-512") }
 func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)    { panic("no AVX-512") }
+func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)                { panic("no AVX-512") }
 func consensus2x512(out, d0, d1, b *float64, n int, p *combineParams)     { panic("no AVX-512") }
 func linear2x512(out, d0, d1, b *float64, n int, p *combineParams)        { panic("no AVX-512") }
 func lerpx512(out, x, y *float64, n int, s0, s1 float64)                  { panic("no AVX-512") }
