@@ -35,7 +35,10 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 			affinePool.Put(sc)
 		}
 	}()
-	fused := len(ins) == 2 && dt == tensors.BF16 && ins[0].DType == tensors.BF16 && ins[1].DType == tensors.BF16
+	fused := (len(ins) == 2 || len(ins) == 3) && dt == tensors.BF16
+	for _, in := range ins {
+		fused = fused && in.DType == tensors.BF16
+	}
 	return guardInputs(ins, func() error {
 		for b := 0; b < n; b += affineBlock {
 			if b%checkEvery == 0 {
@@ -46,7 +49,11 @@ func affineChunk(ctx context.Context, k *Kernel, dt tensors.DType, lo, n int, ds
 			l, h := lo+b, lo+min(b+affineBlock, n)
 			processed.Add(int64(h - l))
 			if fused {
-				done, err := fuseBF16(ins, k.Coef, dst[2*b:], l, h)
+				fuse := fuseBF16
+				if len(ins) == 3 {
+					fuse = fuse3BF16
+				}
+				done, err := fuse(ins, k.Coef, dst[2*b:], l, h)
 				if err != nil {
 					return err
 				}
@@ -173,6 +180,37 @@ func fuseBF16(ins []*Input, coef []float64, dst []byte, l, h int) (bool, error) 
 			return false, nil
 		}
 		d[k] = tensors.BF16FromFloat32(cx*math.Float32frombits(uint32(hx)<<16) + cy*math.Float32frombits(uint32(hy)<<16))
+	}
+	return true, nil
+}
+
+// fuse3BF16 is fuseBF16 for three BF16 inputs (model-stock's two models
+// and base): the general path's float32 operations, ((0 + c0 x) + c1 y) +
+// c2 z, in one pass.
+func fuse3BF16(ins []*Input, coef []float64, dst []byte, l, h int) (bool, error) {
+	x := u16(ins[0].Data[2*l : 2*h])
+	y := u16(ins[1].Data[2*l : 2*h])
+	z := u16(ins[2].Data[2*l : 2*h])
+	d := u16(dst[:2*(h-l)])
+	if x == nil || y == nil || z == nil || d == nil {
+		return false, nil
+	}
+	y, z, d = y[:len(x)], z[:len(x)], d[:len(x)]
+	cx, cy, cz := float32(coef[0]), float32(coef[1]), float32(coef[2])
+	start := 0
+	if done, bad := lerp3BF16(d, x, y, z, cx, cy, cz); !bad {
+		start = done
+	}
+	for k := start; k < len(x); k++ {
+		hx, hy, hz := x[k], y[k], z[k]
+		if hx&0x7f80 == 0x7f80 || hy&0x7f80 == 0x7f80 || hz&0x7f80 == 0x7f80 {
+			return false, nil
+		}
+		var a float32
+		a += cx * math.Float32frombits(uint32(hx)<<16)
+		a += cy * math.Float32frombits(uint32(hy)<<16)
+		a += cz * math.Float32frombits(uint32(hz)<<16)
+		d[k] = tensors.BF16FromFloat32(a)
 	}
 	return true, nil
 }

@@ -17,15 +17,7 @@ func gram(ctx context.Context, t *TensorJob, xs []*Input, base *Input) ([][]floa
 			stockGram(in[:n], in[n], acc)
 			return nil
 		}
-		for k := range in[0] {
-			s := 0
-			for i := range n {
-				for j := i; j < n; j++ {
-					acc[s] += in[i][k] * in[j][k]
-					s++
-				}
-			}
-		}
+		gramSums(in[:n], acc)
 		return nil
 	})
 	if err != nil {
@@ -60,4 +52,37 @@ func combination(xs []*Input, base *Input, c []float64) *Kernel {
 		k.Coef = append(k.Coef, cb)
 	}
 	return k
+}
+
+// gramSums adds the inputs' Gram matrix's upper triangle (i <= j, row by
+// row) into acc, each sum taking the elements in order (held in a
+// register, not in acc, between two elements).
+func gramSums(x [][]float64, acc []float64) {
+	n := len(x)
+	m := len(x[0])
+	if n == 2 {
+		x0, x1 := x[0][:m], x[1][:m]
+		a00, a01, a11 := acc[0], acc[1], acc[2]
+		for k, v0 := range x0 {
+			v1 := x1[k]
+			a00 += v0 * v0
+			a01 += v0 * v1
+			a11 += v1 * v1
+		}
+		acc[0], acc[1], acc[2] = a00, a01, a11
+		return
+	}
+	s := 0
+	for i := range n {
+		xi := x[i][:m]
+		for j := i; j < n; j++ {
+			xj := x[j][:m]
+			a := acc[s]
+			for k, v := range xi {
+				a += v * xj[k]
+			}
+			acc[s] = a
+			s++
+		}
+	}
 }

@@ -40,17 +40,34 @@ func (modelStockMethod) Start(_ context.Context, j *Job) (Merger, error) {
 type modelStockMerger struct{ filterWise bool }
 
 // stockGram adds, for offsets d_i = x_i - b, the Gram matrix's upper
-// triangle (i <= j, row by row) into acc.
+// triangle (i <= j, row by row) into acc. Each of the sums takes the
+// elements in order (held in a register, not in acc, between two elements).
 func stockGram(x [][]float64, b []float64, acc []float64) {
 	n := len(x)
-	for k, bk := range b {
-		s := 0
-		for i := range n {
-			di := x[i][k] - bk
-			for j := i; j < n; j++ {
-				acc[s] += di * (x[j][k] - bk)
-				s++
+	m := len(b)
+	if n == 2 {
+		x0, x1 := x[0][:m], x[1][:m]
+		a00, a01, a11 := acc[0], acc[1], acc[2]
+		for k, bk := range b {
+			d0, d1 := x0[k]-bk, x1[k]-bk
+			a00 += d0 * d0
+			a01 += d0 * d1
+			a11 += d1 * d1
+		}
+		acc[0], acc[1], acc[2] = a00, a01, a11
+		return
+	}
+	s := 0
+	for i := range n {
+		xi := x[i][:m]
+		for j := i; j < n; j++ {
+			xj := x[j][:m]
+			a := acc[s]
+			for k, bk := range b {
+				a += (xi[k] - bk) * (xj[k] - bk)
 			}
+			acc[s] = a
+			s++
 		}
 	}
 }

@@ -3,6 +3,7 @@ package merge
 import (
 	"context"
 	"math"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,7 @@ type selection struct {
 	rLo, rHi uint64
 	rAbove   []int
 	rCount   []int
+	rEst     int // the keys expected in the range
 	stored   atomic.Int64
 
 	// pass state
@@ -157,6 +159,9 @@ func (s *selection) plan(workers, n int) {
 	case s.ranged:
 		s.op = opRange
 		s.gath = make([][]keyIndex, workers)
+		for w := range s.gath {
+			s.gath[w] = make([]keyIndex, 0, s.rEst/workers+256)
+		}
 		s.rAbove = make([]int, workers)
 		s.rCount = make([]int, workers)
 		s.stored.Store(0)
@@ -201,6 +206,23 @@ func (s *selection) visit(w, lo int, keys []uint64) {
 		g := s.gath[w]
 		rLo, width, rHi := s.rLo, s.rHi-s.rLo, s.rHi
 		var above, count int
+		if n8 := len(keys) &^ 7; haveAVX512 && n8 > 0 && n8 <= BlockSize {
+			// counted 8 at a time; the (few) keys in the range are
+			// gathered in index order from the hit bits
+			var hits [BlockSize / 8]uint8
+			above = rangeCountx512(&keys[0], n8, &rangeParams{lo: rLo, width: width, hi: rHi}, &hits[0])
+			for j, h := range hits[:n8/8] {
+				for ; h != 0; h &= h - 1 {
+					i := 8*j + bits.TrailingZeros8(h)
+					count++
+					if s.stored.Add(1) <= int64(gatherCap) {
+						g = append(g, keyIndex{keys[i], lo + i})
+					}
+				}
+			}
+			lo += n8
+			keys = keys[n8:]
+		}
 		for i, key := range keys {
 			above += int(b2u(key > rHi))
 			if key-rLo <= width { // rLo <= key <= rHi, in one (rarely true) test
@@ -259,19 +281,29 @@ func (s *selection) finishPass(n int, tieIndex func(block, need int) (int, error
 	case opSample:
 		s.sampled = true
 		size := 1 << s.bits
-		total := getHist(size)
+		// the workers' histograms added into the first (32-bit counts: the
+		// sample has n/sampleEvery < 2^32 keys)
+		var total []uint32
 		for _, h := range s.shist {
-			if h != nil {
-				for d, c := range h {
-					total[d] += uint64(c)
-				}
-				hist32Pool.Put(&h)
+			if h == nil {
+				continue
 			}
+			if total == nil {
+				total = h
+				continue
+			}
+			for d, c := range h {
+				total[d] += c
+			}
+			hist32Pool.Put(&h)
 		}
 		s.shist = nil
+		if total == nil {
+			total = getHist32(size)
+		}
 		var m uint64
 		for _, c := range total {
-			m += c
+			m += uint64(c)
 		}
 		// the sample's ranks (from the top) around the threshold's
 		p := float64(s.k) / float64(n)
@@ -280,12 +312,18 @@ func (s *selection) finishPass(n int, tieIndex func(block, need int) (int, error
 		lo, hi := r-delta, r+delta
 		low := 63 - s.bits
 		s.rLo, s.rHi = 0, math.MaxUint64
-		var cum float64
+		var cum, cumHi float64
 		hiSet := false
 		for d := size - 1; d >= 0; d-- {
+			if total[d] == 0 {
+				// an empty bucket changes nothing below: cum > lo and
+				// cum >= hi (hi > 0) would have held at the last
+				// non-empty one
+				continue
+			}
 			c := float64(total[d])
 			if !hiSet && cum+c > lo && lo > 0 {
-				s.rHi, hiSet = uint64(d+1)<<low-1, true
+				s.rHi, hiSet, cumHi = uint64(d+1)<<low-1, true, cum
 			}
 			cum += c
 			if cum >= hi {
@@ -293,8 +331,10 @@ func (s *selection) finishPass(n int, tieIndex func(block, need int) (int, error
 				break
 			}
 		}
-		histPool.Put(&total)
+		hist32Pool.Put(&total)
 		s.ranged = true
+		// the keys expected in the range (to size the gather buffers)
+		s.rEst = int(min((cum-cumHi)*sampleEvery*5/4, float64(gatherCap)))
 	case opRange:
 		s.ranged = false
 		above, count := 0, 0
@@ -454,6 +494,21 @@ func kthSmallestInt(v []int, k int) int {
 // only the inputs of unfinished selections). It returns when every
 // selection is done.
 func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, sels []*selection, keyFns []func(lo int, in [][]float64, keys []uint64)) error {
+	return selectTopShared(ctx, t, ins, uses, sels, keyFns, nil)
+}
+
+// selectTopShared is selectTop for selections that may share keys:
+// selection i's keys are keyFns[keyOf[i]] (keyOf nil: keyFns[i]), computed
+// once per block for consecutive selections with the same keys (two
+// selections over the same keys, as breadcrumbs' two cuts of one task
+// vector, cost one key computation).
+func selectTopShared(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, sels []*selection, keyFns []func(lo int, in [][]float64, keys []uint64), keyOf []int) error {
+	if keyOf == nil {
+		keyOf = make([]int, len(sels))
+		for i := range keyOf {
+			keyOf[i] = i
+		}
+	}
 	workers := t.Workers()
 	keyBufs := make([][]uint64, workers)
 	for {
@@ -491,8 +546,12 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 				keyBufs[w] = make([]uint64, BlockSize)
 			}
 			keys := keyBufs[w][:len(in[0])]
+			last := -1
 			for _, i := range active {
-				keyFns[i](lo, in, keys)
+				if keyOf[i] != last {
+					last = keyOf[i]
+					keyFns[last](lo, in, keys)
+				}
 				sels[i].visit(w, lo, keys)
 			}
 			return nil
@@ -511,7 +570,7 @@ func selectTop(ctx context.Context, t *TensorJob, ins []*Input, uses [][]int, se
 					return 0, err
 				}
 				keys := make([]uint64, m)
-				keyFns[i](lo, s.in, keys)
+				keyFns[keyOf[i]](lo, s.in, keys)
 				for e, key := range keys {
 					if key == sels[i].thr {
 						if need--; need == 0 {

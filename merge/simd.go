@@ -18,6 +18,14 @@ type keepMagParams struct {
 	w   float64
 }
 
+type keepCrumbsParams struct {
+	hk, hc, tk, tc uint64 // the thresholds' keys and cutoffs (as int64)
+	lo             int64
+	w              float64
+}
+
+type rangeParams struct{ lo, width, hi uint64 }
+
 type keepRandParams struct {
 	key   uint64
 	lo    int64

@@ -36,3 +36,15 @@ func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, 
 
 //go:noescape
 func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams)
+
+//go:noescape
+func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)
+
+//go:noescape
+func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int)
+
+//go:noescape
+func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)
+
+//go:noescape
+func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)

@@ -481,3 +481,190 @@ lnnonorm:
 	JNZ lnloop
 	VZEROUPPER
 	RET
+
+// crumbParams is keepCrumbsParams in simd.go.
+#define CRB_HK 0
+#define CRB_HC 8
+#define CRB_TK 16
+#define CRB_TC 24
+#define CRB_LO 32
+#define CRB_W 40
+
+// func keepCrumbsx512(d, x, b *float64, n int, p *keepCrumbsParams)
+// d[k] = (x[k] - b[k]) * w where |x[k] - b[k]| is among the hi threshold's
+// and not among the top threshold's (Threshold.Keep of its bits at element
+// lo + k), else +0 (n > 0, a multiple of 8).
+TEXT ·keepCrumbsx512(SB), NOSPLIT, $0-40
+	MOVQ d+0(FP), DI
+	MOVQ x+8(FP), R8
+	MOVQ b+16(FP), R10
+	MOVQ n+24(FP), CX
+	MOVQ p+32(FP), R11
+	VPBROADCASTQ CRB_HK(R11), Z20
+	VPBROADCASTQ CRB_HC(R11), Z21
+	VPBROADCASTQ CRB_TK(R11), Z22
+	VPBROADCASTQ CRB_TC(R11), Z23
+	VPBROADCASTQ CRB_LO(R11), Z24
+	VBROADCASTSD CRB_W(R11), Z25
+	VPADDQ iota64<>(SB), Z24, Z24
+	MOVQ $8, AX
+	VPBROADCASTQ AX, Z19
+	MOVQ $0x7fffffffffffffff, AX
+	VPBROADCASTQ AX, Z18
+
+crbloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // v = x - b
+	VPANDQ Z18, Z1, Z2           // key
+	VPCMPUQ $6, Z20, Z2, K1      // key > hk
+	VPCMPUQ $0, Z20, Z2, K2      // key == hk
+	VPCMPQ $2, Z21, Z24, K3      // index <= hc
+	KANDW K3, K2, K2
+	KORW K2, K1, K1              // in hi
+	VPCMPUQ $6, Z22, Z2, K4      // key > tk
+	VPCMPUQ $0, Z22, Z2, K5      // key == tk
+	VPCMPQ $2, Z23, Z24, K6      // index <= tc
+	KANDW K6, K5, K5
+	KORW K5, K4, K4              // in top
+	KANDNW K1, K4, K1            // in hi and not in top
+	VMULPD Z25, Z1, Z1           // v * w
+	VMOVAPD.Z Z1, K1, Z1         // or +0
+	VMOVUPD Z1, (DI)
+	VPADDQ Z19, Z24, Z24
+	ADDQ $64, R8
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ crbloop
+	VZEROUPPER
+	RET
+
+// func rangeCountx512(keys *uint64, n int, p *rangeParams, hits *uint8) (above int)
+// Counts the keys above p.hi and sets, in hits (one byte per 8 keys, bit j
+// for key j), the keys in [p.lo, p.lo + p.width] (n > 0, a multiple of 8).
+TEXT ·rangeCountx512(SB), NOSPLIT, $0-40
+	MOVQ keys+0(FP), SI
+	MOVQ n+8(FP), CX
+	MOVQ p+16(FP), R11
+	MOVQ hits+24(FP), DI
+	VPBROADCASTQ 0(R11), Z20     // lo
+	VPBROADCASTQ 8(R11), Z21     // width
+	VPBROADCASTQ 16(R11), Z22    // hi
+	XORQ AX, AX
+
+rngloop:
+	VMOVDQU64 (SI), Z1
+	VPCMPUQ $6, Z22, Z1, K1      // key > hi
+	KMOVB K1, DX
+	POPCNTL DX, DX
+	ADDQ DX, AX
+	VPSUBQ Z20, Z1, Z2           // key - lo
+	VPCMPUQ $2, Z21, Z2, K2      // <= width: lo <= key <= lo + width
+	KMOVB K2, DX
+	MOVB DX, (DI)
+	ADDQ $64, SI
+	INCQ DI
+	SUBQ $8, CX
+	JNZ rngloop
+	MOVQ AX, above+32(FP)
+	VZEROUPPER
+	RET
+
+// func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)
+// SCE's combination of two models (sceCombineGo): with d_i = x_i - b and
+// sum = (0 + d0) + d1, the entries agreeing with sum's sign (d > 0 and sum
+// >= 0, or d < 0 and sum < 0) give b + (0 + d0 w0 + d1 w1) / max(0 + w0 +
+// w1, 1e-6) over them (n > 0, a multiple of 8).
+TEXT ·sceCombine2x512(SB), NOSPLIT, $0-48
+	MOVQ out+0(FP), DI
+	MOVQ x0+8(FP), R8
+	MOVQ x1+16(FP), R9
+	MOVQ b+24(FP), R10
+	MOVQ n+32(FP), CX
+	MOVQ p+40(FP), R11
+	VBROADCASTSD CMB_W0(R11), Z25
+	VBROADCASTSD CMB_W1(R11), Z26
+	MOVQ $0x3eb0c6f7a0b5ed8d, AX // 1e-6
+	VPBROADCASTQ AX, Z24
+	VPXORQ Z15, Z15, Z15
+
+sceloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // d0
+	VMOVUPD (R9), Z3
+	VSUBPD (R10), Z3, Z3         // d1
+	VADDPD Z1, Z15, Z5
+	VADDPD Z3, Z5, Z5            // sum = (0 + d0) + d1
+	VCMPPD $0x1d, Z15, Z5, K1    // sum >= 0
+	VCMPPD $0x11, Z15, Z5, K2    // sum < 0
+	VCMPPD $0x1e, Z15, Z1, K3    // d0 > 0
+	VCMPPD $0x11, Z15, Z1, K4    // d0 < 0
+	KANDW K1, K3, K3
+	KANDW K2, K4, K4
+	KORW K4, K3, K3              // d0 agrees
+	VCMPPD $0x1e, Z15, Z3, K5    // d1 > 0
+	VCMPPD $0x11, Z15, Z3, K6    // d1 < 0
+	KANDW K1, K5, K5
+	KANDW K2, K6, K6
+	KORW K6, K5, K5              // d1 agrees
+	VMULPD Z25, Z1, Z6
+	VMOVAPD.Z Z6, K3, Z6
+	VADDPD Z6, Z15, Z6           // 0 + d0 w0
+	VMULPD Z26, Z3, Z7
+	VMOVAPD.Z Z7, K5, Z7
+	VADDPD Z7, Z6, Z6            // + d1 w1: num
+	VMOVAPD.Z Z25, K3, Z8
+	VADDPD Z8, Z15, Z8
+	VMOVAPD.Z Z26, K5, Z9
+	VADDPD Z9, Z8, Z8            // den
+	VMAXPD Z8, Z24, Z8           // max(den, 1e-6), NaN if den is
+	VDIVPD Z8, Z6, Z6
+	VADDPD (R10), Z6, Z6         // b + num / den
+	VMOVUPD Z6, (DI)
+	ADDQ $64, R8
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ sceloop
+	VZEROUPPER
+	RET
+
+// func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)
+// The bits of SCE's variance of two task vectors (sceKeys): d_i = x_i - b,
+// m = ((0 + d0) + d1) / 2, keys = ((0 + (d0-m)^2) + (d1-m)^2) / 2 (n > 0,
+// a multiple of 8; dividing by 2 is multiplying by 0.5, exactly).
+TEXT ·sceKeys2x512(SB), NOSPLIT, $0-40
+	MOVQ keys+0(FP), DI
+	MOVQ x0+8(FP), R8
+	MOVQ x1+16(FP), R9
+	MOVQ b+24(FP), R10
+	MOVQ n+32(FP), CX
+	MOVQ $0x3fe0000000000000, AX // 0.5
+	VPBROADCASTQ AX, Z24
+	VPXORQ Z15, Z15, Z15
+
+skloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1         // d0
+	VMOVUPD (R9), Z3
+	VSUBPD (R10), Z3, Z3         // d1
+	VADDPD Z1, Z15, Z5
+	VADDPD Z3, Z5, Z5
+	VMULPD Z24, Z5, Z5           // m
+	VSUBPD Z5, Z1, Z1            // d0 - m
+	VSUBPD Z5, Z3, Z3            // d1 - m
+	VMULPD Z1, Z1, Z1
+	VMULPD Z3, Z3, Z3
+	VADDPD Z1, Z15, Z6
+	VADDPD Z3, Z6, Z6
+	VMULPD Z24, Z6, Z6           // v
+	VMOVUPD Z6, (DI)
+	ADDQ $64, R8
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ skloop
+	VZEROUPPER
+	RET

@@ -27,6 +27,7 @@ func (breadcrumbsSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*I
 	var sels []*selection
 	var fns []func(lo int, in [][]float64, keys []uint64)
 	var uses [][]int
+	var keyOf []int
 	type slot struct{ model, sel int }
 	var his, tops []slot
 	for i := range n {
@@ -52,14 +53,16 @@ func (breadcrumbsSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*I
 				keys[e] = math.Float64bits(math.Abs(x[e] - b[e]))
 			}
 		}
+		// both cuts select over the same keys: computed once a block
+		fns = append(fns, key)
 		his = append(his, slot{i, len(sels)})
 		sels = append(sels, newSelection(keep+top, t.N))
-		fns, uses = append(fns, key), append(uses, []int{i, n})
+		keyOf, uses = append(keyOf, len(fns)-1), append(uses, []int{i, n})
 		tops = append(tops, slot{i, len(sels)})
 		sels = append(sels, newSelection(top, t.N))
-		fns, uses = append(fns, key), append(uses, []int{i, n})
+		keyOf, uses = append(keyOf, len(fns)-1), append(uses, []int{i, n})
 	}
-	if err := selectTop(ctx, t, ins, uses, sels, fns); err != nil {
+	if err := selectTopShared(ctx, t, ins, uses, sels, fns, keyOf); err != nil {
 		return nil, err
 	}
 	for _, s := range his {
@@ -75,16 +78,33 @@ func (tr *breadcrumbsTrim) trim(i int, d, x, b []float64, lo int, w float64) boo
 	if !tr.sparse[i] {
 		return false
 	}
-	hi, top := tr.hi[i], tr.top[i]
+	keepCrumbs(d, x, b, tr.hi[i], tr.top[i], lo, w)
+	return true
+}
+
+// keepCrumbs writes (x - b) w where |x - b| is among hi's and not among
+// top's (see Threshold), +0 elsewhere, for elements lo, lo+1, ...,
+// without branches.
+func keepCrumbs(d, x, b []float64, hi, top Threshold, lo int, w float64) {
+	n := 0
+	if haveAVX512 {
+		if n = len(d) &^ 7; n > 0 {
+			keepCrumbsx512(&d[0], &x[0], &b[0], n, &keepCrumbsParams{hk: hi.Key, hc: uint64(hi.Cutoff), tk: top.Key, tc: uint64(top.Cutoff), lo: int64(lo), w: w})
+		}
+	}
+	keepCrumbsGo(d[n:], x[n:], b[n:], hi, top, lo+n, w)
+}
+
+// keepCrumbsGo is keepCrumbs in Go.
+func keepCrumbsGo(d, x, b []float64, hi, top Threshold, lo int, w float64) {
 	x, b = x[:len(d)], b[:len(d)]
+	hk, hc, tk, tc := hi.Key, hi.Cutoff, top.Key, top.Cutoff
 	for k := range d {
 		v := x[k] - b[k]
 		key := math.Float64bits(v) &^ (1 << 63)
-		if hi.Keep(key, lo+k) && !top.Keep(key, lo+k) {
-			d[k] = v * w
-		} else {
-			d[k] = 0
-		}
+		e := lo + k
+		inHi := b2u(key > hk) | b2u(key == hk)&b2u(e <= hc)
+		inTop := b2u(key > tk) | b2u(key == tk)&b2u(e <= tc)
+		d[k] = math.Float64frombits(math.Float64bits(v*w) & -(inHi &^ inTop))
 	}
-	return true
 }
