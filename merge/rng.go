@@ -98,3 +98,38 @@ func valuesHashes(ctx context.Context, t *TensorJob, ins []*Input) ([]uint64, er
 	}
 	return out, nil
 }
+
+// sampleBlocks is how many blocks sampledHashes reads per input, at most.
+const sampleBlocks = 32
+
+// sampledHashes hashes, for each input, a sample of its values: up to
+// sampleBlocks blocks spread evenly over the tensor (every stride-th one),
+// combined in block order like valuesHashes. Like a hash of every value it
+// follows the values (not the input's position or path, nor the dtype they
+// are stored in), at a small fixed cost; two inputs equal on the sample
+// get the same hash.
+func sampledHashes(ctx context.Context, t *TensorJob, ins []*Input) ([]uint64, error) {
+	nb := (t.N + BlockSize - 1) / BlockSize
+	stride := max(1, nb/sampleBlocks)
+	ns := (nb + stride - 1) / stride
+	blocks := make([]uint64, ns*len(ins))
+	err := t.pass(ctx, ins, stride, func(_, lo int, in [][]float64) error {
+		s := lo / BlockSize / stride
+		for i := range in {
+			blocks[s*len(ins)+i] = hashBlock(in[i])
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, len(ins))
+	for i := range out {
+		h := uint64(t.N) ^ 0x5a3c // not valuesHashes' value for one block
+		for b := i; b < len(blocks); b += len(ins) {
+			h = splitmix64(h ^ blocks[b])
+		}
+		out[i] = h
+	}
+	return out, nil
+}

@@ -22,8 +22,9 @@ import (
 // one), so large entries survive more often; kept entries are divided by p
 // (rescale: inverse) or the task vector rescaled to its L1 norm (l1,
 // mergekit's default; a separate pass). The draws are counter-based, keyed
-// like DARE's (seed, tensor name, the model's values), so the result does
-// not depend on the order of the models or on chunking.
+// like DARE's by the seed, the tensor name and the model's values (here a
+// sample of them: sampledHashes), so the result does not depend on the
+// order of the models or on chunking.
 //
 // Memory: ranks are computed row by row where the merge needs them, in a
 // per-goroutine cache of one row per model (row length x 40 bytes), never
@@ -219,19 +220,24 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 		}
 	}
 	if len(which) > 0 {
-		// the base is read too when a row can reach beyond a block: the
-		// rows the kernel reads beyond its block were then all decoded
-		// once, so a non-finite value is reported here (within a block,
-		// the kernel's own decoding reports it)
-		if r := tr.rows; r.inner != 1 || BlockSize%r.length != 0 {
-			hashed = append(hashed, ins[n])
-		}
-		hs, err := valuesHashes(ctx, t, hashed)
+		// the draws' keys follow a sample of each model's values (the
+		// whole values would take a pass over the models; see
+		// sampledHashes)
+		hs, err := sampledHashes(ctx, t, hashed)
 		if err != nil {
 			return nil, err
 		}
 		for k, i := range which {
 			tr.keys[i] = MaskKey(s.seed, t.Name, hs[k])
+		}
+		// when a row can reach beyond a block, the kernel reads values
+		// beyond its block: every value is decoded once here first, so a
+		// non-finite one is reported as an error (within a block, the
+		// passes' own decoding reports it)
+		if r := tr.rows; r.inner != 1 || BlockSize%r.length != 0 {
+			if err := t.Pass(ctx, ins, func(int, int, [][]float64) error { return nil }); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return tr, nil

@@ -375,3 +375,44 @@ func TestDellaNonFiniteBase(t *testing.T) {
 		}
 	}
 }
+
+// TestSampledHashes: the hash of an input follows its values, not its
+// position among the inputs nor its dtype, and changes with a value in a
+// sampled block; on a tensor of 100 blocks it reads a sample (every third
+// block), not the tensor.
+func TestSampledHashes(t *testing.T) {
+	const n = 100*BlockSize + 17
+	mk := func(dt tensors.DType, seed uint64, change int) *Input {
+		r := rand.New(rand.NewPCG(seed, 1))
+		v := make([]float32, n)
+		for j := range v {
+			v[j] = float32(r.IntN(50)) * 0.5
+		}
+		if change >= 0 {
+			v[change] += 1
+		}
+		tt, err := tensors.FromFloat32("w", dt, []int64{n}, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &Input{Tensor: "w", DType: dt, Shape: tt.Shape, Data: tt.Data}
+	}
+	tj := memJob("w", n)
+	a, b := mk(tensors.F32, 1, -1), mk(tensors.F32, 2, -1)
+	before := processed.Load()
+	h1, err := sampledHashes(context.Background(), tj, []*Input{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if read := processed.Load() - before; read > 40*BlockSize {
+		t.Errorf("read %d elements for two inputs of %d: not a sample", read, n)
+	}
+	h2, _ := sampledHashes(context.Background(), tj, []*Input{b, mk(tensors.BF16, 1, -1)})
+	if h1[0] == h1[1] || h2[0] != h1[1] || h2[1] != h1[0] {
+		t.Errorf("hashes %x then %x: want them to follow the values", h1, h2)
+	}
+	h3, _ := sampledHashes(context.Background(), tj, []*Input{mk(tensors.F32, 1, 3*BlockSize+5)})
+	if h3[0] == h1[0] {
+		t.Error("a changed value in a sampled block leaves the hash unchanged")
+	}
+}
