@@ -12,7 +12,7 @@ import (
 // random numbers come from a counter-based generator: the number for
 // element e of one model's tensor is SplitMix64 at counter e under a key
 // derived from the seed, the tensor's name and a hash of the model's values
-// of that tensor. So the mask of any element is computed without the
+// of that tensor (of a sample of them: sampledHashes). So the mask of any element is computed without the
 // elements before it (a chunk at any offset, in any order), it is the same
 // on every run with the same seed, and it does not depend on the position
 // or path of the model among the inputs (reordering or renaming models
@@ -66,37 +66,15 @@ func hashBlock(v []float64) uint64 {
 	return splitmix64(splitmix64(splitmix64(h[0]^uint64(len(v)))^h[1]^h[2]<<1) ^ h[3])
 }
 
-// ValuesHash hashes the values of a tensor block by block (combined in
-// block order), so it does not depend on the dtype the values are stored
-// in, on chunking or on the number of goroutines.
+// ValuesHash is the hash of a tensor's values that DARE's and DELLA's
+// keys derive from (see MaskKey): a hash of a sample of them, as
+// sampledHashes computes it.
 func ValuesHash(ctx context.Context, t *TensorJob, in *Input) (uint64, error) {
-	hs, err := valuesHashes(ctx, t, []*Input{in})
+	hs, err := sampledHashes(ctx, t, []*Input{in})
 	if err != nil {
 		return 0, err
 	}
 	return hs[0], nil
-}
-
-// valuesHashes hashes several inputs in one pass.
-func valuesHashes(ctx context.Context, t *TensorJob, ins []*Input) ([]uint64, error) {
-	blocks, err := t.Blocks(ctx, ins, len(ins), func(_ int, in [][]float64, acc []float64) error {
-		for i := range in {
-			acc[i] = math.Float64frombits(hashBlock(in[i]))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]uint64, len(ins))
-	for i := range out {
-		h := uint64(t.N)
-		for b := i; b < len(blocks); b += len(ins) {
-			h = splitmix64(h ^ math.Float64bits(blocks[b]))
-		}
-		out[i] = h
-	}
-	return out, nil
 }
 
 // sampleBlocks is how many blocks sampledHashes reads per input, at most.

@@ -3,6 +3,7 @@ package merge
 import (
 	"context"
 	"math"
+	"sync"
 )
 
 // randomSparsifier keeps each task-vector entry with probability density
@@ -41,7 +42,7 @@ func (r randomSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Inpu
 	if len(which) == 0 {
 		return tr, nil
 	}
-	hs, err := valuesHashes(ctx, t, hashed)
+	hs, err := sampledHashes(ctx, t, hashed)
 	if err != nil {
 		return nil, err
 	}
@@ -51,17 +52,23 @@ func (r randomSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Inpu
 	if r.rescale != RescaleL1 {
 		return tr, nil
 	}
-	// L1 norms of the task vectors before and after dropping
+	// L1 norms of the task vectors before and after dropping: the kept
+	// entries come from the merge pass's own kernel (keepRandom, without
+	// rescaling or weight: x - b or +0), and the sums add every entry in
+	// order, a dropped one as +0, which leaves a sum unchanged (no branch
+	// on the unpredictable draws)
+	bufs := sync.Pool{New: func() any { b := make([]float64, BlockSize); return &b }}
 	sums, err := t.Sums(ctx, ins, 2*len(which), func(lo int, in [][]float64, acc []float64) error {
 		b := in[n]
+		dp := bufs.Get().(*[]float64)
+		defer bufs.Put(dp)
+		d := (*dp)[:len(b)]
 		for s, i := range which {
+			keepRandom(d, in[i], b, tr.keys[i], lo, densities[i], RescaleNone, 0, 1)
 			var before, after float64
-			for k, x := range in[i] {
-				a := math.Abs(x - b[k])
-				before += a
-				if Uniform(tr.keys[i], lo+k) < densities[i] {
-					after += a
-				}
+			for k, x := range in[i][:len(b)] {
+				before += math.Abs(x - b[k])
+				after += math.Abs(d[k])
 			}
 			acc[2*s], acc[2*s+1] = before, after
 		}

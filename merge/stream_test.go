@@ -250,11 +250,15 @@ func legacyDAREMerge(in func(map[string][]float32, string) []float32, name strin
 	return legacyTaskVectors(in(vbase, name), models, o, func(i int, d []float64) { legacyDARE(d, dens[i], rescale, keys[i]) })
 }
 
-// memValuesHash is ValuesHash over values in memory.
+// memValuesHash is ValuesHash over values in memory: the blocks of a
+// sample (every stride-th, up to sampleBlocks), written out.
 func memValuesHash(x []float32) uint64 {
-	h := uint64(len(x))
+	nb := (len(x) + BlockSize - 1) / BlockSize
+	stride := max(1, nb/sampleBlocks)
+	h := uint64(len(x)) ^ 0x5a3c
 	v := make([]float64, BlockSize)
-	for lo := 0; lo < len(x); lo += BlockSize {
+	for blk := 0; blk < nb; blk += stride {
+		lo := blk * BlockSize
 		m := min(BlockSize, len(x)-lo)
 		for i := range m {
 			v[i] = float64(x[lo+i])
