@@ -26,11 +26,15 @@ import (
 // sample of them: sampledHashes), so the result does not depend on the
 // order of the models or on chunking.
 //
-// Memory: ranks are computed row by row where the merge needs them, in a
-// per-goroutine cache of one row per model (row length x 40 bytes), never
-// for the whole tensor. A row's ranks come from one stable argsort of its
-// magnitudes (an LSD radix sort on their float64 bits, skipping the bytes
-// all entries share), so ties rank by index.
+// Memory: decisions are made row by row where the merge needs them, in a
+// per-goroutine cache of one row per model (about 50 bytes per entry of a
+// row: decide's buckets settle most decisions without ranking, and only
+// the open ones get exact ranks, ties by index), never for the whole
+// tensor; with l1 rescaling the norm pass records them, a bit per element,
+// for the merge pass (keepRecorder). Inverse rescaling needs every keep
+// probability: a row's ranks then come from one stable radix sort of its
+// magnitudes (sortPacked, or argsortStable when the keys leave no room for
+// the index).
 type dellaSparsifier struct {
 	seed    uint64
 	inverse bool
@@ -247,13 +251,18 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 func dellaThresholds(d, eps float64, m int) []uint64 {
 	thr := make([]uint64, m)
 	for r := range m {
-		p := d
-		if m > 1 {
-			p = d - eps + 2*eps*float64(r)/float64(m-1)
-		}
-		thr[r] = uint64(math.Ceil(p * (1 << 53)))
+		thr[r] = uint64(math.Ceil(dellaProb(d, eps, r, m) * (1 << 53)))
 	}
 	return thr
+}
+
+// dellaProb is the keep probability of the entry of rank r in a row of m:
+// density - epsilon + 2 epsilon r / (m - 1), density for a row of one.
+func dellaProb(d, eps float64, r, m int) float64 {
+	if m > 1 {
+		return d - eps + 2*eps*float64(r)/float64(m-1)
+	}
+	return d
 }
 
 // row returns model i's keep probabilities of a row, from c when it holds
@@ -292,12 +301,7 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 		}
 	}
 	d, eps := tr.dens[i], tr.eps[i]
-	prob := func(rank int) float64 {
-		if m > 1 {
-			return d - eps + 2*eps*float64(rank)/float64(m-1)
-		}
-		return d
-	}
+	prob := func(rank int) float64 { return dellaProb(d, eps, rank, m) }
 	if !tr.inv {
 		tr.decide(c, i, row, x, b)
 		return nil
