@@ -284,3 +284,61 @@ func consensus2Go(out, d0, d1, b []float64, w0, w1 float64, normalize bool, lamb
 		out[k] = b[k] + lambda*mixed
 	}
 }
+
+// absSums returns the L1 norms of x - b and of d: eight partial sums (of
+// the elements at each position mod 8 of the whole groups of eight), added
+// pairwise, then the rest in order, so the AVX-512 kernel gives the same
+// bits.
+func absSums(x, b, d []float64) (before, after float64) {
+	x, b = x[:len(d)], b[:len(d)]
+	n := 0
+	if haveAVX512 {
+		if n = len(d) &^ 7; n > 0 {
+			before, after = absSumsx512(&x[0], &b[0], &d[0], n)
+		}
+	}
+	if n == 0 {
+		before, after = absSumsGo(x, b, d)
+		n = len(d) &^ 7
+	}
+	for j := n; j < len(d); j++ {
+		before += math.Abs(x[j] - b[j])
+		after += math.Abs(d[j])
+	}
+	return before, after
+}
+
+// absSumsGo is absSums over the whole groups of eight.
+func absSumsGo(x, b, d []float64) (before, after float64) {
+	var sb, sa [8]float64
+	n := len(d) &^ 7
+	x, b = x[:n], b[:n]
+	for j := 0; j < n; j += 8 {
+		for l := range 8 {
+			sb[l] += math.Abs(x[j+l] - b[j+l])
+			sa[l] += math.Abs(d[j+l])
+		}
+	}
+	return sum8(&sb), sum8(&sa)
+}
+
+// sum8 adds eight partial sums as the kernels do: halves, then quarters,
+// then the pair.
+func sum8(s *[8]float64) float64 {
+	a0, a1, a2, a3 := s[0]+s[4], s[1]+s[5], s[2]+s[6], s[3]+s[7]
+	b0, b1 := a0+a2, a1+a3
+	return b0 + b1
+}
+
+// scaleBy multiplies d by s.
+func scaleBy(d []float64, s float64) {
+	n := 0
+	if haveAVX512 {
+		if n = len(d) &^ 7; n > 0 {
+			scaleByx512(&d[0], n, s)
+		}
+	}
+	for k := n; k < len(d); k++ {
+		d[k] *= s
+	}
+}

@@ -48,3 +48,9 @@ func sceCombine2x512(out, x0, x1, b *float64, n int, p *combineParams)
 
 //go:noescape
 func sceKeys2x512(keys *uint64, x0, x1, b *float64, n int)
+
+//go:noescape
+func absSumsx512(x, b, d *float64, n int) (before, after float64)
+
+//go:noescape
+func scaleByx512(d *float64, n int, s float64)

@@ -668,3 +668,61 @@ skloop:
 	JNZ skloop
 	VZEROUPPER
 	RET
+
+// func absSumsx512(x, b, d *float64, n int) (before, after float64)
+// The sums of |x - b| and |d| in eight lanes (element j to lane j mod 8),
+// added as sum8 does (n > 0, a multiple of 8).
+TEXT ·absSumsx512(SB), NOSPLIT, $0-48
+	MOVQ x+0(FP), R8
+	MOVQ b+8(FP), R10
+	MOVQ d+16(FP), DI
+	MOVQ n+24(FP), CX
+	MOVQ $0x7fffffffffffffff, AX
+	VPBROADCASTQ AX, Z18
+	VPXORQ Z4, Z4, Z4
+	VPXORQ Z5, Z5, Z5
+
+absloop:
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1
+	VANDPD Z18, Z1, Z1
+	VADDPD Z1, Z4, Z4
+	VANDPD (DI), Z18, Z2
+	VADDPD Z2, Z5, Z5
+	ADDQ $64, R8
+	ADDQ $64, R10
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ absloop
+	VEXTRACTF64X4 $1, Z4, Y1
+	VADDPD Y1, Y4, Y4            // lanes l + l+4
+	VEXTRACTF128 $1, Y4, X1
+	VADDPD X1, X4, X4            // + l+2
+	VPERMILPD $1, X4, X1
+	VADDSD X1, X4, X4            // the pair
+	VMOVSD X4, before+32(FP)
+	VEXTRACTF64X4 $1, Z5, Y1
+	VADDPD Y1, Y5, Y5
+	VEXTRACTF128 $1, Y5, X1
+	VADDPD X1, X5, X5
+	VPERMILPD $1, X5, X1
+	VADDSD X1, X5, X5
+	VMOVSD X5, after+40(FP)
+	VZEROUPPER
+	RET
+
+// func scaleByx512(d *float64, n int, s float64)
+// d[k] *= s (n > 0, a multiple of 8).
+TEXT ·scaleByx512(SB), NOSPLIT, $0-24
+	MOVQ d+0(FP), DI
+	MOVQ n+8(FP), CX
+	VBROADCASTSD s+16(FP), Z25
+
+scaleloop:
+	VMULPD (DI), Z25, Z1
+	VMOVUPD Z1, (DI)
+	ADDQ $64, DI
+	SUBQ $8, CX
+	JNZ scaleloop
+	VZEROUPPER
+	RET

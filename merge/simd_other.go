@@ -23,3 +23,6 @@ func consensusNx512(out *float64, ds **float64, ws *float64, m int, b *float64, 
 func linearNx512(out *float64, ds **float64, m int, b *float64, n int, p *combineParams) {
 	panic("no AVX-512")
 }
+
+func absSumsx512(x, b, d *float64, n int) (before, after float64) { panic("no AVX-512") }
+func scaleByx512(d *float64, n int, s float64)                    { panic("no AVX-512") }

@@ -127,12 +127,7 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 			if !inner.trim(i, d, in[i], b, lo, 1) {
 				continue
 			}
-			var before, after float64
-			for k, x := range in[i][:len(b)] {
-				before += math.Abs(x - b[k])
-				after += math.Abs(d[k])
-			}
-			acc[2*i], acc[2*i+1] = before, after
+			acc[2*i], acc[2*i+1] = absSums(in[i], b, d)
 		}
 		return nil
 	})
@@ -158,9 +153,7 @@ func (tr *l1Trim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		return false
 	}
 	if s := tr.scale[i]; s != 0 {
-		for k := range d {
-			d[k] *= s
-		}
+		scaleBy(d, s)
 	}
 	return true
 }

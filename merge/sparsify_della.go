@@ -50,7 +50,7 @@ type dellaTrim struct {
 	cache  sync.Pool
 	inv    bool
 	n      int        // elements of the tensor
-	thr    [][]uint64 // per model: ceil(p(rank) * 2^53), by rank (l1 or no rescaling)
+	thr    []keepThresholds // per model (l1 or no rescaling)
 	kept   [][]uint64 // per model: recorded keep decisions, a bit per element (nil: none)
 	frees  []func()   // unmap kept
 	mode   int        // keepDecide, keepRecord or keepReplay
@@ -174,13 +174,16 @@ type dellaRow struct {
 	hist       *[1 << maxDigit]int32
 	p          []float64 // by position in the row (inverse rescaling)
 	kbits      []uint64  // by position, a bit each: kept (l1 or no rescaling)
+	openw      []uint64  // decide: by position, a bit each: left open by decideBits
+	memb       []int32   // decide: one bucket's members
 	bk         []uint16  // decide: each entry's bucket
 	order      []int32   // decide: the row in bucket order
 	rank       []int32   // decide: exact ranks of the entries of sorted buckets
 	amb        []int32   // decide: the entries whose bucket leaves the decision open
 	start, cur []int32   // decide: bucket b holds ranks [start[b], start[b+1])
+	h1         []int32   // decide: the odd entries' bucket counts
 	sorted     []bool    // decide: buckets sorted for exact ranks
-	tlo, thi   []uint64  // decide: thresholds of each bucket's first and last rank
+	pk         []uint64  // decide: each bucket's bounds on its thresholds (bucketStarts)
 	err        error
 }
 
@@ -190,7 +193,7 @@ type dellaRowCache []*dellaRow
 func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input, params []float64) (trimmer, error) {
 	n := len(ins) - 1
 	tr := &dellaTrim{ins: ins, keys: make([]uint64, n), dens: make([]float64, n), eps: make([]float64, n),
-		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse, n: t.N, thr: make([][]uint64, n)}
+		sparse: make([]bool, n), rows: dellaRows(t.Shape, t.N), inv: s.inverse, n: t.N, thr: make([]keepThresholds, n)}
 	tr.cache.New = func() any {
 		c := make(dellaRowCache, n)
 		for i := range c {
@@ -216,7 +219,7 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 			// Uniform(key, e) < p exactly when its 53 bits, as an
 			// integer n, satisfy n < ceil(p * 2^53): the thresholds of
 			// every rank, shared by the rows
-			tr.thr[i] = dellaThresholds(d, eps, tr.rows.length)
+			tr.thr[i] = newKeepThresholds(d, eps, tr.rows.length)
 		}
 		if d > 0 {
 			hashed = append(hashed, ins[i])
@@ -245,6 +248,18 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 		}
 	}
 	return tr, nil
+}
+
+// keepThresholds are the thresholds of a row's keep decisions: the entry
+// of rank r is kept when its draw's 53 bits are below byRank[r] (see
+// prepare); line bounds them cheaply (decideBits).
+type keepThresholds struct {
+	byRank []uint64
+	line   rankLine
+}
+
+func newKeepThresholds(d, eps float64, m int) keepThresholds {
+	return keepThresholds{dellaThresholds(d, eps, m), newRankLine(d, eps, m)}
 }
 
 // dellaThresholds returns ceil(p(r) * 2^53) for the ranks r of a row of m.
@@ -282,9 +297,10 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 			c.hist = new([1 << maxDigit]int32)
 		} else {
 			nb := tr.buckets()
-			c.kbits, c.bk, c.order, c.rank = make([]uint64, (m+63)/64), make([]uint16, m), make([]int32, m), make([]int32, m)
-			c.start, c.cur, c.sorted = make([]int32, nb+1), make([]int32, nb), make([]bool, nb)
-			c.tlo, c.thi = make([]uint64, nb), make([]uint64, nb)
+			c.kbits, c.openw, c.bk, c.order, c.rank = make([]uint64, (m+63)/64), make([]uint64, (m+63)/64), make([]uint16, m), make([]int32, m), make([]int32, m)
+			c.memb = make([]int32, m)
+			c.start, c.h1, c.cur, c.sorted = make([]int32, nb+1), make([]int32, nb), make([]int32, nb), make([]bool, nb)
+			c.pk = make([]uint64, nb)
 		}
 	}
 	c.x, c.b, c.keys = c.x[:m], c.b[:m], c.keys[:m]
@@ -338,114 +354,95 @@ func (tr *dellaTrim) buckets() int {
 // non-zero range; an entry of a bucket holding ranks [lo, hi] is kept when
 // draw < thr[lo] and dropped when draw >= thr[hi], whatever its rank
 // within the bucket (thr is non-decreasing). Only the rare entries in
-// between need their exact rank: for one or two, a count over the row;
-// beyond, the row in bucket order and their buckets sorted (stably: ties
-// by index). The decisions are exactly those of the ranks.
+// between need their exact rank: for a few, a count over their bucket's
+// members; beyond, the row in bucket order and their buckets sorted
+// (stably: ties by index). The decisions are exactly those of the ranks.
+// The loops over the row are vector kernels (della_kern.go) but for the
+// bucket counts.
 func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64) {
-	const abs = 1<<63 - 1
 	m := len(xs)
 	bs = bs[:m]
-	thr := tr.thr[i]
+	thr, line := tr.thr[i].byRank, tr.thr[i].line
 	key := tr.keys[i]
 	e0, stride := tr.rows.start(row), tr.rows.stride
 	ctr, step := key+uint64(e0)*golden, uint64(stride)*golden // Uniform's counter
-	kb := c.kbits[:(m+63)/64]
-	// the largest key and the smallest non-zero one (k - 1 wraps a zero
-	// to the top; two chains: the extremes do not wait on each other)
-	var t0, t1 uint64
-	u0, u1 := ^uint64(0), ^uint64(0)
-	j := 0
-	for ; j+2 <= m; j += 2 {
-		k0 := math.Float64bits(xs[j]-bs[j]) & abs
-		k1 := math.Float64bits(xs[j+1]-bs[j+1]) & abs
-		t0, u0 = max(t0, k0), min(u0, k0-1)
-		t1, u1 = max(t1, k1), min(u1, k1-1)
-	}
-	if j < m {
-		k0 := math.Float64bits(xs[j]-bs[j]) & abs
-		t0, u0 = max(t0, k0), min(u0, k0-1)
-	}
-	top, low := max(t0, t1), min(u0, u1)+1
-	if top == 0 { // all zero: the ranks are the indices
-		clear(kb)
-		for j := range m {
-			kb[j>>6] |= b2u(splitmix64(ctr)>>11 < thr[j]) << (j & 63)
-			ctr += step
-		}
-		return
-	}
+	kb, openw := c.kbits[:(m+63)/64], c.openw[:(m+63)/64]
+	clear(kb)
+	clear(openw)
+	// buckets scaled to the non-zero keys (all zero: every entry is in
+	// bucket 0, ranked by index)
+	top, low := keyRange(xs, bs)
 	nb := len(c.cur)
 	sh := uint(0)
 	for (top>>sh)-(low>>sh) > uint64(nb-2) {
 		sh++
 	}
-	base := low>>sh - 1
-	start := c.start[:nb+1]
+	base := low>>sh - 1 // the smallest non-zero key's bucket is 1
+	bk := c.bk[:m]
+	bucketize(bk, xs, bs, sh, base)
+	// bucket b holds ranks [start[b], start[b+1]): counts in two tables
+	// (even and odd entries: a run of one bucket does not wait on itself),
+	// then the starts and the thresholds of each bucket's first and last
+	// rank
+	start, h1 := c.start[:nb+1], c.h1[:nb]
 	clear(start)
-	for j := range m {
-		k := math.Float64bits(xs[j]-bs[j]) & abs
-		b := (k>>sh - base) & -b2u(k != 0) // 0: zeros; else 1 + scaled key
-		c.bk[j] = uint16(b)
-		start[b+1]++
+	clear(h1)
+	j := 0
+	for ; j+2 <= m; j += 2 {
+		start[bk[j]]++
+		h1[bk[j+1]]++
 	}
-	// the thresholds of each bucket's first and last rank
-	tlo, thi := c.tlo[:nb], c.thi[:nb]
-	for b := range nb {
-		if n := start[b+1]; n > 0 {
-			tlo[b], thi[b] = thr[start[b]], thr[start[b]+n-1]
-		}
-		start[b+1] += start[b]
+	if j < m {
+		start[bk[j]]++
 	}
+	pk := c.pk[:nb]
+	bucketStarts(start, h1, m, line, pk)
+	decideBits(kb, openw, bk, ctr, step, pk, line, 0)
+	// the entries the bounds left open: most are settled by the exact
+	// thresholds of their bucket's first and last rank; the others need
+	// their rank
 	amb := c.amb[:0]
-	var zc int32 // the rank of the next zero
-	var word uint64
-	for j, b := range c.bk {
-		n := splitmix64(ctr) >> 11
-		ctr += step
-		var lo, hi bool
-		if b == 0 {
-			lo = n < thr[zc]
-			hi = lo
-			zc++
-		} else {
-			lo, hi = n < tlo[b], n < thi[b]
-		}
-		word |= b2u(lo) << (j & 63)
-		if lo != hi {
+	for w, v := range openw {
+		for ; v != 0; v &= v - 1 {
+			j := w*64 + bits.TrailingZeros64(v)
+			if b := bk[j]; b != 0 {
+				n := splitmix64(ctr+uint64(j)*step) >> 11
+				if n < thr[start[b]] {
+					kb[w] |= 1 << (j & 63)
+					continue
+				}
+				if n >= thr[start[b+1]-1] {
+					continue
+				}
+			}
 			amb = append(amb, int32(j))
 		}
-		if j&63 == 63 {
-			kb[j>>6], word = word, 0
-		}
-	}
-	if m&63 != 0 {
-		kb[m>>6] = word
 	}
 	c.amb = amb
 	if len(amb) == 0 {
 		return
 	}
-	keyOf := func(q int32) uint64 { return math.Float64bits(xs[q]-bs[q]) & abs }
-	if len(amb) > 2 {
+	keyOf := func(q int32) uint64 { return magKey(xs[q], bs[q]) }
+	few := len(amb) <= 16
+	if !few {
 		// the row in bucket order (stable: by index within a bucket)
 		copy(c.cur, start[:nb])
-		for j, b := range c.bk {
+		for j, b := range bk {
 			c.order[c.cur[b]] = int32(j)
 			c.cur[b]++
 		}
 	}
 	for _, j := range amb {
-		b := c.bk[j]
+		b := bk[j]
 		var rank int32
-		if len(amb) <= 2 {
-			// the entries of the bucket before j in (key, index) order
+		if few {
+			// the members of j's bucket before j in (key, index) order
 			kj := keyOf(j)
 			rank = start[b]
-			for q, bq := range c.bk {
-				if bq == b && int32(q) != j {
-					if kq := keyOf(int32(q)); kq < kj || kq == kj && int32(q) < j {
-						rank++
-					}
+			c.memb = bucketMembers(c.memb, bk, b)
+			for _, q := range c.memb {
+				if kq := keyOf(q); kq < kj || kq == kj && q < j {
+					rank++
 				}
 			}
 		} else {
@@ -462,13 +459,13 @@ func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64) {
 			}
 			rank = c.rank[j]
 		}
-		n := splitmix64(key+uint64(e0+int(j)*stride)*golden) >> 11
+		n := splitmix64(ctr+uint64(j)*step) >> 11
 		w, bit := j>>6, uint64(1)<<(j&63)
 		kb[w] = kb[w]&^bit | bit&-b2u(n < thr[rank])
 	}
-	if len(amb) > 2 {
+	if !few {
 		for _, j := range amb {
-			c.sorted[c.bk[j]] = false
+			c.sorted[bk[j]] = false
 		}
 	}
 }
@@ -614,12 +611,7 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		return true
 	}
 	if tr.mode == keepReplay {
-		kept := tr.kept[i]
-		for q := range d {
-			e := lo + q
-			keep := kept[e>>6] >> (e & 63) & 1
-			d[q] = math.Float64frombits(math.Float64bits((x[q]-b[q])*w) & -keep)
-		}
+		maskDelta(d, x, b, tr.kept[i], lo, w)
 		return true
 	}
 	cs := tr.cache.Get().(*dellaRowCache)
@@ -646,14 +638,10 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		}
 		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
 		if !tr.inv {
-			kb := c.kbits
-			for q := range ds {
-				// kept: v * w; dropped: +0 (a mask, not a branch)
-				keep := kb[(pos+q)>>6] >> ((pos + q) & 63) & 1
-				ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])*w) & -keep)
-			}
+			// kept: v * w; dropped: +0 (a mask, not a branch)
+			maskDelta(ds, xs, bs, c.kbits, pos, w)
 			if tr.mode == keepRecord {
-				orBits(tr.kept[i], lo+k, kb, pos, n)
+				orBits(tr.kept[i], lo+k, c.kbits, pos, n)
 			}
 			k += n
 			continue

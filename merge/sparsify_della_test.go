@@ -108,7 +108,7 @@ func TestDellaRanksMatchReference(t *testing.T) {
 				// they are those of the reference ranks, under several keys
 				for key := range uint64(4) {
 					td := &dellaTrim{ins: ins, keys: []uint64{key * 0x9E3779B97F4A7C15}, dens: tr.dens, eps: tr.eps, sparse: tr.sparse, rows: tr.rows,
-						thr: [][]uint64{dellaThresholds(de[0], de[1], tc.m)}}
+						thr: []keepThresholds{newKeepThresholds(de[0], de[1], tc.m)}}
 					cd := &dellaRow{model: -1}
 					if err := td.row(cd, 0, 0, x, b); err != nil {
 						t.Fatal(err)
