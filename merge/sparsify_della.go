@@ -49,11 +49,11 @@ type dellaTrim struct {
 	rows   fibers
 	cache  sync.Pool
 	inv    bool
-	n      int        // elements of the tensor
+	n      int              // elements of the tensor
 	thr    []keepThresholds // per model (l1 or no rescaling)
-	kept   [][]uint64 // per model: recorded keep decisions, a bit per element (nil: none)
-	frees  []func()   // unmap kept
-	mode   int        // keepDecide, keepRecord or keepReplay
+	kept   [][]uint64       // per model: recorded keep decisions, a bit per element (nil: none)
+	frees  []func()         // unmap kept
+	mode   int              // keepDecide, keepRecord or keepReplay
 }
 
 // Modes of a dellaTrim's keep decisions (see keepRecorder).
