@@ -21,4 +21,7 @@ func maskDeltax512(d, x, b *float64, n int, bits *byte, w float64)
 func bucketMembersx512(out *int32, bk *uint16, n int, b uint16) int
 
 //go:noescape
-func bucketStartsx512(h0, h1 *int32, nb, m int, line *rankLine, pk *uint64) (total int)
+func bucketStartsx512(h *int32, nb, m int, line *rankLine, pk *uint64) (total int)
+
+//go:noescape
+func bucketCountsx(h *int32, bk *uint16, n int, mask uint64)

@@ -255,28 +255,27 @@ bmnext:
 	VZEROUPPER
 	RET
 
-// func bucketStartsx512(h0, h1 *int32, nb, m int, line *rankLine, pk *uint64) (total int)
+// func bucketStartsx512(h *int32, nb, m int, line *rankLine, pk *uint64) (total int)
 // bucketStartsGo for nb a multiple of 8: eight buckets at a time, their
 // counts' prefix sums in a vector.
-TEXT ·bucketStartsx512(SB), NOSPLIT, $0-56
-	MOVQ h0+0(FP), DI
-	MOVQ h1+8(FP), SI
-	MOVQ nb+16(FP), CX
-	MOVQ m+24(FP), AX
+TEXT ·bucketStartsx512(SB), NOSPLIT, $0-48
+	MOVQ h+0(FP), DI
+	MOVQ nb+8(FP), CX
+	MOVQ m+16(FP), AX
 	DECQ AX
 	VPBROADCASTD AX, Y20         // the last rank
-	MOVQ line+32(FP), R11
+	MOVQ line+24(FP), R11
 	BOUNDCONSTS(0)
-	MOVQ pk+40(FP), R9
+	MOVQ pk+32(FP), R9
 	VPXORD Y0, Y0, Y0            // zero
 	VPXORD Y21, Y21, Y21         // the ranks before these buckets
-	VPTERNLOGD $0xff, Y22, Y22, Y22 // -1
 	MOVL $7, AX
 	VPBROADCASTD AX, Y23         // lane 7
+	VMULPD Z30, Z28, Z6
+	VCVTTPD2UQQ Z6, Z6           // top(0): the previous end's top
 
 bsloop:
-	VMOVDQU32 (DI), Y1
-	VPADDD (SI), Y1, Y1          // counts
+	VMOVDQU32 (DI), Y1           // counts
 	VALIGND $7, Y0, Y1, Y2       // counts shifted up a lane
 	VPADDD Y2, Y1, Y2
 	VALIGND $6, Y0, Y2, Y3
@@ -287,22 +286,53 @@ bsloop:
 	VPSUBD Y1, Y2, Y3            // starts
 	VMOVDQU32 Y3, (DI)
 	VPERMD Y2, Y23, Y21          // the next buckets' first rank
-	VPMINSD Y20, Y3, Y3          // first rank, at most m - 1
-	VPADDD Y22, Y2, Y2
-	VPMAXSD Y0, Y2, Y2           // last rank, at least 0
-	VCVTDQ2PD Y3, Z4
-	VCVTDQ2PD Y2, Z5
-	BOUNDS(Z4, Z6, Z7)           // the first rank's lo in Z6
-	BOUNDS(Z5, Z8, Z9)           // the last rank's hi in Z9
-	VPSLLQ $32, Z9, Z9
-	VPORQ Z6, Z9, Z9
-	VMOVDQU64 Z9, (R9)
+	VPMINSD Y20, Y2, Y2          // at most m - 1
+	VCVTDQ2PD Y2, Z4
+	VMOVAPD Z28, Z5
+	VFMADD231PD Z29, Z4, Z5
+	VMULPD Z30, Z5, Z5
+	VCVTTPD2UQQ Z5, Z5           // the ends' tops
+	VALIGNQ $7, Z6, Z5, Z7       // the starts' tops: the previous ends'
+	VMOVDQA64 Z5, Z6
+	VPMAXUQ Z31, Z7, Z7
+	VPSUBQ Z31, Z7, Z7           // lo
+	VPADDQ Z25, Z5, Z5
+	VPMINUQ Z15, Z5, Z5          // hi
+	VPSLLQ $32, Z5, Z5
+	VPORQ Z7, Z5, Z5
+	VMOVDQU64 Z5, (R9)
 	ADDQ $32, DI
-	ADDQ $32, SI
 	ADDQ $64, R9
 	SUBQ $8, CX
 	JNZ bsloop
 	VMOVD X21, AX
-	MOVQ AX, total+48(FP)
+	MOVQ AX, total+40(FP)
 	VZEROUPPER
+	RET
+
+// func bucketCountsx(h *int32, bk *uint16, n int, mask uint64)
+// h[bk[j] & mask]++ for j < n (n a multiple of 4): scalar, four entries a
+// step.
+TEXT ·bucketCountsx(SB), NOSPLIT, $0-32
+	MOVQ h+0(FP), DI
+	MOVQ bk+8(FP), SI
+	MOVQ n+16(FP), CX
+	MOVQ mask+24(FP), R9
+
+bcloop:
+	MOVWLZX 0(SI), AX
+	MOVWLZX 2(SI), BX
+	MOVWLZX 4(SI), DX
+	MOVWLZX 6(SI), R8
+	ANDQ R9, AX
+	ANDQ R9, BX
+	ANDQ R9, DX
+	ANDQ R9, R8
+	INCL (DI)(AX*4)
+	INCL (DI)(BX*4)
+	INCL (DI)(DX*4)
+	INCL (DI)(R8*4)
+	ADDQ $8, SI
+	SUBQ $4, CX
+	JNZ bcloop
 	RET

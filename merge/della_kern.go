@@ -78,20 +78,30 @@ func newRankLine(d, eps float64, m int) rankLine {
 	return rankLine{d, 0}
 }
 
+// top returns p(r) 2^32, truncated.
+func (l rankLine) top(r int) uint64 {
+	return uint64(math.FMA(l.slope, float64(r), l.a) * (1 << 32))
+}
+
 // bounds returns bounds on the top 32 bits of the threshold of rank r
 // (thr[r] >> 21, thr[r] = ceil(p(r) 2^53)): lo <= thr[r] >> 21 <= hi. A
 // draw whose top 32 bits N are below lo is kept (n < (N + 1) 2^21 <=
 // thr[r]), above hi dropped; in between it is left open. The line's
 // rounding moves p(r) 2^32 by far less than the margins of 1 and 2.
 func (l rankLine) bounds(r int) (lo, hi uint64) {
-	t := uint64(math.FMA(l.slope, float64(r), l.a) * (1 << 32))
-	return max(t, 1) - 1, min(t+2, 1<<32-1)
+	return boundsOf(l.top(r), l.top(r))
+}
+
+// boundsOf returns the lo bound of a rank of top tlo and the hi bound of a
+// rank of top thi.
+func boundsOf(tlo, thi uint64) (lo, hi uint64) {
+	return max(tlo, 1) - 1, min(thi+2, 1<<32-1)
 }
 
 // decideParams are decideBits' inputs (decideArgs in della_amd64.s).
 type decideParams struct {
 	ctr, step uint64  // the counter of Uniform's draw of entry 0, and its step per entry
-	pk        *uint64 // by bucket: bounds lo | hi << 32 (bucketBounds)
+	pk        *uint64 // by bucket: bounds lo | hi << 32 (bucketStarts)
 	line      rankLine
 	zc        int64 // the rank of the next zero entry
 	kb, open  *byte // outputs: a bit per entry
@@ -181,34 +191,51 @@ func bucketMembers(out []int32, bk []uint16, b uint16) []int32 {
 	return out[:k]
 }
 
-// bucketStarts turns the bucket counts h0[b] + h1[b] (b < nb = len(pk),
-// a multiple of 8) into the buckets' first ranks, in h0 (h0[nb] = the
-// total, the row's length m), and sets pk[b] to the bounds (rankLine.bounds)
-// of bucket b's first rank (at most m - 1) in its low 32 bits and of its
-// last rank (at least 0) in its high bits: every rank of the bucket has
-// its threshold's top bits within them (an empty bucket's are never
-// read).
-func bucketStarts(h0, h1 []int32, m int, line rankLine, pk []uint64) {
-	nb := len(pk)
-	h0, h1 = h0[:nb+1], h1[:nb]
-	if haveAVX512 && nb > 0 && nb&7 == 0 {
-		h0[nb] = int32(bucketStartsx512(&h0[0], &h1[0], nb, m, &line, &pk[0]))
-		return
+// bucketCounts adds to h (a power of two long) the count of each bucket
+// of bk (each below len(h)). The scalar loop is in assembly where the
+// AVX-512 kernels are: Go's bounds checks cost it half its speed.
+func bucketCounts(h []int32, bk []uint16) {
+	n := 0
+	if haveAVX512 && len(h)&(len(h)-1) == 0 {
+		if n = len(bk) &^ 3; n > 0 {
+			bucketCountsx(&h[0], &bk[0], n, uint64(len(h)-1))
+		}
 	}
-	bucketStartsGo(h0, h1, m, line, pk)
+	for _, b := range bk[n:] {
+		h[b]++
+	}
 }
 
-func bucketStartsGo(h0, h1 []int32, m int, line rankLine, pk []uint64) {
-	nb, last := len(pk), int32(m-1)
-	h0, h1 = h0[:nb+1], h1[:nb]
-	var s int32
-	for b := range nb {
-		n := h0[b] + h1[b]
-		h0[b] = s
-		lo, _ := line.bounds(int(min(s, last)))
-		_, hi := line.bounds(int(max(s+n-1, 0)))
-		pk[b] = lo | hi<<32
-		s += n
+// bucketStarts turns the bucket counts h[b] (b < nb = len(pk), a multiple
+// of 8) into the buckets' first ranks (h[nb] = the total, the row's
+// length m), and sets pk[b] to bounds on the top bits of the thresholds of
+// bucket b's ranks [s, e): the lo bound of rank min(s, m-1) in its low 32
+// bits and, in its high bits, the hi bound of a rank of top top(min(e,
+// m-1)), at least rank e - 1's (top is monotone): each bucket's bounds
+// take one top, shared with the next bucket (an empty bucket's are never
+// read).
+func bucketStarts(h []int32, m int, line rankLine, pk []uint64) {
+	nb := len(pk)
+	h = h[:nb+1]
+	if haveAVX512 && nb > 0 && nb&7 == 0 {
+		h[nb] = int32(bucketStartsx512(&h[0], nb, m, &line, &pk[0]))
+		return
 	}
-	h0[nb] = s
+	bucketStartsGo(h, m, line, pk)
+}
+
+func bucketStartsGo(h []int32, m int, line rankLine, pk []uint64) {
+	nb, last := len(pk), int32(m-1)
+	h = h[:nb+1]
+	var s int32
+	prev := line.top(0)
+	for b := range nb {
+		e := s + h[b]
+		h[b] = s
+		t := line.top(int(min(e, last)))
+		lo, hi := boundsOf(prev, t)
+		pk[b] = lo | hi<<32
+		prev, s = t, e
+	}
+	h[nb] = s
 }

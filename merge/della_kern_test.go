@@ -2,6 +2,7 @@ package merge
 
 import (
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -47,16 +48,16 @@ func TestDellaKernelsMatchGo(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("m=%d: bucketize differs", m)
 		}
-		// decideBits: random bucket bounds (some wide, so that entries are
-		// left open) and a row's line for the zeros
-		nb := int(slices.Max(want)) + 1
-		line := newRankLine(0.5, 0.15, m)
+		// decideBits: the buckets' bounds (wide ones: buckets of many
+		// ranks, so that many entries are left open)
+		nb := (int(slices.Max(want)) + 8) &^ 7
+		line := newRankLine(0.5, 0.45, m)
 		pk := make([]uint64, nb)
-		for q := range pk {
-			lo := r.Uint64N(1 << 32)
-			hi := min(lo+r.Uint64N(1<<28), 1<<32-1)
-			pk[q] = lo | hi<<32
+		h0 := make([]int32, nb+1)
+		for _, q := range want {
+			h0[q]++
 		}
+		bucketStartsGo(h0, m, line, pk)
 		words := (m + 63) / 64
 		kb, open, kb0, open0 := make([]uint64, words), make([]uint64, words), make([]uint64, words), make([]uint64, words)
 		step := uint64(0x9E3779B97F4A7C15) * uint64(m+2)
@@ -65,22 +66,38 @@ func TestDellaKernelsMatchGo(t *testing.T) {
 		if zc != zc0 || !slices.Equal(kb, kb0) || !slices.Equal(open, open0) {
 			t.Fatalf("m=%d: decideBits differs (zeros %d, Go %d)", m, zc, zc0)
 		}
-		// bucketStarts, with empty buckets first and last
+		if m >= 257 && (popcount(kb) == 0 || popcount(open) == 0) {
+			t.Fatalf("m=%d: %d kept, %d open: the case tests too little", m, popcount(kb), popcount(open))
+		}
+		// bucketCounts and bucketStarts, with empty buckets first and
+		// last; every rank's threshold within its bucket's bounds
+		thr := dellaThresholds(0.5, 0.45, m)
 		for _, nb := range []int{8, 64, 2048} {
-			h0, h1 := make([]int32, nb+1), make([]int32, nb)
-			for j := range m {
-				if q := 1 + r.IntN(nb-2); j&1 == 0 {
-					h0[q]++
-				} else {
-					h1[q]++
-				}
+			bq := make([]uint16, m)
+			for j := range bq {
+				bq[j] = uint16(1 + r.IntN(nb-2))
 			}
-			g0, g1 := slices.Clone(h0), slices.Clone(h1)
+			h0 := make([]int32, nb+1)
+			bucketCounts(h0[:nb], bq)
+			g0 := make([]int32, nb+1)
+			for _, q := range bq {
+				g0[q]++
+			}
+			if !slices.Equal(h0, g0) {
+				t.Fatalf("m=%d nb=%d: bucketCounts differs", m, nb)
+			}
 			p, p0 := make([]uint64, nb), make([]uint64, nb)
-			bucketStarts(h0, h1, m, line, p)
-			bucketStartsGo(g0, g1, m, line, p0)
+			bucketStarts(h0, m, line, p)
+			bucketStartsGo(g0, m, line, p0)
 			if !slices.Equal(h0, g0) || !slices.Equal(p, p0) || h0[nb] != int32(m) {
 				t.Fatalf("m=%d nb=%d: bucketStarts differs", m, nb)
+			}
+			for q := range nb {
+				for rank := h0[q]; rank < h0[q+1]; rank++ {
+					if top := thr[rank] >> 21; top < p[q]&(1<<32-1) || top > p[q]>>32 {
+						t.Fatalf("m=%d nb=%d: bucket %d, rank %d: threshold's top bits %d outside [%d, %d]", m, nb, q, rank, top, p[q]&(1<<32-1), p[q]>>32)
+					}
+				}
 			}
 		}
 		// maskDelta at every bit offset
@@ -161,4 +178,53 @@ func TestRankLineBounds(t *testing.T) {
 			}
 		}
 	}
+}
+
+func popcount(w []uint64) (n int) {
+	for _, v := range w {
+		n += bits.OnesCount64(v)
+	}
+	return n
+}
+
+// BenchmarkDecideBits: decideBits on a row of 14336 entries in 4096
+// buckets (an 8B model's down_proj row), 0.5 +/- 0.15.
+func BenchmarkDecideBits(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	m, nb := 14336, 4096
+	bk := make([]uint16, m)
+	h0 := make([]int32, nb+1)
+	for j := range bk {
+		bk[j] = uint16(1 + r.IntN(nb-1))
+		h0[bk[j]]++
+	}
+	line := newRankLine(0.5, 0.15, m)
+	pk := make([]uint64, nb)
+	bucketStartsGo(h0, m, line, pk)
+	kb, open := make([]uint64, m/64), make([]uint64, m/64)
+	for b.Loop() {
+		clear(kb)
+		clear(open)
+		decideBits(kb, open, bk, 1, 3, pk, line, 0)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(m), "ns/elem")
+}
+
+// BenchmarkBucketStarts: bucketStarts of 4096 buckets (BenchmarkDecideBits'
+// row).
+func BenchmarkBucketStarts(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	m, nb := 14336, 4096
+	h0 := make([]int32, nb+1)
+	for range m {
+		h0[1+r.IntN(nb-1)]++
+	}
+	c0 := slices.Clone(h0)
+	line := newRankLine(0.5, 0.15, m)
+	pk := make([]uint64, nb)
+	for b.Loop() {
+		copy(h0, c0)
+		bucketStarts(h0, m, line, pk)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(m), "ns/elem")
 }

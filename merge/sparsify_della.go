@@ -181,7 +181,6 @@ type dellaRow struct {
 	rank       []int32   // decide: exact ranks of the entries of sorted buckets
 	amb        []int32   // decide: the entries whose bucket leaves the decision open
 	start, cur []int32   // decide: bucket b holds ranks [start[b], start[b+1])
-	h1         []int32   // decide: the odd entries' bucket counts
 	sorted     []bool    // decide: buckets sorted for exact ranks
 	pk         []uint64  // decide: each bucket's bounds on its thresholds (bucketStarts)
 	err        error
@@ -299,7 +298,7 @@ func (tr *dellaTrim) row(c *dellaRow, i, row int, x, b []float64) error {
 			nb := tr.buckets()
 			c.kbits, c.openw, c.bk, c.order, c.rank = make([]uint64, (m+63)/64), make([]uint64, (m+63)/64), make([]uint16, m), make([]int32, m), make([]int32, m)
 			c.memb = make([]int32, m)
-			c.start, c.h1, c.cur, c.sorted = make([]int32, nb+1), make([]int32, nb), make([]int32, nb), make([]bool, nb)
+			c.start, c.cur, c.sorted = make([]int32, nb+1), make([]int32, nb), make([]bool, nb)
 			c.pk = make([]uint64, nb)
 		}
 	}
@@ -380,23 +379,12 @@ func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64) {
 	base := low>>sh - 1 // the smallest non-zero key's bucket is 1
 	bk := c.bk[:m]
 	bucketize(bk, xs, bs, sh, base)
-	// bucket b holds ranks [start[b], start[b+1]): counts in two tables
-	// (even and odd entries: a run of one bucket does not wait on itself),
-	// then the starts and the thresholds of each bucket's first and last
-	// rank
-	start, h1 := c.start[:nb+1], c.h1[:nb]
+	// bucket b holds ranks [start[b], start[b+1])
+	start := c.start[:nb+1]
 	clear(start)
-	clear(h1)
-	j := 0
-	for ; j+2 <= m; j += 2 {
-		start[bk[j]]++
-		h1[bk[j+1]]++
-	}
-	if j < m {
-		start[bk[j]]++
-	}
+	bucketCounts(start[:nb], bk)
 	pk := c.pk[:nb]
-	bucketStarts(start, h1, m, line, pk)
+	bucketStarts(start, m, line, pk)
 	decideBits(kb, openw, bk, ctr, step, pk, line, 0)
 	// the entries the bounds left open: most are settled by the exact
 	// thresholds of their bucket's first and last rank; the others need
