@@ -15,7 +15,10 @@ func bucketizex512(bk *uint16, x, b *float64, n int, sh, base uint64)
 func decideBitsx512(bk *uint16, n int, p *decideParams) (zc int64)
 
 //go:noescape
-func maskDeltax512(d, x, b *float64, n int, bits *byte, w float64)
+func maskDeltax512(d, x, b *float64, n int, bits *byte, w, s float64)
+
+//go:noescape
+func absSumsMaskedx512(x, b *float64, n int, bits *byte) (before, after float64)
 
 //go:noescape
 func bucketMembersx512(out *int32, bk *uint16, n int, b uint16) int

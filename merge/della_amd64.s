@@ -193,21 +193,23 @@ decloop:
 	VZEROUPPER
 	RET
 
-// func maskDeltax512(d, x, b *float64, n int, bits *byte, w float64)
-// d[q] = (x[q] - b[q]) * w where bit q of bits is set, else +0.
-TEXT ·maskDeltax512(SB), NOSPLIT, $0-48
+// func maskDeltax512(d, x, b *float64, n int, bits *byte, w, s float64)
+// d[q] = ((x[q] - b[q]) * w) * s where bit q of bits is set, else +0.
+TEXT ·maskDeltax512(SB), NOSPLIT, $0-56
 	MOVQ d+0(FP), DI
 	MOVQ x+8(FP), R8
 	MOVQ b+16(FP), R10
 	MOVQ n+24(FP), CX
 	MOVQ bits+32(FP), SI
 	VBROADCASTSD w+40(FP), Z25
+	VBROADCASTSD s+48(FP), Z26
 
 mdloop:
 	KMOVB (SI), K1
 	VMOVUPD (R8), Z1
 	VSUBPD (R10), Z1, Z1
 	VMULPD Z25, Z1, Z1
+	VMULPD Z26, Z1, Z1
 	VMOVAPD.Z Z1, K1, Z1
 	VMOVUPD Z1, (DI)
 	ADDQ $64, R8
@@ -216,6 +218,49 @@ mdloop:
 	INCQ SI
 	SUBQ $8, CX
 	JNZ mdloop
+	VZEROUPPER
+	RET
+
+// func absSumsMaskedx512(x, b *float64, n int, bits *byte) (before, after float64)
+// absSumsx512 of x - b and of its entries whose bit is set (n > 0, a
+// multiple of 8).
+TEXT ·absSumsMaskedx512(SB), NOSPLIT, $0-48
+	MOVQ x+0(FP), R8
+	MOVQ b+8(FP), R10
+	MOVQ n+16(FP), CX
+	MOVQ bits+24(FP), SI
+	MOVQ $0x7fffffffffffffff, AX
+	VPBROADCASTQ AX, Z18
+	VPXORQ Z4, Z4, Z4
+	VPXORQ Z5, Z5, Z5
+
+amloop:
+	KMOVB (SI), K1
+	VMOVUPD (R8), Z1
+	VSUBPD (R10), Z1, Z1
+	VANDPD Z18, Z1, Z1
+	VADDPD Z1, Z4, Z4
+	VMOVAPD.Z Z1, K1, Z2
+	VADDPD Z2, Z5, Z5
+	ADDQ $64, R8
+	ADDQ $64, R10
+	INCQ SI
+	SUBQ $8, CX
+	JNZ amloop
+	VEXTRACTF64X4 $1, Z4, Y1
+	VADDPD Y1, Y4, Y4
+	VEXTRACTF128 $1, Y4, X1
+	VADDPD X1, X4, X4
+	VPERMILPD $1, X4, X1
+	VADDSD X1, X4, X4
+	VMOVSD X4, before+32(FP)
+	VEXTRACTF64X4 $1, Z5, Y1
+	VADDPD Y1, Y5, Y5
+	VEXTRACTF128 $1, Y5, X1
+	VADDPD X1, X5, X5
+	VPERMILPD $1, X5, X1
+	VADDSD X1, X5, X5
+	VMOVSD X5, after+40(FP)
 	VZEROUPPER
 	RET
 

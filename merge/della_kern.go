@@ -146,27 +146,72 @@ func decideBitsGo(kb, open []uint64, bk []uint16, j0 int, ctr, step uint64, pk [
 	return zc
 }
 
-// maskDelta writes (x - b) w where bit pos+q of bits is set, else +0 (a
-// mask, not a branch).
-func maskDelta(d, x, b []float64, bits []uint64, pos int, w float64) {
+// maskDelta writes ((x - b) w) s where bit pos+q of bits is set, else +0
+// (a mask, not a branch; s = 1 leaves (x - b) w as it is).
+func maskDelta(d, x, b []float64, bits []uint64, pos int, w, s float64) {
 	x, b = x[:len(d)], b[:len(d)]
 	head := min(len(d), (8-pos&7)&7) // to a whole byte of bits
-	maskDeltaGo(d[:head], x, b, bits, pos, w)
+	maskDeltaGo(d[:head], x, b, bits, pos, w, s)
 	if haveAVX512 {
 		if n := (len(d) - head) &^ 7; n > 0 {
-			maskDeltax512(&d[head], &x[head], &b[head], n, (*byte)(unsafe.Add(unsafe.Pointer(&bits[0]), (pos+head)>>3)), w)
+			maskDeltax512(&d[head], &x[head], &b[head], n, bitsAt(bits, pos+head), w, s)
 			head += n
 		}
 	}
-	maskDeltaGo(d[head:], x[head:], b[head:], bits, pos+head, w)
+	maskDeltaGo(d[head:], x[head:], b[head:], bits, pos+head, w, s)
 }
 
-func maskDeltaGo(d, x, b []float64, bits []uint64, pos int, w float64) {
+func maskDeltaGo(d, x, b []float64, bits []uint64, pos int, w, s float64) {
 	x, b = x[:len(d)], b[:len(d)]
 	for q := range d {
 		keep := bits[(pos+q)>>6] >> ((pos + q) & 63) & 1
-		d[q] = math.Float64frombits(math.Float64bits((x[q]-b[q])*w) & -keep)
+		d[q] = math.Float64frombits(math.Float64bits((x[q]-b[q])*w*s) & -keep)
 	}
+}
+
+// bitsAt points at the byte of bits holding bit e (e a multiple of 8).
+func bitsAt(bits []uint64, e int) *byte {
+	_ = bits[(e+7)>>6] // bounds
+	return (*byte)(unsafe.Add(unsafe.Pointer(&bits[0]), e>>3))
+}
+
+// absSumsMasked returns absSums(x, b, d) for d = x - b where bit lo+q of
+// bits is set, else +0, without writing d (the L1 pass needs only the
+// sums); lo must be a multiple of 8.
+func absSumsMasked(x, b []float64, bits []uint64, lo int) (before, after float64) {
+	b = b[:len(x)]
+	n := 0
+	if haveAVX512 {
+		if n = len(x) &^ 7; n > 0 {
+			before, after = absSumsMaskedx512(&x[0], &b[0], n, bitsAt(bits, lo))
+		}
+	}
+	if n == 0 {
+		before, after = absSumsMaskedGo(x, b, bits, lo)
+		n = len(x) &^ 7
+	}
+	for j := n; j < len(x); j++ {
+		v := math.Abs(x[j] - b[j])
+		before += v
+		after += math.Float64frombits(math.Float64bits(v) & -(bits[(lo+j)>>6] >> ((lo + j) & 63) & 1))
+	}
+	return before, after
+}
+
+// absSumsMaskedGo is absSumsMasked over the whole groups of eight.
+func absSumsMaskedGo(x, b []float64, bits []uint64, lo int) (before, after float64) {
+	var sb, sa [8]float64
+	n := len(x) &^ 7
+	x, b = x[:n], b[:n]
+	for j := 0; j < n; j += 8 {
+		for l := range 8 {
+			e := lo + j + l
+			v := math.Abs(x[j+l] - b[j+l])
+			sb[l] += v
+			sa[l] += math.Float64frombits(math.Float64bits(v) & -(bits[e>>6] >> (e & 63) & 1))
+		}
+	}
+	return sum8(&sb), sum8(&sa)
 }
 
 // bucketMembers returns the entries of bucket b, in index order, in out's

@@ -106,16 +106,34 @@ func TestDellaKernelsMatchGo(t *testing.T) {
 			bits[q] = r.Uint64()
 		}
 		for pos := range 17 {
-			for _, w := range []float64{1, -0.7} {
+			for _, ws := range [][2]float64{{1, 1}, {-0.7, 1}, {-0.7, 1.37}} {
 				d, d0 := make([]float64, m), make([]float64, m)
-				maskDelta(d, x, b, bits, pos, w)
-				maskDeltaGo(d0, x, b, bits, pos, w)
+				maskDelta(d, x, b, bits, pos, ws[0], ws[1])
+				maskDeltaGo(d0, x, b, bits, pos, ws[0], ws[1])
 				sameBits(t, "maskDelta", d, d0)
+				// scaled in the loop: maskDelta's deltas times s, bit for bit
+				maskDelta(d0, x, b, bits, pos, ws[0], 1)
+				scaleBy(d0, ws[1])
+				sameBits(t, "maskDelta scaled", d, d0)
+			}
+		}
+		// absSumsMasked: absSums of the masked deltas, at offsets of whole
+		// bytes of bits
+		for _, lo := range []int{0, 8, 16} {
+			d := make([]float64, m)
+			maskDelta(d, x, b, bits, lo, 1, 1)
+			before, after := absSumsMasked(x, b, bits, lo)
+			b0, a0 := absSums(x, b, d)
+			sameBits(t, "absSumsMasked", []float64{before, after}, []float64{b0, a0})
+			if haveAVX512 && m >= 8 {
+				g0, g1 := absSumsMaskedGo(x, b, bits, lo)
+				w0, w1 := absSumsGo(x, b, d)
+				sameBits(t, "absSumsMaskedGo", []float64{g0, g1}, []float64{w0, w1})
 			}
 		}
 		// absSums: the kernel's order, and close to the plain sums
 		d := make([]float64, m)
-		maskDeltaGo(d, x, b, bits, 3, -0.7)
+		maskDeltaGo(d, x, b, bits, 3, -0.7, 1)
 		before, after := absSums(x, b, d)
 		b0, a0 := absSumsGo(x, b, d)
 		var pb, pa float64

@@ -71,6 +71,18 @@ type keepRecorder interface {
 	replay()
 	// release frees the recorded decisions; no trim may follow.
 	release()
+	// recordBlock records model i's decisions of a block (elements lo,
+	// lo+1, ... of x and b) without trimming, and returns the recorded
+	// bits (element e kept: bit e set); false when it does not record
+	// them (not recording, or model i not sparsified by keep decisions):
+	// the caller trims.
+	recordBlock(i int, x, b []float64, lo int) (bits []uint64, ok bool)
+}
+
+// scaledTrimmer is a trimmer that can multiply its output by s > 0 in the
+// same loop: trimScaled gives trim's d times s, bit for bit.
+type scaledTrimmer interface {
+	trimScaled(i int, d, x, b []float64, lo int, w, s float64) bool
 }
 
 // reserveKeep reserves n bytes of recorded keep decisions within the job's
@@ -123,6 +135,13 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 		defer bufs.Put(bp)
 		b := in[n]
 		for i := range n {
+			// recording: only the sums of the kept deltas are needed
+			if tr.done != nil && lo%8 == 0 {
+				if bits, ok := rec.recordBlock(i, in[i][:len(b)], b, lo); ok {
+					acc[2*i], acc[2*i+1] = absSumsMasked(in[i][:len(b)], b, bits, lo)
+					continue
+				}
+			}
 			d := (*bp)[:len(b)]
 			if !inner.trim(i, d, in[i], b, lo, 1) {
 				continue
@@ -149,6 +168,9 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 }
 
 func (tr *l1Trim) trim(i int, d, x, b []float64, lo int, w float64) bool {
+	if st, ok := tr.inner.(scaledTrimmer); ok && tr.scale[i] != 0 {
+		return st.trimScaled(i, d, x, b, lo, w, tr.scale[i])
+	}
 	if !tr.inner.trim(i, d, x, b, lo, w) {
 		return false
 	}

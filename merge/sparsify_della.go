@@ -591,6 +591,11 @@ func argsortStable(keys []uint64, idx, tmp []int32, hist *[256]int32) []int32 {
 }
 
 func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
+	return tr.trimScaled(i, d, x, b, lo, w, 1)
+}
+
+// trimScaled is trim followed by a multiplication by s (see scaledTrimmer).
+func (tr *dellaTrim) trimScaled(i int, d, x, b []float64, lo int, w, s float64) bool {
 	if !tr.sparse[i] {
 		return false
 	}
@@ -599,18 +604,55 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		return true
 	}
 	if tr.mode == keepReplay {
-		maskDelta(d, x, b, tr.kept[i], lo, w)
+		maskDelta(d, x, b, tr.kept[i], lo, w, s)
 		return true
 	}
+	key := tr.keys[i]
+	tr.runs(i, x[:len(d)], b[:len(d)], lo, func(c *dellaRow, k, pos int, xs, bs []float64) {
+		ds := d[k : k+len(xs)]
+		if !tr.inv {
+			// kept: v * w; dropped: +0 (a mask, not a branch)
+			maskDelta(ds, xs, bs, c.kbits, pos, w, s)
+			if tr.mode == keepRecord {
+				orBits(tr.kept[i], lo+k, c.kbits, pos, len(xs))
+			}
+			return
+		}
+		for q, p := range c.p[pos : pos+len(xs)] {
+			// kept: v / p * w; dropped: +0 (a mask, not a branch: the
+			// draws are unpredictable)
+			keep := b2u(Uniform(key, lo+k+q) < p)
+			ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])/p*w*s) & -keep)
+		}
+	})
+	return true
+}
+
+// recordBlock records model i's keep decisions of a block without
+// trimming (see keepRecorder).
+func (tr *dellaTrim) recordBlock(i int, x, b []float64, lo int) ([]uint64, bool) {
+	if !tr.sparse[i] || tr.dens[i] <= 0 || tr.mode != keepRecord {
+		return nil, false
+	}
+	tr.runs(i, x, b[:len(x)], lo, func(c *dellaRow, k, pos int, xs, _ []float64) {
+		orBits(tr.kept[i], lo+k, c.kbits, pos, len(xs))
+	})
+	return tr.kept[i], true
+}
+
+// runs calls fn on the runs of a block (elements lo, lo+1, ... of x and b)
+// within one row, with model i's decisions of the row in c: the run's
+// elements are xs and bs, from element k of the block and position pos
+// of the row.
+func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k, pos int, xs, bs []float64)) {
 	cs := tr.cache.Get().(*dellaRowCache)
 	defer tr.cache.Put(cs)
 	c := (*cs)[i]
-	x, b = x[:len(d)], b[:len(d)]
-	for k := 0; k < len(d); {
+	for k := 0; k < len(x); {
 		row, pos := tr.rows.of(lo + k)
 		// the block's own values when it holds the whole row
 		var xr, br []float64
-		if m := tr.rows.length; tr.rows.inner == 1 && pos == 0 && len(d)-k >= m {
+		if m := tr.rows.length; tr.rows.inner == 1 && pos == 0 && len(x)-k >= m {
 			xr, br = x[k:k+m], b[k:k+m]
 		}
 		if err := tr.row(c, i, row, xr, br); err != nil {
@@ -622,35 +664,11 @@ func (tr *dellaTrim) trim(i int, d, x, b []float64, lo int, w float64) bool {
 		// rows are contiguous, else one element
 		n := 1
 		if tr.rows.inner == 1 {
-			n = min(len(d)-k, tr.rows.length-pos)
+			n = min(len(x)-k, tr.rows.length-pos)
 		}
-		xs, bs, ds := x[k:k+n], b[k:k+n], d[k:k+n]
-		if !tr.inv {
-			// kept: v * w; dropped: +0 (a mask, not a branch)
-			maskDelta(ds, xs, bs, c.kbits, pos, w)
-			if tr.mode == keepRecord {
-				orBits(tr.kept[i], lo+k, c.kbits, pos, n)
-			}
-			k += n
-			continue
-		}
-		ps, key := c.p[pos:pos+n], tr.keys[i]
-		for q, p := range ps {
-			v := xs[q] - bs[q]
-			if tr.inv {
-				v /= p
-			}
-			// kept: v * w; dropped: +0 (a mask, not a branch: the draws
-			// are unpredictable)
-			var keep uint64
-			if Uniform(key, lo+k+q) < p {
-				keep = 1
-			}
-			ds[q] = math.Float64frombits(math.Float64bits(v*w) & -keep)
-		}
+		fn(c, k, pos, x[k:k+n], b[k:k+n])
 		k += n
 	}
-	return true
 }
 
 // orBits ORs bits [pos, pos+n) of src into dst at bit e, up to a word at a
