@@ -160,8 +160,25 @@ decloop:
 	VPXORQ Z3, Z2, Z2
 	VPSRLQ $32, Z2, Z2           // N: the draw's top 32 bits
 	VPMOVZXWQ (SI), Z5           // buckets
-	KXNORB K4, K4, K4
-	VPGATHERQQ (R8)(Z5*8), K4, Z7 // bounds lo | hi << 32
+	MOVWLZX 0(SI), AX            // the buckets' bounds, loaded one by one
+	MOVWLZX 2(SI), BX            // (cheaper than a gather here)
+	MOVWLZX 4(SI), DX
+	MOVWLZX 6(SI), R9
+	VMOVQ (R8)(AX*8), X7
+	VPINSRQ $1, (R8)(BX*8), X7, X7
+	VMOVQ (R8)(DX*8), X8
+	VPINSRQ $1, (R8)(R9*8), X8, X8
+	MOVWLZX 8(SI), AX
+	MOVWLZX 10(SI), BX
+	MOVWLZX 12(SI), DX
+	MOVWLZX 14(SI), R9
+	VMOVQ (R8)(AX*8), X9
+	VPINSRQ $1, (R8)(BX*8), X9, X9
+	VMOVQ (R8)(DX*8), X10
+	VPINSRQ $1, (R8)(R9*8), X10, X10
+	VINSERTI128 $1, X8, Y7, Y7
+	VINSERTI128 $1, X10, Y9, Y9
+	VINSERTI64X4 $1, Y9, Z7, Z7
 	VPANDQ Z15, Z7, Z8           // lo
 	VPSRLQ $32, Z7, Z9           // hi
 	VPTESTNMQ Z5, Z5, K3         // zero entries: ranks zc, zc+1, ...
