@@ -76,7 +76,17 @@ type keepRecorder interface {
 	// bits (element e kept: bit e set); false when it does not record
 	// them (not recording, or model i not sparsified by keep decisions):
 	// the caller trims.
-	recordBlock(i int, x, b []float64, lo int) (bits []uint64, ok bool)
+	// An error is one of reading the inputs (values beyond the block).
+	recordBlock(i int, x, b []float64, lo int) (bits []uint64, ok bool, err error)
+}
+
+// inputChecker is a trimmer whose trims read values beyond their block
+// (DELLA's rows): checkInputs decodes every value of the inputs once, so
+// that a non-finite one is an error before the trims, which cannot return
+// errors, run. The L1 pass skips it when it records decisions (its
+// recordBlock returns the errors).
+type inputChecker interface {
+	checkInputs(ctx context.Context, t *TensorJob) error
 }
 
 // scaledTrimmer is a trimmer that can multiply its output by s > 0 in the
@@ -129,6 +139,11 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 			}
 		}
 	}
+	if ic, ok := inner.(inputChecker); ok && tr.done == nil {
+		if err := ic.checkInputs(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	bufs := sync.Pool{New: func() any { b := make([]float64, BlockSize); return &b }}
 	sums, err := t.Sums(ctx, ins, 2*n, func(lo int, in [][]float64, acc []float64) error {
 		bp := bufs.Get().(*[]float64)
@@ -137,7 +152,11 @@ func l1Rescaled(ctx context.Context, t *TensorJob, ins []*Input, inner trimmer) 
 		for i := range n {
 			// recording: only the sums of the kept deltas are needed
 			if tr.done != nil && lo%8 == 0 {
-				if bits, ok := rec.recordBlock(i, in[i][:len(b)], b, lo); ok {
+				bits, ok, err := rec.recordBlock(i, in[i][:len(b)], b, lo)
+				if err != nil {
+					return err
+				}
+				if ok {
 					acc[2*i], acc[2*i+1] = absSumsMasked(in[i][:len(b)], b, bits, lo)
 					continue
 				}

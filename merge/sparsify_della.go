@@ -54,6 +54,7 @@ type dellaTrim struct {
 	kept   [][]uint64       // per model: recorded keep decisions, a bit per element (nil: none)
 	frees  []func()         // unmap kept
 	mode   int              // keepDecide, keepRecord or keepReplay
+	wide   bool             // trims read values beyond their block, not yet checked (checkInputs)
 }
 
 // Modes of a dellaTrim's keep decisions (see keepRecorder).
@@ -236,17 +237,26 @@ func (s dellaSparsifier) prepare(ctx context.Context, t *TensorJob, ins []*Input
 		for k, i := range which {
 			tr.keys[i] = MaskKey(s.seed, t.Name, hs[k])
 		}
-		// when a row can reach beyond a block, the kernel reads values
-		// beyond its block: every value is decoded once here first, so a
-		// non-finite one is reported as an error (within a block, the
-		// passes' own decoding reports it)
-		if r := tr.rows; r.inner != 1 || BlockSize%r.length != 0 {
-			if err := t.Pass(ctx, ins, func(int, int, [][]float64) error { return nil }); err != nil {
-				return nil, err
-			}
-		}
+		// when a row can reach beyond a block, trims read values beyond
+		// their block: see checkInputs
+		r := tr.rows
+		tr.wide = r.inner != 1 || BlockSize%r.length != 0
 	}
 	return tr, nil
+}
+
+// checkInputs decodes every value of the inputs once when trims read
+// values beyond their block (rows longer than a block, or strided), so
+// that a non-finite one is an error here, not a failure inside a trim
+// (within a block, the passes' own decoding reports it). The L1 pass
+// needs no such pass when it records the decisions: recordBlock returns
+// the errors.
+func (tr *dellaTrim) checkInputs(ctx context.Context, t *TensorJob) error {
+	if !tr.wide {
+		return nil
+	}
+	tr.wide = false
+	return t.Pass(ctx, tr.ins, func(int, int, [][]float64) error { return nil })
 }
 
 // keepThresholds are the thresholds of a row's keep decisions: the entry
@@ -608,7 +618,7 @@ func (tr *dellaTrim) trimScaled(i int, d, x, b []float64, lo int, w, s float64) 
 		return true
 	}
 	key := tr.keys[i]
-	tr.runs(i, x[:len(d)], b[:len(d)], lo, func(c *dellaRow, k, pos int, xs, bs []float64) {
+	err := tr.runs(i, x[:len(d)], b[:len(d)], lo, func(c *dellaRow, k, pos int, xs, bs []float64) {
 		ds := d[k : k+len(xs)]
 		if !tr.inv {
 			// kept: v * w; dropped: +0 (a mask, not a branch)
@@ -625,26 +635,31 @@ func (tr *dellaTrim) trimScaled(i int, d, x, b []float64, lo int, w, s float64) 
 			ds[q] = math.Float64frombits(math.Float64bits((xs[q]-bs[q])/p*w*s) & -keep)
 		}
 	})
+	if err != nil {
+		// checkInputs decoded every value the rows read: only a file
+		// truncated since then fails here; never silently
+		fault.Fail(fmt.Errorf("della: %w", err))
+	}
 	return true
 }
 
 // recordBlock records model i's keep decisions of a block without
 // trimming (see keepRecorder).
-func (tr *dellaTrim) recordBlock(i int, x, b []float64, lo int) ([]uint64, bool) {
+func (tr *dellaTrim) recordBlock(i int, x, b []float64, lo int) ([]uint64, bool, error) {
 	if !tr.sparse[i] || tr.dens[i] <= 0 || tr.mode != keepRecord {
-		return nil, false
+		return nil, false, nil
 	}
-	tr.runs(i, x, b[:len(x)], lo, func(c *dellaRow, k, pos int, xs, _ []float64) {
+	err := tr.runs(i, x, b[:len(x)], lo, func(c *dellaRow, k, pos int, xs, _ []float64) {
 		orBits(tr.kept[i], lo+k, c.kbits, pos, len(xs))
 	})
-	return tr.kept[i], true
+	return tr.kept[i], err == nil, err
 }
 
 // runs calls fn on the runs of a block (elements lo, lo+1, ... of x and b)
 // within one row, with model i's decisions of the row in c: the run's
 // elements are xs and bs, from element k of the block and position pos
-// of the row.
-func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k, pos int, xs, bs []float64)) {
+// of the row. It stops at the first row it cannot decode.
+func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k, pos int, xs, bs []float64)) error {
 	cs := tr.cache.Get().(*dellaRowCache)
 	defer tr.cache.Put(cs)
 	c := (*cs)[i]
@@ -656,9 +671,7 @@ func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k,
 			xr, br = x[k:k+m], b[k:k+m]
 		}
 		if err := tr.row(c, i, row, xr, br); err != nil {
-			// every value of the row was decoded once in prepare: only a
-			// file truncated since then fails here; never silently
-			fault.Fail(fmt.Errorf("della: %w", err))
+			return err
 		}
 		// the run of elements in this row: consecutive positions when the
 		// rows are contiguous, else one element
@@ -669,6 +682,7 @@ func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k,
 		fn(c, k, pos, x[k:k+n], b[k:k+n])
 		k += n
 	}
+	return nil
 }
 
 // orBits ORs bits [pos, pos+n) of src into dst at bit e, up to a word at a

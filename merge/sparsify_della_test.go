@@ -356,21 +356,25 @@ func TestDellaNonFiniteBase(t *testing.T) {
 			tt, _ := tensors.FromFloat32("w", tensors.F32, shape, v)
 			return &Input{Tensor: "w", DType: tensors.F32, Shape: shape, Data: tt.Data}
 		}
-		for _, inv := range []bool{false, true} {
+		// L1 rescaling with its decisions recorded (recordBlock returns
+		// the error) or not (a budget too small: checkInputs), inverse
+		// rescaling, none
+		for _, c := range []struct {
+			r   Rescale
+			mem int64
+		}{{RescaleL1, 1 << 30}, {RescaleL1, 1}, {RescaleInverse, 1 << 30}, {RescaleNone, 1 << 30}} {
 			tj := memJob("w", n)
 			tj.Shape = shape
+			tj.Job.MaxMemory = c.mem
 			o := TaskVectorOptions{Weights: []float64{1, 1}, Densities: []float64{0.5, 0.1, 0.5, 0.1}, Sparsify: Magnitude,
-				Rescale: RescaleL1, Consensus: true, Normalize: true, sparsifier: dellaSparsifier{seed: 1, inverse: inv}}
-			if inv {
-				o.Rescale = RescaleInverse
-			}
+				Rescale: c.r, Consensus: true, Normalize: true, sparsifier: dellaSparsifier{seed: 1, inverse: c.r == RescaleInverse}}
 			k, err := taskVectorKernel(context.Background(), tj, []*Input{mk(-1), mk(-1)}, mk(n-3), o, 1)
 			if err == nil {
 				out := make([]byte, 4*n)
 				err = elementwise(context.Background(), k, 0, n, tensors.F32, out, nil)
 			}
 			if err == nil || !strings.Contains(err.Error(), "non-finite") {
-				t.Errorf("shape %v inverse %v: %v, want a non-finite error", shape, inv, err)
+				t.Errorf("shape %v rescale %v budget %d: %v, want a non-finite error", shape, c.r, c.mem, err)
 			}
 		}
 	}

@@ -117,6 +117,10 @@ func taskVectorKernel(ctx context.Context, t *TensorJob, models []*Input, base *
 				return nil, err
 			}
 			trim, done = l1, l1.done
+		} else if ic, ok := trim.(inputChecker); ok {
+			if err := ic.checkInputs(ctx, t); err != nil {
+				return nil, err
+			}
 		}
 	}
 	w := o.Weights
