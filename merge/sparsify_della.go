@@ -691,6 +691,13 @@ func (tr *dellaTrim) runs(i int, x, b []float64, lo int, fn func(c *dellaRow, k,
 // edges are combined with an atomic OR: the blocks of a pass run
 // concurrently and may share those words.
 func orBits(dst []uint64, e int, src []uint64, pos, n int) {
+	if pos&63 == 0 && e&63 == 0 && n >= 64 {
+		// both at word starts (rows and blocks of whole words): the
+		// whole words are copied
+		w := n >> 6
+		copy(dst[e>>6:e>>6+w], src[pos>>6:pos>>6+w])
+		e, pos, n = e+w<<6, pos+w<<6, n-w<<6
+	}
 	for off := 0; off < n; {
 		sp, dp := pos+off, e+off
 		c := min(64-sp&63, 64-dp&63, n-off)

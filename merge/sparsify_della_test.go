@@ -295,6 +295,10 @@ func TestOrBits(t *testing.T) {
 			}
 			pos := r.IntN(100)
 			e += r.IntN(40)
+			if r.IntN(2) == 0 { // word starts: the whole words copied
+				pos &^= 63
+				e = (e + 63) &^ 63
+			}
 			if e >= n {
 				break
 			}
