@@ -1,6 +1,7 @@
 //go:build amd64 && !purego
 
 #include "textflag.h"
+#include "hsum_amd64.h"
 
 // AVX-512 (F, DQ, BW, VL) kernels of DELLA's keep decisions
 // (della_kern.go): the same results as their Go versions, bit for bit
@@ -264,20 +265,8 @@ amloop:
 	INCQ SI
 	SUBQ $8, CX
 	JNZ amloop
-	VEXTRACTF64X4 $1, Z4, Y1
-	VADDPD Y1, Y4, Y4
-	VEXTRACTF128 $1, Y4, X1
-	VADDPD X1, X4, X4
-	VPERMILPD $1, X4, X1
-	VADDSD X1, X4, X4
-	VMOVSD X4, before+32(FP)
-	VEXTRACTF64X4 $1, Z5, Y1
-	VADDPD Y1, Y5, Y5
-	VEXTRACTF128 $1, Y5, X1
-	VADDPD X1, X5, X5
-	VPERMILPD $1, X5, X1
-	VADDSD X1, X5, X5
-	VMOVSD X5, after+40(FP)
+	HSUM8(Z4, Y4, X4, before+32(FP))
+	HSUM8(Z5, Y5, X5, after+40(FP))
 	VZEROUPPER
 	RET
 

@@ -1,6 +1,7 @@
 //go:build amd64 && !purego
 
 #include "textflag.h"
+#include "hsum_amd64.h"
 
 // AVX-512 (F, DQ, BW, VL) kernels of the merge methods. Each computes, on
 // blocks of float64 values, exactly the float64 operations of its Go
@@ -694,20 +695,8 @@ absloop:
 	ADDQ $64, DI
 	SUBQ $8, CX
 	JNZ absloop
-	VEXTRACTF64X4 $1, Z4, Y1
-	VADDPD Y1, Y4, Y4            // lanes l + l+4
-	VEXTRACTF128 $1, Y4, X1
-	VADDPD X1, X4, X4            // + l+2
-	VPERMILPD $1, X4, X1
-	VADDSD X1, X4, X4            // the pair
-	VMOVSD X4, before+32(FP)
-	VEXTRACTF64X4 $1, Z5, Y1
-	VADDPD Y1, Y5, Y5
-	VEXTRACTF128 $1, Y5, X1
-	VADDPD X1, X5, X5
-	VPERMILPD $1, X5, X1
-	VADDSD X1, X5, X5
-	VMOVSD X5, after+40(FP)
+	HSUM8(Z4, Y4, X4, before+32(FP))
+	HSUM8(Z5, Y5, X5, after+40(FP))
 	VZEROUPPER
 	RET
 
