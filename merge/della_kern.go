@@ -115,6 +115,9 @@ type decideParams struct {
 // the exact rank zc, the count of zeros before it, and that rank's bounds.
 // kb and open must be zero; it returns zc after the row.
 func decideBits(kb, open []uint64, bk []uint16, ctr, step uint64, pk []uint64, line rankLine, zc int) int {
+	if len(bk) > 0 {
+		_, _ = kb[(len(bk)-1)>>6], open[(len(bk)-1)>>6] // the kernel writes up to there
+	}
 	n := 0
 	if haveAVX512 {
 		if n = len(bk) &^ 7; n > 0 {
@@ -149,7 +152,11 @@ func decideBitsGo(kb, open []uint64, bk []uint16, j0 int, ctr, step uint64, pk [
 // maskDelta writes ((x - b) w) s where bit pos+q of bits is set, else +0
 // (a mask, not a branch; s = 1 leaves (x - b) w as it is).
 func maskDelta(d, x, b []float64, bits []uint64, pos int, w, s float64) {
+	if len(d) == 0 {
+		return
+	}
 	x, b = x[:len(d)], b[:len(d)]
+	_ = bits[(pos+len(d)-1)>>6] // the kernel reads up to there
 	head := min(len(d), (8-pos&7)&7) // to a whole byte of bits
 	maskDeltaGo(d[:head], x, b, bits, pos, w, s)
 	if haveAVX512 {
@@ -179,7 +186,11 @@ func bitsAt(bits []uint64, e int) *byte {
 // bits is set, else +0, without writing d (the L1 pass needs only the
 // sums); lo must be a multiple of 8.
 func absSumsMasked(x, b []float64, bits []uint64, lo int) (before, after float64) {
+	if len(x) == 0 {
+		return 0, 0
+	}
 	b = b[:len(x)]
+	_ = bits[(lo+len(x)-1)>>6] // the kernel reads up to there
 	n := 0
 	if haveAVX512 {
 		if n = len(x) &^ 7; n > 0 {
