@@ -156,7 +156,7 @@ func maskDelta(d, x, b []float64, bits []uint64, pos int, w, s float64) {
 		return
 	}
 	x, b = x[:len(d)], b[:len(d)]
-	_ = bits[(pos+len(d)-1)>>6] // the kernel reads up to there
+	_ = bits[(pos+len(d)-1)>>6]      // the kernel reads up to there
 	head := min(len(d), (8-pos&7)&7) // to a whole byte of bits
 	maskDeltaGo(d[:head], x, b, bits, pos, w, s)
 	if haveAVX512 {
