@@ -366,8 +366,8 @@ func (tr *dellaTrim) buckets() int {
 // between need their exact rank: for a few, a count over their bucket's
 // members; beyond, the row in bucket order and their buckets sorted
 // (stably: ties by index). The decisions are exactly those of the ranks.
-// The loops over the row are vector kernels (della_kern.go) but for the
-// bucket counts.
+// The loops over the row are the kernels of della_kern.go (AVX-512, and
+// scalar assembly for the bucket counts, where the CPU has AVX-512).
 func (tr *dellaTrim) decide(c *dellaRow, i, row int, xs, bs []float64) {
 	m := len(xs)
 	bs = bs[:m]
